@@ -1,0 +1,248 @@
+//! Types shared by the eBPF programs (`leak-ebpf`) and userspace (`leak-userspace`).
+//!
+//! Every type here crosses the kernel boundary through a map or the ring buffer, so all are `#[repr(C)]`,
+//! `Copy`, and padded explicitly: hash keys are compared byte by byte, and implicit padding would make equal keys
+//! differ.
+#![no_std]
+
+/// What kind of memory a site allocates. Matches `sites[].kind` in report.json.
+pub mod kind {
+    /// Anonymous user pages (heap, mmap'd anonymous memory, stacks): page allocations that the memcg then charged
+    /// as `NR_ANON_MAPPED`.
+    pub const ANON: u32 = 0;
+    /// Slab objects (`kmalloc`, `kmem_cache_alloc`).
+    pub const SLAB: u32 = 1;
+    /// Other pages from the page allocator (page cache, page tables, slab backing pages, kernel buffers).
+    pub const PAGE: u32 = 2;
+    pub const PERCPU: u32 = 3;
+    pub const OTHER: u32 = 4;
+}
+
+/// `SiteKey::cache` for kmalloc objects: this bit set, the size class in the low bits. Otherwise `cache` is the
+/// FNV-1a hash of the slab cache's name (top bit cleared), resolvable through the `CACHE_NAMES` map. 0 = none.
+pub const CACHE_KMALLOC_BIT: u32 = 0x8000_0000;
+
+/// One allocation site: who (tgid), where (kernel and user stack ids) and what (kind, slab cache).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SiteKey {
+    pub tgid: u32,
+    /// Stack id in `STACKS`, or a negative errno when no stack was taken (e.g. -EEXIST on a bucket collision).
+    pub kstack: i32,
+    pub ustack: i32,
+    pub cache: u32,
+    pub kind: u32,
+}
+
+/// Cumulative per-site totals, one copy per CPU (userspace sums them). Frees are credited back to the site that
+/// made the allocation, so `alloc - free - oom_freed` is what the site still holds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SiteCounters {
+    pub alloc_bytes: u64,
+    pub alloc_count: u64,
+    pub free_bytes: u64,
+    pub free_count: u64,
+    /// Freed by an OOM victim's exit or by the OOM reaper: kept apart so the picture "before the SIGKILL" can be
+    /// rebuilt after the memory is gone.
+    pub oom_freed_bytes: u64,
+    pub oom_freed_count: u64,
+}
+
+/// An allocation still outstanding, keyed by pointer (slab) or by `pfn | LIVE_PFN_BIT` (pages).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LiveAlloc {
+    pub site: SiteKey,
+    pub _pad: u32,
+    pub bytes: u64,
+}
+
+/// Page frame numbers are small and kernel pointers have the top bits set, but tag pages anyway so the two key
+/// spaces can never meet.
+pub const LIVE_PFN_BIT: u64 = 1 << 62;
+
+/// The last page a task took from the page allocator on this CPU, so that the anon charge that follows in the
+/// same page fault can mark that page as anonymous.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PendingPage {
+    pub tid: u32,
+    pub _pad: u32,
+    pub live_key: u64,
+}
+
+pub const COMM_LEN: usize = 16;
+
+/// Sent through the ring buffer at `oom:mark_victim`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OomEvent {
+    pub ktime_ns: u64,
+    pub victim_pid: u32,
+    /// The task that ran into the OOM (`current`): often not the victim.
+    pub trigger_tid: u32,
+    pub trigger_tgid: u32,
+    /// 1 when the victim's RSS fields exist in this kernel's tracepoint layout.
+    pub has_rss: u32,
+    /// memcg of the triggering task (0 when unknown).
+    pub trigger_memcg: u64,
+    /// In kB, as the tracepoint reports them.
+    pub total_vm_kb: u64,
+    pub anon_rss_kb: u64,
+    pub file_rss_kb: u64,
+    pub shmem_rss_kb: u64,
+    pub victim_comm: [u8; COMM_LEN],
+    pub trigger_comm: [u8; COMM_LEN],
+}
+
+/// Indices into the per-CPU `COUNTERS` array: everything the kernel side could not record, plus charge totals
+/// seen on the memcg tracepoints for reconciliation.
+pub mod counter {
+    pub const KSTACK_COLLISION: u32 = 0;
+    pub const USTACK_COLLISION: u32 = 1;
+    pub const STACK_ERROR: u32 = 2;
+    pub const LIVE_MAP_FULL: u32 = 3;
+    pub const SITE_MAP_FULL: u32 = 4;
+    pub const RINGBUF_DROP: u32 = 5;
+    /// Allocation at an address already tracked: the earlier one was freed without us seeing it.
+    pub const IMPLICIT_FREE: u32 = 6;
+    /// Pages charged as anon to the target without a matching page record (remote charges, missed allocs).
+    pub const ANON_CHARGE_UNMATCHED: u32 = 7;
+    /// Pages charged as anon to the target (all of them), and uncharged.
+    pub const ANON_CHARGED_PAGES: u32 = 8;
+    pub const ANON_UNCHARGED_PAGES: u32 = 9;
+    /// Kernel memory (`MEMCG_KMEM`) charged / uncharged to the target, pages.
+    pub const KMEM_CHARGED_PAGES: u32 = 10;
+    pub const KMEM_UNCHARGED_PAGES: u32 = 11;
+    /// Allocation events kept (target tasks) and frees matched.
+    pub const ALLOC_EVENTS: u32 = 12;
+    pub const FREE_EVENTS: u32 = 13;
+    pub const OOM_EVENTS: u32 = 14;
+    pub const COUNT: u32 = 15;
+}
+
+/// Where a field lives inside a tracepoint record; read from tracefs `format` files at load time.
+/// `NONE` marks a field this kernel does not have.
+pub const OFFSET_NONE: u32 = u32::MAX;
+/// Memcg item numbers not present in this kernel's BTF.
+pub const ITEM_NONE: i32 = -1;
+
+/// Everything the programs need to know about this kernel, discovered by userspace and set as one global before
+/// load. Nothing here is hard-coded for a kernel version.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    // memcg:mod_memcg_lruvec_state
+    pub lruvec_id: u32,
+    pub lruvec_item: u32,
+    pub lruvec_val: u32,
+    // memcg:mod_memcg_state
+    pub state_id: u32,
+    pub state_item: u32,
+    pub state_val: u32,
+    // kmem:kmalloc
+    pub kmalloc_ptr: u32,
+    pub kmalloc_bytes_alloc: u32,
+    // kmem:kmem_cache_alloc
+    pub cache_alloc_ptr: u32,
+    pub cache_alloc_bytes_alloc: u32,
+    pub cache_alloc_name: u32,
+    // kmem:kfree, kmem:kmem_cache_free
+    pub kfree_ptr: u32,
+    pub cache_free_ptr: u32,
+    // kmem:mm_page_alloc, kmem:mm_page_free
+    pub page_alloc_pfn: u32,
+    pub page_alloc_order: u32,
+    pub page_free_pfn: u32,
+    pub page_free_order: u32,
+    // oom:mark_victim
+    pub victim_pid: u32,
+    pub victim_comm: u32,
+    pub victim_total_vm: u32,
+    pub victim_anon_rss: u32,
+    pub victim_file_rss: u32,
+    pub victim_shmem_rss: u32,
+    // memcg item numbers (enum node_stat_item / memcg_stat_item), resolved from BTF
+    pub item_anon_mapped: i32,
+    pub item_kmem: i32,
+    // task -> memory cgroup id walk, offsets from BTF:
+    // task_struct.cgroups -> css_set.subsys[memory_cgrp_id] -> css.cgroup -> cgroup.kn -> kernfs_node.id
+    pub task_cgroups: u32,
+    pub css_set_memory_subsys: u32,
+    pub css_cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kn_id: u32,
+    /// The `oom_reaper` kernel thread: its frees are frees caused by an OOM kill.
+    pub oom_reaper_pid: u32,
+    pub page_size: u32,
+}
+
+impl Config {
+    pub const fn unset() -> Self {
+        Config {
+            lruvec_id: OFFSET_NONE,
+            lruvec_item: OFFSET_NONE,
+            lruvec_val: OFFSET_NONE,
+            state_id: OFFSET_NONE,
+            state_item: OFFSET_NONE,
+            state_val: OFFSET_NONE,
+            kmalloc_ptr: OFFSET_NONE,
+            kmalloc_bytes_alloc: OFFSET_NONE,
+            cache_alloc_ptr: OFFSET_NONE,
+            cache_alloc_bytes_alloc: OFFSET_NONE,
+            cache_alloc_name: OFFSET_NONE,
+            kfree_ptr: OFFSET_NONE,
+            cache_free_ptr: OFFSET_NONE,
+            page_alloc_pfn: OFFSET_NONE,
+            page_alloc_order: OFFSET_NONE,
+            page_free_pfn: OFFSET_NONE,
+            page_free_order: OFFSET_NONE,
+            victim_pid: OFFSET_NONE,
+            victim_comm: OFFSET_NONE,
+            victim_total_vm: OFFSET_NONE,
+            victim_anon_rss: OFFSET_NONE,
+            victim_file_rss: OFFSET_NONE,
+            victim_shmem_rss: OFFSET_NONE,
+            item_anon_mapped: ITEM_NONE,
+            item_kmem: ITEM_NONE,
+            task_cgroups: OFFSET_NONE,
+            css_set_memory_subsys: OFFSET_NONE,
+            css_cgroup: OFFSET_NONE,
+            cgroup_kn: OFFSET_NONE,
+            kn_id: OFFSET_NONE,
+            oom_reaper_pid: 0,
+            page_size: 4096,
+        }
+    }
+}
+
+/// Slab cache names are hashed in the kernel (FNV-1a, top bit cleared) to keep site keys small.
+pub const CACHE_NAME_LEN: usize = 32;
+
+pub const fn fnv1a_step(hash: u32, byte: u8) -> u32 {
+    (hash ^ byte as u32).wrapping_mul(0x0100_0193)
+}
+pub const FNV_OFFSET: u32 = 0x811c_9dc5;
+
+/// Userspace twin of the in-kernel cache name hash.
+pub fn cache_name_hash(name: &[u8]) -> u32 {
+    let mut h = FNV_OFFSET;
+    let mut i = 0;
+    while i < name.len() && i < CACHE_NAME_LEN && name[i] != 0 {
+        h = fnv1a_step(h, name[i]);
+        i += 1;
+    }
+    (h & !CACHE_KMALLOC_BIT).max(1)
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), Copy, and made only of integers with explicit padding.
+    unsafe impl aya::Pod for SiteKey {}
+    unsafe impl aya::Pod for SiteCounters {}
+    unsafe impl aya::Pod for LiveAlloc {}
+    unsafe impl aya::Pod for OomEvent {}
+    unsafe impl aya::Pod for Config {}
+}

@@ -1,0 +1,466 @@
+//! Kernel side of leaktrace: tracepoint programs that record who allocates the memory of one memory cgroup.
+//!
+//! Allocations (pages, slab objects) are recorded only when the allocating task belongs to the target memcg
+//! subtree; frees are matched by address whoever runs them (RCU callbacks, reclaim, other tasks). Charges seen on
+//! the `memcg:*` tracepoints are filtered by the charged memcg's id. Every record lands in per-CPU maps because
+//! bpfel has no atomic read-modify-write; userspace sums the CPUs.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+    },
+    macros::{map, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
+    programs::{tracing::StackIdContext, TracePointContext},
+    EbpfContext,
+};
+use leak_common::{
+    counter, kind, Config, LiveAlloc, OomEvent, PendingPage, SiteCounters, SiteKey, CACHE_KMALLOC_BIT,
+    CACHE_NAME_LEN, COMM_LEN, FNV_OFFSET, LIVE_PFN_BIT, OFFSET_NONE,
+};
+
+/// Kernel layout facts discovered by userspace (tracefs formats, BTF) and written here before load.
+#[no_mangle]
+static CONFIG: Config = Config::unset();
+
+/// memcg ids (cgroup directory inodes) of the target and its descendants, kept current by userspace.
+#[map]
+static MEMCGS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
+
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+#[map]
+static SITES: PerCpuHashMap<SiteKey, SiteCounters> = PerCpuHashMap::with_max_entries(16384, 0);
+
+/// Outstanding allocations by address (slab) or tagged pfn (pages). Sized by userspace at load.
+#[map]
+static LIVE: HashMap<u64, LiveAlloc> = HashMap::with_max_entries(262144, 0);
+
+#[map]
+static PENDING: PerCpuArray<PendingPage> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[map]
+static CACHE_NAMES: HashMap<u32, [u8; CACHE_NAME_LEN]> = HashMap::with_max_entries(1024, 0);
+
+/// OOM victims (pid) whose exit frees memory because of the kill.
+#[map]
+static VICTIMS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(256, 0);
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+const EEXIST: i32 = 17;
+
+#[inline(always)]
+fn cfg<T: Copy>(field: &T) -> T {
+    // Volatile: the value is patched into .rodata by the loader; the compiler must not fold the default.
+    unsafe { core::ptr::read_volatile(field) }
+}
+
+#[inline(always)]
+fn count(idx: u32, n: u64) {
+    if let Some(p) = COUNTERS.get_ptr_mut(idx) {
+        unsafe { *p = (*p).wrapping_add(n) };
+    }
+}
+
+#[inline(always)]
+fn field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
+    if offset == OFFSET_NONE {
+        return None;
+    }
+    unsafe { ctx.read_at::<T>(offset as usize) }.ok()
+}
+
+#[inline(always)]
+unsafe fn read_ptr(base: *const u8, offset: u32) -> Option<*const u8> {
+    if base.is_null() || offset == OFFSET_NONE {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel(base.add(offset as usize) as *const *const u8) }.ok()
+}
+
+/// The memory cgroup id of the current task, read through
+/// task->cgroups->subsys[memory_cgrp_id]->cgroup->kn->id. Works on v1 and v2 alike, unlike
+/// `bpf_get_current_cgroup_id`, which only knows the v2 hierarchy.
+#[inline(always)]
+fn current_memcg() -> Option<u64> {
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let css_set = read_ptr(task, cfg(&CONFIG.task_cgroups))?;
+        let css = read_ptr(css_set, cfg(&CONFIG.css_set_memory_subsys))?;
+        let cgroup = read_ptr(css, cfg(&CONFIG.css_cgroup))?;
+        let kn = read_ptr(cgroup, cfg(&CONFIG.cgroup_kn))?;
+        if kn.is_null() {
+            return None;
+        }
+        bpf_probe_read_kernel(kn.add(cfg(&CONFIG.kn_id) as usize) as *const u64).ok()
+    }
+}
+
+#[inline(always)]
+fn in_target(memcg: u64) -> bool {
+    unsafe { MEMCGS.get(&memcg).is_some() }
+}
+
+/// True when the current task sits in the target subtree. Interrupt context cannot be told apart here: for BPF
+/// the kernel overwrites the record's common fields (flags included) with the pt_regs pointer, so an allocation
+/// made by an interrupt on top of a target task counts as the task's.
+#[inline(always)]
+fn target_task() -> bool {
+    current_memcg().is_some_and(in_target)
+}
+
+/// The site of the allocation happening now: stacks are walked only for events that will be kept.
+#[inline(always)]
+fn site_here(ctx: &TracePointContext, kind: u32, cache: u32) -> SiteKey {
+    let kstack = stack_id(ctx, 0, counter::KSTACK_COLLISION);
+    let ustack = stack_id(ctx, BPF_F_USER_STACK as u64, counter::USTACK_COLLISION);
+    SiteKey { tgid: (bpf_get_current_pid_tgid() >> 32) as u32, kstack, ustack, cache, kind }
+}
+
+#[inline(always)]
+fn stack_id(ctx: &TracePointContext, flags: u64, collision: u32) -> i32 {
+    match ctx.get_stackid(&STACKS, flags) {
+        Ok(id) => id as i32,
+        Err(e) => {
+            // -EEXIST: another stack owns the bucket. Never reuse it: that would relabel an older site.
+            count(if e == -EEXIST { collision } else { counter::STACK_ERROR }, 1);
+            e
+        }
+    }
+}
+
+#[inline(always)]
+fn add_alloc(site: &SiteKey, bytes: u64) -> bool {
+    if let Some(c) = SITES.get_ptr_mut(site) {
+        unsafe {
+            (*c).alloc_bytes = (*c).alloc_bytes.wrapping_add(bytes);
+            (*c).alloc_count = (*c).alloc_count.wrapping_add(1);
+        }
+        return true;
+    }
+    let c = SiteCounters { alloc_bytes: bytes, alloc_count: 1, ..SiteCounters::default() };
+    if SITES.insert(site, &c, 0).is_err() {
+        count(counter::SITE_MAP_FULL, 1);
+        return false;
+    }
+    true
+}
+
+/// Takes an allocation back from a site's totals (the page turned out to be anon and moves to its anon site).
+#[inline(always)]
+fn sub_alloc(site: &SiteKey, bytes: u64) {
+    if let Some(c) = SITES.get_ptr_mut(site) {
+        unsafe {
+            (*c).alloc_bytes = (*c).alloc_bytes.wrapping_sub(bytes);
+            (*c).alloc_count = (*c).alloc_count.wrapping_sub(1);
+        }
+    }
+}
+
+#[inline(always)]
+fn credit_free(site: &SiteKey, bytes: u64, by_oom: bool) {
+    if let Some(c) = SITES.get_ptr_mut(site) {
+        unsafe {
+            if by_oom {
+                (*c).oom_freed_bytes = (*c).oom_freed_bytes.wrapping_add(bytes);
+                (*c).oom_freed_count = (*c).oom_freed_count.wrapping_add(1);
+            } else {
+                (*c).free_bytes = (*c).free_bytes.wrapping_add(bytes);
+                (*c).free_count = (*c).free_count.wrapping_add(1);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn record_alloc(key: u64, site: &SiteKey, bytes: u64) -> bool {
+    // An allocation at an address we still track means its free was missed (e.g. dropped by the kernel's
+    // recursion guard): close the old record rather than let it look leaked forever.
+    if let Some(old) = unsafe { LIVE.get(&key) } {
+        let old = *old;
+        credit_free(&old.site, old.bytes, false);
+        count(counter::IMPLICIT_FREE, 1);
+    }
+    if !add_alloc(site, bytes) {
+        return false;
+    }
+    let rec = LiveAlloc { site: *site, _pad: 0, bytes };
+    if LIVE.insert(&key, &rec, 0).is_err() {
+        sub_alloc(site, bytes);
+        count(counter::LIVE_MAP_FULL, 1);
+        return false;
+    }
+    count(counter::ALLOC_EVENTS, 1);
+    true
+}
+
+/// Frees of memory the OOM killer reclaims: by the victim itself as it exits, or by the oom_reaper thread.
+#[inline(always)]
+fn freed_by_oom() -> bool {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    tgid == cfg(&CONFIG.oom_reaper_pid)
+        || unsafe { VICTIMS.get(&tid).is_some() || VICTIMS.get(&tgid).is_some() }
+}
+
+#[inline(always)]
+fn record_free(key: u64) {
+    let rec = match unsafe { LIVE.get(&key) } {
+        Some(r) => *r,
+        None => return,
+    };
+    let _ = LIVE.remove(&key);
+    credit_free(&rec.site, rec.bytes, freed_by_oom());
+    count(counter::FREE_EVENTS, 1);
+}
+
+#[tracepoint(category = "kmem", name = "mm_page_alloc")]
+pub fn lt_page_alloc(ctx: TracePointContext) -> u32 {
+    let _ = page_alloc(&ctx);
+    0
+}
+
+fn page_alloc(ctx: &TracePointContext) -> Option<()> {
+    let pfn: u64 = field(ctx, cfg(&CONFIG.page_alloc_pfn))?;
+    if pfn == u64::MAX {
+        return None; // failed allocation
+    }
+    if !target_task() {
+        return None;
+    }
+    let site = site_here(ctx, kind::PAGE, 0);
+    let order: u32 = field(ctx, cfg(&CONFIG.page_alloc_order))?;
+    let bytes = (cfg(&CONFIG.page_size) as u64) << (order & 31);
+    let key = pfn | LIVE_PFN_BIT;
+    if record_alloc(key, &site, bytes) {
+        if let Some(p) = PENDING.get_ptr_mut(0) {
+            unsafe { *p = PendingPage { tid: bpf_get_current_pid_tgid() as u32, _pad: 0, live_key: key } };
+        }
+    }
+    Some(())
+}
+
+#[tracepoint(category = "kmem", name = "mm_page_free")]
+pub fn lt_page_free(ctx: TracePointContext) -> u32 {
+    if let Some(pfn) = field::<u64>(&ctx, cfg(&CONFIG.page_free_pfn)) {
+        record_free(pfn | LIVE_PFN_BIT);
+    }
+    0
+}
+
+#[tracepoint(category = "kmem", name = "kmalloc")]
+pub fn lt_kmalloc(ctx: TracePointContext) -> u32 {
+    let _ = kmalloc(&ctx);
+    0
+}
+
+fn kmalloc(ctx: &TracePointContext) -> Option<()> {
+    let ptr: u64 = field(ctx, cfg(&CONFIG.kmalloc_ptr))?;
+    if ptr == 0 {
+        return None;
+    }
+    let bytes: u64 = field(ctx, cfg(&CONFIG.kmalloc_bytes_alloc))?;
+    let class = CACHE_KMALLOC_BIT | (bytes as u32 & !CACHE_KMALLOC_BIT);
+    if !target_task() {
+        return None;
+    }
+    let site = site_here(ctx, kind::SLAB, class);
+    record_alloc(ptr, &site, bytes);
+    Some(())
+}
+
+#[tracepoint(category = "kmem", name = "kmem_cache_alloc")]
+pub fn lt_cache_alloc(ctx: TracePointContext) -> u32 {
+    let _ = cache_alloc(&ctx);
+    0
+}
+
+fn cache_alloc(ctx: &TracePointContext) -> Option<()> {
+    let ptr: u64 = field(ctx, cfg(&CONFIG.cache_alloc_ptr))?;
+    if ptr == 0 || !target_task() {
+        return None;
+    }
+    let bytes: u64 = field(ctx, cfg(&CONFIG.cache_alloc_bytes_alloc))?;
+    let cache = cache_name_id(ctx).unwrap_or(0);
+    let site = site_here(ctx, kind::SLAB, cache);
+    record_alloc(ptr, &site, bytes);
+    Some(())
+}
+
+/// Hashes the `__data_loc` cache name of kmem_cache_alloc and remembers the name for userspace.
+#[inline(always)]
+fn cache_name_id(ctx: &TracePointContext) -> Option<u32> {
+    let loc: u32 = field(ctx, cfg(&CONFIG.cache_alloc_name))?;
+    let mut name = [0u8; CACHE_NAME_LEN];
+    let src = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
+    let bytes = unsafe { bpf_probe_read_kernel_str_bytes(src, &mut name) }.ok()?;
+    let len = bytes.len();
+    let mut hash = FNV_OFFSET;
+    let mut i = 0;
+    while i < CACHE_NAME_LEN {
+        if i >= len {
+            break;
+        }
+        hash = leak_common::fnv1a_step(hash, name[i]);
+        i += 1;
+    }
+    let id = hash & !CACHE_KMALLOC_BIT;
+    let id = if id == 0 { 1 } else { id };
+    if unsafe { CACHE_NAMES.get(&id).is_none() } {
+        let _ = CACHE_NAMES.insert(&id, &name, BPF_NOEXIST as u64);
+    }
+    Some(id)
+}
+
+#[tracepoint(category = "kmem", name = "kfree")]
+pub fn lt_kfree(ctx: TracePointContext) -> u32 {
+    if let Some(ptr) = field::<u64>(&ctx, cfg(&CONFIG.kfree_ptr)) {
+        if ptr != 0 {
+            record_free(ptr);
+        }
+    }
+    0
+}
+
+#[tracepoint(category = "kmem", name = "kmem_cache_free")]
+pub fn lt_cache_free(ctx: TracePointContext) -> u32 {
+    if let Some(ptr) = field::<u64>(&ctx, cfg(&CONFIG.cache_free_ptr)) {
+        if ptr != 0 {
+            record_free(ptr);
+        }
+    }
+    0
+}
+
+/// Per-page anon stat updates of a memcg. A positive NR_ANON_MAPPED update right after the same task took a page
+/// on this CPU marks that page as anonymous memory of the site that faulted it in.
+#[tracepoint(category = "memcg", name = "mod_memcg_lruvec_state")]
+pub fn lt_memcg_lruvec(ctx: TracePointContext) -> u32 {
+    let _ = memcg_lruvec(&ctx);
+    0
+}
+
+fn memcg_lruvec(ctx: &TracePointContext) -> Option<()> {
+    let item: i32 = field(ctx, cfg(&CONFIG.lruvec_item))?;
+    if item != cfg(&CONFIG.item_anon_mapped) {
+        return None;
+    }
+    let id: u64 = field(ctx, cfg(&CONFIG.lruvec_id))?;
+    if !in_target(id) {
+        return None;
+    }
+    let val: i32 = field(ctx, cfg(&CONFIG.lruvec_val))?;
+    if val <= 0 {
+        count(counter::ANON_UNCHARGED_PAGES, val.unsigned_abs() as u64);
+        return None;
+    }
+    count(counter::ANON_CHARGED_PAGES, val as u64);
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let pending = PENDING.get_ptr_mut(0)?;
+    let key = unsafe {
+        let p = *pending;
+        (*pending).live_key = 0;
+        if p.tid != tid || p.live_key == 0 {
+            count(counter::ANON_CHARGE_UNMATCHED, val as u64);
+            return None;
+        }
+        p.live_key
+    };
+    let rec = LIVE.get_ptr_mut(&key)?;
+    unsafe {
+        if (*rec).site.kind != kind::PAGE {
+            return None;
+        }
+        let old = (*rec).site;
+        let mut anon = old;
+        anon.kind = kind::ANON;
+        if add_alloc(&anon, (*rec).bytes) {
+            sub_alloc(&old, (*rec).bytes);
+            (*rec).site = anon;
+        }
+    }
+    Some(())
+}
+
+/// memcg-level charges (kernel memory), counted for reconciliation against the cgroup's own accounting.
+#[tracepoint(category = "memcg", name = "mod_memcg_state")]
+pub fn lt_memcg_state(ctx: TracePointContext) -> u32 {
+    let _ = memcg_state(&ctx);
+    0
+}
+
+fn memcg_state(ctx: &TracePointContext) -> Option<()> {
+    let item: i32 = field(ctx, cfg(&CONFIG.state_item))?;
+    if item != cfg(&CONFIG.item_kmem) {
+        return None;
+    }
+    let id: u64 = field(ctx, cfg(&CONFIG.state_id))?;
+    if !in_target(id) {
+        return None;
+    }
+    let val: i32 = field(ctx, cfg(&CONFIG.state_val))?;
+    if val > 0 {
+        count(counter::KMEM_CHARGED_PAGES, val as u64);
+    } else {
+        count(counter::KMEM_UNCHARGED_PAGES, val.unsigned_abs() as u64);
+    }
+    Some(())
+}
+
+/// Every OOM victim goes to userspace at once; it decides whether the victim belongs to the target.
+#[tracepoint(category = "oom", name = "mark_victim")]
+pub fn lt_mark_victim(ctx: TracePointContext) -> u32 {
+    let _ = mark_victim(&ctx);
+    0
+}
+
+fn mark_victim(ctx: &TracePointContext) -> Option<()> {
+    let victim: i32 = field(ctx, cfg(&CONFIG.victim_pid))?;
+    let victim = victim as u32;
+    let _ = VICTIMS.insert(&victim, &1, 0);
+    count(counter::OOM_EVENTS, 1);
+    let Some(mut entry) = EVENTS.reserve::<OomEvent>(0) else {
+        count(counter::RINGBUF_DROP, 1);
+        return None;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let rss_off = cfg(&CONFIG.victim_anon_rss);
+    let mut ev = OomEvent {
+        ktime_ns: unsafe { bpf_ktime_get_ns() },
+        victim_pid: victim,
+        trigger_tid: pid_tgid as u32,
+        trigger_tgid: (pid_tgid >> 32) as u32,
+        has_rss: (rss_off != OFFSET_NONE) as u32,
+        trigger_memcg: current_memcg().unwrap_or(0),
+        total_vm_kb: field(ctx, cfg(&CONFIG.victim_total_vm)).unwrap_or(0),
+        anon_rss_kb: field(ctx, rss_off).unwrap_or(0),
+        file_rss_kb: field(ctx, cfg(&CONFIG.victim_file_rss)).unwrap_or(0),
+        shmem_rss_kb: field(ctx, cfg(&CONFIG.victim_shmem_rss)).unwrap_or(0),
+        victim_comm: [0; COMM_LEN],
+        trigger_comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    };
+    if let Some(loc) = field::<u32>(ctx, cfg(&CONFIG.victim_comm)) {
+        let src = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
+        let _ = unsafe { bpf_probe_read_kernel_str_bytes(src, &mut ev.victim_comm) };
+    }
+    entry.write(ev);
+    entry.submit(0);
+    Some(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,142 @@
+//! `leaktrace demo`: a leaking workload in a cgroup of its own with a small limit, traced through its OOM kill.
+//! It shows what leaktrace reports without needing a real incident, and doubles as a smoke test on a new host.
+use std::{
+    fs,
+    os::unix::process::{CommandExt, ExitStatusExt},
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+
+use crate::{
+    cli::TraceArgs,
+    session,
+    target::{CgroupLayout, CgroupVersion, Target},
+};
+
+/// Small enough that the workload reaches it within seconds.
+const DEMO_LIMIT_BYTES: u64 = 64 << 20;
+/// The workload's leak rate.
+const CHUNK_BYTES: usize = 1 << 20;
+const CHUNKS_PER_SECOND: u64 = 24;
+
+pub fn run(output: Option<PathBuf>, quiet: bool) -> Result<()> {
+    session::require_root()?;
+    let layout = CgroupLayout::detect()?;
+    let cgroup = DemoCgroup::create(&layout)?;
+    let target = Target::from_dir(&cgroup.path, layout.version)?;
+    let args = TraceArgs {
+        duration: Some(40.0),
+        output,
+        interval: 1.0,
+        top: 10,
+        max_tracked: crate::probes::DEFAULT_LIVE_ENTRIES,
+        quiet,
+    };
+    let mut child: Option<Child> = None;
+    let cgroup_path = cgroup.path.clone();
+    let outcome = session::trace(
+        target,
+        &args,
+        session::Hooks {
+            on_attached: Some(Box::new(|| {
+                child = Some(spawn_workload(&cgroup_path)?);
+                Ok(())
+            })),
+            stop_after_oom: true,
+        },
+    );
+    let status = child.map(|mut c| {
+        let _ = c.kill();
+        c.wait()
+    });
+    drop(cgroup);
+    let dir = outcome?;
+    if let Some(Ok(status)) = status {
+        if status.signal() == Some(libc::SIGKILL) {
+            eprintln!("leaktrace demo: the workload was killed by SIGKILL, as a leaking container would be (exit 137)");
+        }
+    }
+    eprintln!(
+        "leaktrace demo: open {}/report.json (and stacks.folded for a flame graph); the top site should name \
+         `demo_leak_cache_entries`",
+        dir.display()
+    );
+    Ok(())
+}
+
+fn spawn_workload(cgroup: &Path) -> Result<Child> {
+    let exe = std::env::current_exe().context("cannot find the leaktrace executable to start the demo workload")?;
+    let procs = cgroup.join("cgroup.procs");
+    let mut cmd = Command::new(exe);
+    cmd.arg("demo-workload");
+    // SAFETY: the closure only writes to a file, which is async-signal-safe enough for a fresh child.
+    unsafe {
+        cmd.pre_exec(move || fs::write(&procs, b"0"));
+    }
+    cmd.spawn().context("cannot start the demo workload")
+}
+
+/// The demo workload: an unbounded cache, the most common heap leak. Runs until the memcg's OOM killer stops it.
+pub fn workload() -> Result<()> {
+    let mut cache: Vec<Box<[u8]>> = Vec::new();
+    let start = Instant::now();
+    loop {
+        demo_leak_cache_entries(&mut cache);
+        let due = Duration::from_secs_f64(cache.len() as f64 / CHUNKS_PER_SECOND as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+/// Never inlined, and it touches the memory itself, so the page faults (and the leak) carry this name.
+#[inline(never)]
+pub fn demo_leak_cache_entries(cache: &mut Vec<Box<[u8]>>) {
+    let mut entry = vec![0u8; CHUNK_BYTES].into_boxed_slice();
+    for i in (0..entry.len()).step_by(4096) {
+        // Volatile: the write must happen here (a page fault in this function), not be folded away.
+        unsafe { std::ptr::write_volatile(&mut entry[i], (i & 0xff) as u8 | 1) };
+    }
+    cache.push(entry);
+}
+
+/// The demo's own memcg, removed on drop (after killing whatever still runs in it).
+struct DemoCgroup {
+    path: PathBuf,
+}
+
+impl DemoCgroup {
+    fn create(layout: &CgroupLayout) -> Result<Self> {
+        let path = layout.memory_root.join(format!("leaktrace-demo-{}", std::process::id()));
+        fs::create_dir(&path).with_context(|| format!("cannot create the demo cgroup {}", path.display()))?;
+        let cg = DemoCgroup { path };
+        let limit_file = match layout.version {
+            CgroupVersion::V1 => "memory.limit_in_bytes",
+            CgroupVersion::V2 => "memory.max",
+        };
+        fs::write(cg.path.join(limit_file), DEMO_LIMIT_BYTES.to_string())
+            .with_context(|| format!("cannot set {limit_file} of {}", cg.path.display()))?;
+        Ok(cg)
+    }
+}
+
+impl Drop for DemoCgroup {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let pids = crate::target::member_pids(&self.path);
+            for pid in &pids {
+                // SAFETY: plain syscall; the pids are the demo's own workload.
+                unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+            }
+            if pids.is_empty() && fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("leaktrace demo: could not remove {}; remove it with rmdir", self.path.display());
+    }
+}

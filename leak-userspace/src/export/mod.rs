@@ -1,0 +1,35 @@
+//! Outputs derived from a report: folded stacks (for flame graph tools) and the terminal summary.
+pub mod folded;
+pub mod summary;
+
+/// Bytes for people: binary units, one decimal, sign kept (growth can be negative).
+pub fn human_bytes(n: i64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let sign = if n < 0 { "-" } else { "" };
+    let mut v = n.unsigned_abs() as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{sign}{v} B")
+    } else {
+        format!("{sign}{v:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_bytes;
+
+    #[test]
+    fn human_bytes_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(64 << 20), "64.0 MiB");
+        assert_eq!(human_bytes(-(3 << 30)), "-3.0 GiB");
+        assert_eq!(human_bytes(i64::MIN), "-8192.0 PiB");
+    }
+}

@@ -1,0 +1,180 @@
+//! The short text printed on the terminal when a trace ends: what grew, who holds it, what was lost.
+use std::fmt::Write;
+
+use super::human_bytes;
+use crate::{
+    attribution::growth,
+    report::{Collection, Coverage, Report, Site},
+    sites::app_frame,
+};
+
+const TOP_SITES: usize = 10;
+
+pub fn summary(report: &Report) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = write_summary(&mut out, report);
+    out
+}
+
+fn write_summary(out: &mut String, r: &Report) -> std::fmt::Result {
+    let t = &r.target;
+    write!(out, "leaktrace: {} (cgroup v{}, id {})", t.cgroup_path, t.cgroup_version, t.cgroup_id)?;
+    if let Some(c) = &t.container {
+        let short_id: String = c.id.chars().take(12).collect();
+        write!(out, ", {} container {} ({short_id})", c.runtime, c.name)?;
+    }
+    writeln!(out)?;
+    let limit = r.memory.limit_bytes.map_or("none".to_string(), |l| human_bytes(clamp(l)));
+    writeln!(
+        out,
+        "window: {} .. {} ({:.1} s, {} samples), limit {limit}",
+        r.window.start,
+        r.window.end,
+        r.window.seconds,
+        r.memory.samples.len()
+    )?;
+
+    let s = &r.memory.samples;
+    let growths: Vec<String> = [
+        ("usage", growth(s, |x| Some(x.usage))),
+        ("anon", growth(s, |x| x.anon)),
+        ("file", growth(s, |x| x.file)),
+        ("slab", growth(s, |x| x.slab)),
+        ("kernel", growth(s, |x| x.kernel)),
+    ]
+    .into_iter()
+    .map(|(name, g)| format!("{name} {}", g.map_or("n/a".to_string(), signed)))
+    .collect();
+    writeln!(out, "growth: {}", growths.join(", "))?;
+    writeln!(out, "attributed: anon {}, slab/kernel {}", coverage(&r.attribution.anon), coverage(&r.attribution.slab))?;
+
+    if r.sites.is_empty() {
+        writeln!(out, "no allocation sites recorded")?;
+    } else {
+        writeln!(out, "top sites by outstanding bytes:")?;
+        for (i, site) in r.sites.iter().take(TOP_SITES).enumerate() {
+            writeln!(out, "{:>3}. {}", i + 1, site_line(site))?;
+        }
+    }
+
+    if !r.oom_kills.is_empty() {
+        writeln!(out, "OOM kills: {}", r.oom_kills.len())?;
+        for k in &r.oom_kills {
+            write!(out, "  t={:.1}s victim pid {} ({})", k.t, k.pid, k.comm)?;
+            if k.trigger_pid != k.pid {
+                write!(out, ", triggered by pid {} ({})", k.trigger_pid, k.trigger_comm)?;
+            }
+            if let Some(rss) = k.anon_rss_bytes {
+                write!(out, ", anon rss {}", human_bytes(clamp(rss)))?;
+            }
+            writeln!(out)?;
+            if let Some(top) = k.sites_before_kill.first() {
+                writeln!(out, "     top site before the kill: {}", site_line(top))?;
+            }
+        }
+    }
+
+    let lost = losses(&r.collection);
+    if !lost.is_empty() {
+        writeln!(out, "not seen by the tracer (results may be incomplete): {}", lost.join(", "))?;
+    }
+    writeln!(out, "verdict: {} (confidence {:.2})", r.verdict.class, r.verdict.confidence)
+}
+
+fn site_line(site: &Site) -> String {
+    let kind = match &site.slab_cache {
+        Some(cache) => format!("{}:{}", site.kind, cache),
+        None => site.kind.clone(),
+    };
+    let func = app_frame(site).map_or("?", |f| f.label());
+    let mut line = format!("{kind:<18} {:>10}  {func}", human_bytes(site.outstanding_bytes));
+    if !site.comms.is_empty() {
+        let _ = write!(line, "  [{}]", site.comms.join(","));
+    }
+    line
+}
+
+fn coverage(c: &Coverage) -> String {
+    let ratio = c.coverage.map_or("n/a".to_string(), |r| format!("{:.0}%", r * 100.0));
+    format!("{} of {} ({ratio})", human_bytes(c.attributed_bytes), signed(c.growth_bytes))
+}
+
+fn signed(n: i64) -> String {
+    if n > 0 {
+        format!("+{}", human_bytes(n))
+    } else {
+        human_bytes(n)
+    }
+}
+
+fn clamp(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The non-zero loss counters, named as in report.json.
+fn losses(c: &Collection) -> Vec<String> {
+    [
+        ("stack_collisions_kernel", c.stack_collisions_kernel),
+        ("stack_collisions_user", c.stack_collisions_user),
+        ("stack_errors", c.stack_errors),
+        ("live_map_full", c.live_map_full),
+        ("site_map_full", c.site_map_full),
+        ("ringbuf_drops", c.ringbuf_drops),
+        ("implicit_frees", c.implicit_frees),
+        ("anon_charge_unmatched_pages", c.anon_charge_unmatched_pages),
+        ("recursion_misses", c.recursion_misses),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(name, n)| format!("{name} {n}"))
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::tests::{frame, sample_report, site};
+
+    #[test]
+    fn golden_lines() {
+        let text = summary(&sample_report());
+        let has = |needle: &str| assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        has("leaktrace: /sys/fs/cgroup/memory/leaky (cgroup v1, id 1234), docker container leaky (abababababab)\n");
+        has("(10.0 s, 2 samples), limit 128.0 MiB\n");
+        has("growth: usage +70.0 MiB, anon +64.0 MiB, file 0 B, slab n/a, kernel 0 B\n");
+        has("attributed: anon 64.0 MiB of +64.0 MiB (100%), slab/kernel 0 B of 0 B (n/a)\n");
+        has("  1. anon                 64.0 MiB  grow_cache  [leaker]\n");
+        has("  2. slab:kmalloc-256      4.0 KiB  kmem_cache_alloc  [leaker]\n");
+        has("OOM kills: 1\n  t=9.5s victim pid 42 (leaker), triggered by pid 43 (worker)\n");
+        has("     top site before the kill: anon");
+        has("not seen by the tracer (results may be incomplete): ringbuf_drops 3\n");
+        assert!(text.ends_with("verdict: inconclusive (confidence 0.00)\n"));
+    }
+
+    #[test]
+    fn only_ten_sites_and_quiet_when_nothing_lost() {
+        let mut r = sample_report();
+        r.sites = (0..15).map(|i| site("anon", 1000 - i, vec![frame(Some(&format!("f{i}")), 1, false)])).collect();
+        r.collection = Collection::default();
+        r.oom_kills.clear();
+        let text = summary(&r);
+        assert!(text.contains(" 10. anon"));
+        assert!(!text.contains(" 11. "));
+        assert!(!text.contains("OOM"));
+        assert!(!text.contains("not seen"));
+    }
+
+    #[test]
+    fn empty_report_does_not_panic() {
+        let mut r = sample_report();
+        r.memory.samples.clear();
+        r.memory.limit_bytes = None;
+        r.sites.clear();
+        r.target.container = None;
+        let text = summary(&r);
+        assert!(text.contains("growth: usage n/a, anon n/a"), "{text}");
+        assert!(text.contains("limit none"));
+        assert!(text.contains("no allocation sites recorded"));
+    }
+}

@@ -1,0 +1,22 @@
+//! leaktrace: who allocates the memory of a cgroup, with evidence.
+//!
+//! The modules follow the data flow:
+//! `target` (which cgroup) -> `kernel` (what this kernel offers) -> `probes` (eBPF programs and their maps) ->
+//! `collect` (draining maps and events every interval) + `memory` (the cgroup's own accounting) -> `symbolize` ->
+//! `sites` (aggregated call sites) -> `attribution` (sites against memory.stat growth) -> `verdict` ->
+//! `report` (report.json model) -> `export` (folded stacks, terminal summary).
+pub mod attribution;
+pub mod cli;
+pub mod collect;
+pub mod demo;
+pub mod export;
+pub mod kernel;
+pub mod memory;
+pub mod output;
+pub mod probes;
+pub mod report;
+pub mod session;
+pub mod sites;
+pub mod symbolize;
+pub mod target;
+pub mod verdict;

@@ -1,0 +1,189 @@
+//! Discovers what the programs need to know about the running kernel: tracepoint record layouts from tracefs
+//! `format` files, memcg item numbers and struct offsets from BTF. Nothing is assumed about a kernel version.
+use std::collections::BTreeSet;
+
+use anyhow::{anyhow, bail, Result};
+use leak_common::{Config, ITEM_NONE, OFFSET_NONE};
+
+use crate::kernel::{
+    btf::KernelBtf,
+    tracefs::{self, EventFormat},
+};
+
+/// What this kernel offers, and how the programs are configured for it.
+#[derive(Debug, Clone)]
+pub struct Discovery {
+    pub config: Config,
+    events: BTreeSet<(String, String)>,
+    /// Attribution paths that will be active, for the user and for report.json `kernel.modes`.
+    pub modes: Vec<String>,
+    /// One line per missing capability: what is missing and what that costs.
+    pub degraded: Vec<String>,
+}
+
+impl Discovery {
+    pub fn has_event(&self, category: &str, event: &str) -> bool {
+        self.events.contains(&(category.to_string(), event.to_string()))
+    }
+}
+
+/// A tracepoint whose fields we need: it counts as present only when all `required` fields exist.
+struct Wanted<'a> {
+    category: &'a str,
+    event: &'a str,
+    required: &'a [&'a str],
+}
+
+fn offset(format: &EventFormat, name: &str) -> u32 {
+    format.field(name).map_or(OFFSET_NONE, |f| f.offset)
+}
+
+pub fn discover() -> Result<Discovery> {
+    let root = tracefs::tracefs_root()?;
+    let btf = KernelBtf::load()?;
+    let mut config = Config::unset();
+    let mut events = BTreeSet::new();
+    let mut degraded = Vec::new();
+
+    let wanted = [
+        Wanted { category: "kmem", event: "mm_page_alloc", required: &["pfn", "order"] },
+        Wanted { category: "kmem", event: "mm_page_free", required: &["pfn"] },
+        Wanted { category: "kmem", event: "kmalloc", required: &["ptr", "bytes_alloc"] },
+        Wanted { category: "kmem", event: "kfree", required: &["ptr"] },
+        Wanted { category: "kmem", event: "kmem_cache_alloc", required: &["ptr", "bytes_alloc", "name"] },
+        Wanted { category: "kmem", event: "kmem_cache_free", required: &["ptr"] },
+        Wanted { category: "memcg", event: "mod_memcg_lruvec_state", required: &["id", "item", "val"] },
+        Wanted { category: "memcg", event: "mod_memcg_state", required: &["id", "item", "val"] },
+        Wanted { category: "oom", event: "mark_victim", required: &["pid"] },
+    ];
+    for w in &wanted {
+        let Some(format) = tracefs::read_format(&root, w.category, w.event)? else {
+            degraded.push(format!("tracepoint {}:{} is absent", w.category, w.event));
+            continue;
+        };
+        if let Some(missing) = w.required.iter().find(|f| format.field(f).is_none()) {
+            degraded.push(format!("tracepoint {}:{} has no field `{missing}`", w.category, w.event));
+            continue;
+        }
+        apply(&mut config, w.event, &format);
+        events.insert((w.category.to_string(), w.event.to_string()));
+    }
+
+    config.item_anon_mapped = item(&btf, "node_stat_item", "NR_ANON_MAPPED");
+    config.item_kmem = item(&btf, "memcg_stat_item", "MEMCG_KMEM");
+    task_walk(&btf, &mut config)?;
+    config.page_size = page_size();
+    config.oom_reaper_pid = oom_reaper_pid().unwrap_or(0);
+
+    let has = |c: &str, e: &str| events.contains(&(c.to_string(), e.to_string()));
+    let mut modes = Vec::new();
+    if has("kmem", "mm_page_alloc") && has("kmem", "mm_page_free") {
+        modes.push("pages".to_string());
+    }
+    if has("kmem", "kmalloc") && has("kmem", "kfree") && has("kmem", "kmem_cache_alloc") && has("kmem", "kmem_cache_free")
+    {
+        modes.push("slab".to_string());
+    }
+    if modes.is_empty() {
+        bail!("this kernel has neither the kmem page nor the slab tracepoints (kmem:mm_page_alloc, kmem:kmalloc); leaktrace cannot attribute allocations here");
+    }
+    if has("memcg", "mod_memcg_lruvec_state") && config.item_anon_mapped != ITEM_NONE {
+        modes.push("memcg-anon-charges".to_string());
+    } else {
+        degraded.push(
+            "no memcg:mod_memcg_lruvec_state (or NR_ANON_MAPPED in BTF): anon pages are reported as `page` sites"
+                .to_string(),
+        );
+    }
+    if has("memcg", "mod_memcg_state") && config.item_kmem != ITEM_NONE {
+        modes.push("memcg-kmem-charges".to_string());
+    }
+    if has("oom", "mark_victim") {
+        modes.push(if config.victim_anon_rss != OFFSET_NONE { "oom-victim-rss" } else { "oom-victim" }.to_string());
+    } else {
+        degraded.push("no oom:mark_victim: OOM kills are only counted from memory.oom_control / memory.events".into());
+    }
+    if config.oom_reaper_pid == 0 {
+        degraded.push("no oom_reaper thread found: its frees count as ordinary frees".into());
+    }
+    Ok(Discovery { config, events, modes, degraded })
+}
+
+fn apply(c: &mut Config, event: &str, f: &EventFormat) {
+    match event {
+        "mm_page_alloc" => {
+            c.page_alloc_pfn = offset(f, "pfn");
+            c.page_alloc_order = offset(f, "order");
+        }
+        "mm_page_free" => {
+            c.page_free_pfn = offset(f, "pfn");
+            c.page_free_order = offset(f, "order");
+        }
+        "kmalloc" => {
+            c.kmalloc_ptr = offset(f, "ptr");
+            c.kmalloc_bytes_alloc = offset(f, "bytes_alloc");
+        }
+        "kfree" => c.kfree_ptr = offset(f, "ptr"),
+        "kmem_cache_alloc" => {
+            c.cache_alloc_ptr = offset(f, "ptr");
+            c.cache_alloc_bytes_alloc = offset(f, "bytes_alloc");
+            c.cache_alloc_name = offset(f, "name");
+        }
+        "kmem_cache_free" => c.cache_free_ptr = offset(f, "ptr"),
+        "mod_memcg_lruvec_state" => {
+            c.lruvec_id = offset(f, "id");
+            c.lruvec_item = offset(f, "item");
+            c.lruvec_val = offset(f, "val");
+        }
+        "mod_memcg_state" => {
+            c.state_id = offset(f, "id");
+            c.state_item = offset(f, "item");
+            c.state_val = offset(f, "val");
+        }
+        "mark_victim" => {
+            c.victim_pid = offset(f, "pid");
+            c.victim_comm = offset(f, "comm");
+            c.victim_total_vm = offset(f, "total_vm");
+            c.victim_anon_rss = offset(f, "anon_rss");
+            c.victim_file_rss = offset(f, "file_rss");
+            c.victim_shmem_rss = offset(f, "shmem_rss");
+        }
+        _ => {}
+    }
+}
+
+fn item(btf: &KernelBtf, enum_name: &str, variant: &str) -> i32 {
+    btf.enum_value(enum_name, variant).and_then(|v| i32::try_from(v).ok()).unwrap_or(ITEM_NONE)
+}
+
+/// Offsets for task->cgroups->subsys[memory_cgrp_id]->cgroup->kn->id: how a program tells the memory cgroup of
+/// the current task on v1 hierarchies, where the helper for the cgroup id only knows v2.
+fn task_walk(btf: &KernelBtf, c: &mut Config) -> Result<()> {
+    let need = |s: &str, m: &str| {
+        btf.member_offset(s, m)
+            .ok_or_else(|| anyhow!("this kernel's BTF has no {s}.{m}, needed to tell which tasks belong to a cgroup"))
+    };
+    let memory_id = btf
+        .enum_value("cgroup_subsys_id", "memory_cgrp_id")
+        .ok_or_else(|| anyhow!("this kernel has no memory cgroup controller (no memory_cgrp_id in BTF)"))?;
+    c.task_cgroups = need("task_struct", "cgroups")?;
+    c.css_set_memory_subsys = need("css_set", "subsys")? + 8 * memory_id as u32;
+    c.css_cgroup = need("cgroup_subsys_state", "cgroup")?;
+    c.cgroup_kn = need("cgroup", "kn")?;
+    c.kn_id = need("kernfs_node", "id")?;
+    Ok(())
+}
+
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u32::try_from(size).unwrap_or(4096)
+}
+
+fn oom_reaper_pid() -> Option<u32> {
+    procfs::process::all_processes()
+        .ok()?
+        .filter_map(|p| p.ok())
+        .find(|p| p.stat().is_ok_and(|s| s.comm == "oom_reaper" && s.ppid == 2))
+        .map(|p| p.pid as u32)
+}

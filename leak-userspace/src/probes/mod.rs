@@ -1,0 +1,185 @@
+//! The eBPF side as userspace sees it: discovering this kernel's layouts, loading and attaching the embedded
+//! programs, and reading their maps.
+mod layout;
+
+use std::{collections::HashMap as StdHashMap, os::fd::{AsFd, AsRawFd}};
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
+use leak_common::{counter, SiteCounters, SiteKey, CACHE_NAME_LEN};
+
+pub use layout::{discover, Discovery};
+
+/// The eBPF object built by build.rs, embedded so the binary is the only file to copy onto a host.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leak-ebpf.o"));
+
+/// Outstanding allocations the kernel side can track at once (pages and slab objects together).
+pub const DEFAULT_LIVE_ENTRIES: u32 = 262_144;
+
+/// A program and the tracepoint it belongs on.
+pub struct Attachment {
+    pub program: &'static str,
+    pub category: &'static str,
+    pub event: &'static str,
+}
+
+pub const ATTACHMENTS: &[Attachment] = &[
+    Attachment { program: "lt_page_alloc", category: "kmem", event: "mm_page_alloc" },
+    Attachment { program: "lt_page_free", category: "kmem", event: "mm_page_free" },
+    Attachment { program: "lt_kmalloc", category: "kmem", event: "kmalloc" },
+    Attachment { program: "lt_kfree", category: "kmem", event: "kfree" },
+    Attachment { program: "lt_cache_alloc", category: "kmem", event: "kmem_cache_alloc" },
+    Attachment { program: "lt_cache_free", category: "kmem", event: "kmem_cache_free" },
+    Attachment { program: "lt_memcg_lruvec", category: "memcg", event: "mod_memcg_lruvec_state" },
+    Attachment { program: "lt_memcg_state", category: "memcg", event: "mod_memcg_state" },
+    Attachment { program: "lt_mark_victim", category: "oom", event: "mark_victim" },
+];
+
+/// Loaded and attached programs. Dropping this detaches everything (the links are file descriptors, so even a
+/// SIGKILL of the tracer leaves nothing attached).
+pub struct Probes {
+    ebpf: Ebpf,
+    pub attached: Vec<&'static str>,
+}
+
+impl Probes {
+    pub fn load(discovery: &Discovery, live_entries: u32) -> Result<Self> {
+        if EBPF_OBJECT.is_empty() {
+            bail!("this leaktrace was built without its eBPF programs (LEAKTRACE_SKIP_EBPF); rebuild it with `cargo xtask build`");
+        }
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CONFIG", &discovery.config, true)
+            .map_max_entries("LIVE", live_entries)
+            .load(EBPF_OBJECT)
+            .map_err(|e| anyhow!("loading the eBPF programs failed: {e}"))?;
+        let mut attached = Vec::new();
+        for a in ATTACHMENTS.iter().filter(|a| discovery.has_event(a.category, a.event)) {
+            let prog: &mut TracePoint = ebpf
+                .program_mut(a.program)
+                .ok_or_else(|| anyhow!("program {} missing from the eBPF object", a.program))?
+                .try_into()?;
+            prog.load().map_err(|e| anyhow!("the kernel refused program {}: {e}", a.program))?;
+            prog.attach(a.category, a.event)
+                .map_err(|e| anyhow!("attaching to {}:{} failed: {e}", a.category, a.event))?;
+            attached.push(a.program);
+        }
+        Ok(Probes { ebpf, attached })
+    }
+
+    /// Makes the kernel side follow exactly these memcgs (target and descendants).
+    pub fn set_memcgs(&mut self, ids: &[u64]) -> Result<()> {
+        let mut map: HashMap<&mut MapData, u64, u8> = HashMap::try_from(self.map_mut("MEMCGS")?)?;
+        let old: Vec<u64> = map.keys().filter_map(|k| k.ok()).collect();
+        for id in &old {
+            if !ids.contains(id) {
+                let _ = map.remove(id);
+            }
+        }
+        for id in ids {
+            if !old.contains(id) {
+                map.insert(id, 1, 0).context("memcg id map is full")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every site with its counters summed over CPUs.
+    pub fn sites(&self) -> Result<Vec<(SiteKey, SiteCounters)>> {
+        let map: PerCpuHashMap<&MapData, SiteKey, SiteCounters> = PerCpuHashMap::try_from(self.map("SITES")?)?;
+        let mut out = Vec::new();
+        for item in map.iter() {
+            let (key, per_cpu) = item?;
+            let mut sum = SiteCounters::default();
+            for c in per_cpu.iter() {
+                sum.alloc_bytes = sum.alloc_bytes.wrapping_add(c.alloc_bytes);
+                sum.alloc_count = sum.alloc_count.wrapping_add(c.alloc_count);
+                sum.free_bytes = sum.free_bytes.wrapping_add(c.free_bytes);
+                sum.free_count = sum.free_count.wrapping_add(c.free_count);
+                sum.oom_freed_bytes = sum.oom_freed_bytes.wrapping_add(c.oom_freed_bytes);
+                sum.oom_freed_count = sum.oom_freed_count.wrapping_add(c.oom_freed_count);
+            }
+            out.push((key, sum));
+        }
+        Ok(out)
+    }
+
+    pub fn counters(&self) -> Result<[u64; counter::COUNT as usize]> {
+        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map("COUNTERS")?)?;
+        let mut out = [0u64; counter::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = map.get(&(i as u32), 0)?.iter().fold(0u64, |a, v| a.wrapping_add(*v));
+        }
+        Ok(out)
+    }
+
+    pub fn cache_names(&self) -> Result<StdHashMap<u32, String>> {
+        let map: HashMap<&MapData, u32, [u8; CACHE_NAME_LEN]> = HashMap::try_from(self.map("CACHE_NAMES")?)?;
+        Ok(map
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, v)| {
+                let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
+                (k, String::from_utf8_lossy(&v[..end]).into_owned())
+            })
+            .collect())
+    }
+
+    pub fn stacks(&self) -> Result<StackTraceMap<&MapData>> {
+        Ok(StackTraceMap::try_from(self.map("STACKS")?)?)
+    }
+
+    /// The OOM event ring buffer, handed out once to the event loop.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("EVENTS ring buffer already taken"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Program runs the kernel skipped because another BPF program was running on the CPU (its recursion guard):
+    /// each one is an event leaktrace never saw, most often a free, which makes memory look leaked.
+    pub fn recursion_misses(&self) -> u64 {
+        self.ebpf
+            .programs()
+            .filter_map(|(_, p)| p.fd().ok())
+            .filter_map(|fd| std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd())).ok())
+            .filter_map(|info| fdinfo_value(&info, "recursion_misses"))
+            .sum()
+    }
+
+    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+    }
+}
+
+fn fdinfo_value(info: &str, key: &str) -> Option<u64> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(key)?.trim_start().strip_prefix(':')?.trim().parse().ok())
+}
+
+impl crate::sites::StackSource for StackTraceMap<&MapData> {
+    fn stack(&self, id: i32) -> Option<Vec<u64>> {
+        let id = u32::try_from(id).ok()?;
+        let trace = self.get(&id, 0).ok()?;
+        Some(trace.frames().iter().map(|f| f.ip).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdinfo_parses_recursion_misses() {
+        let info = "pos:\t0\nflags:\t02000002\nprog_type:\t5\nrun_time_ns:\t0\nrun_cnt:\t0\nrecursion_misses:\t27\n";
+        assert_eq!(fdinfo_value(info, "recursion_misses"), Some(27));
+        assert_eq!(fdinfo_value(info, "run_cnt"), Some(0));
+        assert_eq!(fdinfo_value(info, "missing"), None);
+    }
+}

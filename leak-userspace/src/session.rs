@@ -1,0 +1,159 @@
+//! One tracing session, start to end: check the ground, attach, collect every interval until told to stop, then
+//! write every output. Whatever ends the session (duration, Ctrl-C, SIGTERM, the cgroup going away, an OOM kill
+//! in the demo), the outputs are written from what was collected.
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    signal::unix::{signal, SignalKind},
+    time::{sleep_until, Instant},
+};
+
+use crate::{
+    cli::{Cli, Command, TraceArgs},
+    collect::Collector,
+    export, output,
+    probes::{self, Probes},
+    report,
+    target::{self, CgroupLayout, Target},
+};
+
+/// How long the demo keeps tracing after the OOM kill, so the report shows the memory coming back.
+const AFTER_OOM: Duration = Duration::from_millis(1500);
+
+pub fn main(cli: Cli) -> Result<()> {
+    match cli.command {
+        Some(Command::Demo { output, quiet }) => crate::demo::run(output, quiet),
+        Some(Command::DemoWorkload) => crate::demo::workload(),
+        None => {
+            let spec = cli.cgroup.as_deref().unwrap_or_default();
+            let layout = CgroupLayout::detect()?;
+            let target = target::resolve(spec, &layout)?;
+            trace(target, &cli.trace, Hooks::default()).map(|_| ())
+        }
+    }
+}
+
+/// What a caller (the demo) can add to a session.
+#[derive(Default)]
+pub struct Hooks<'a> {
+    /// Runs once the programs are attached: the demo starts its workload here, so nothing is missed.
+    pub on_attached: Option<Box<dyn FnOnce() -> Result<()> + 'a>>,
+    pub stop_after_oom: bool,
+}
+
+pub fn require_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("leaktrace must run as root (it loads eBPF programs and reads every process's memory maps): run it with sudo");
+    }
+    Ok(())
+}
+
+/// Traces `target` and writes the outputs; returns the output directory.
+pub fn trace(target: Target, args: &TraceArgs, hooks: Hooks<'_>) -> Result<PathBuf> {
+    require_root()?;
+    let dir = output::prepare(args.output.as_deref())?;
+    let discovery = probes::discover()?;
+    let mut probes = Probes::load(&discovery, args.max_tracked)?;
+    let mut collector = Collector::new(target, &discovery, args.top);
+    collector.follow_subtree(&mut probes)?;
+    let say = |line: &str| {
+        if !args.quiet {
+            eprintln!("leaktrace: {line}");
+        }
+    };
+    say(&format!(
+        "attached {} programs to {} (memcg id {}, cgroup v{}); modes: {}",
+        probes.attached.len(),
+        collector.target().path.display(),
+        collector.target().id,
+        collector.target().version.number(),
+        discovery.modes.join(", ")
+    ));
+    for line in &discovery.degraded {
+        say(&format!("note: {line}"));
+    }
+    say(&format!(
+        "tracing {}; outputs go to {}",
+        args.duration.map_or("until Ctrl-C".to_string(), |d| format!("for {d} s (Ctrl-C stops early)")),
+        dir.display()
+    ));
+    if let Some(start) = hooks.on_attached {
+        start()?;
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let ended = runtime.block_on(event_loop(&mut probes, &mut collector, args, hooks.stop_after_oom));
+    // Whatever happened in the loop, what was collected is written.
+    let report = collector.finish(&probes)?;
+    drop(probes);
+    write_outputs(&dir, &report)?;
+    if !args.quiet || report.oom_kills.is_empty() {
+        print!("{}", export::summary::summary(&report));
+    }
+    say(&format!("ended: {}", ended?));
+    Ok(dir)
+}
+
+/// Runs until the session should end and says why.
+async fn event_loop(
+    probes: &mut Probes,
+    collector: &mut Collector,
+    args: &TraceArgs,
+    stop_after_oom: bool,
+) -> Result<&'static str> {
+    // SAFETY: the ring buffer owns its fd, and the AsyncFd owns the ring buffer for as long as it is registered.
+    let mut events = unsafe { AsyncFd::register_with_interest(probes.take_events()?, Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("cannot watch the event ring buffer: {e}"))?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(args.interval));
+    // A far deadline stands for "no duration": simpler than an optional branch.
+    let mut deadline = Instant::now() + Duration::from_secs_f64(args.duration.unwrap_or(366.0 * 86400.0));
+    let mut reason = "duration elapsed";
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if !collector.tick(probes)? {
+                    reason = "the target cgroup was removed";
+                    break;
+                }
+            }
+            guard = events.readable_mut() => {
+                let mut guard = guard?;
+                let mut raw = Vec::new();
+                while let Some(item) = guard.get_inner_mut().next() {
+                    raw.push(item.to_vec());
+                }
+                guard.clear_ready();
+                for bytes in raw {
+                    if collector.oom_event(probes, &bytes)? && stop_after_oom {
+                        deadline = deadline.min(Instant::now() + AFTER_OOM);
+                        reason = "the workload was OOM-killed";
+                    }
+                }
+            }
+            _ = sigint.recv() => { reason = "interrupted (SIGINT)"; break; }
+            _ = sigterm.recv() => { reason = "terminated (SIGTERM)"; break; }
+            _ = sleep_until(deadline) => break,
+        }
+    }
+    // Events already in the ring buffer belong to this window.
+    while let Some(item) = events.get_mut().next() {
+        let bytes = item.to_vec();
+        collector.oom_event(probes, &bytes)?;
+    }
+    Ok(reason)
+}
+
+fn write_outputs(dir: &Path, report: &report::Report) -> Result<()> {
+    report::write_json(dir, report).with_context(|| format!("cannot write report.json into {}", dir.display()))?;
+    export::folded::write_folded(dir, &report.sites)
+        .with_context(|| format!("cannot write stacks.folded into {}", dir.display()))?;
+    Ok(())
+}

@@ -1,0 +1,261 @@
+//! Raw per-site kernel counters -> report sites: stacks resolved to frames, then sites that read the same merged
+//! across processes (forked workers, restarted containers, short-lived children all allocate from the same code).
+use std::collections::{BTreeSet, HashMap};
+
+use leak_common::{kind, SiteCounters, SiteKey, CACHE_KMALLOC_BIT};
+
+use crate::report::{Frame, Site};
+
+/// Stack traces by id (the kernel's stack map). Ids below zero mean "no stack was taken".
+pub trait StackSource {
+    /// Addresses, leaf first.
+    fn stack(&self, id: i32) -> Option<Vec<u64>>;
+}
+
+/// Addresses -> frames. The real one is [`crate::symbolize::Symbolizer`]; tests use fakes.
+pub trait FrameResolver {
+    fn kernel(&mut self, addrs: &[u64]) -> Vec<Frame>;
+    fn user(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame>;
+}
+
+/// Which frees count against a site's allocations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outstanding {
+    /// What is held now: allocations minus every free, the OOM kill's included.
+    Live,
+    /// What was held just before the OOM kill: frees made by the dying victim and the OOM reaper not counted.
+    BeforeOomKill,
+}
+
+pub fn kind_name(k: u32) -> &'static str {
+    match k {
+        kind::ANON => "anon",
+        kind::SLAB => "slab",
+        kind::PAGE => "page",
+        kind::PERCPU => "percpu",
+        _ => "other",
+    }
+}
+
+/// The slab cache named by a site key: `kmalloc-<size>` for kmalloc, the resolved name for a named cache.
+pub fn cache_name(cache: u32, names: &HashMap<u32, String>) -> Option<String> {
+    match cache {
+        0 => None,
+        c if c & CACHE_KMALLOC_BIT != 0 => Some(format!("kmalloc-{}", c & !CACHE_KMALLOC_BIT)),
+        // A name the map did not hold (evicted, or the cache is gone): keep the hash rather than lose the split.
+        c => Some(names.get(&c).cloned().unwrap_or_else(|| format!("cache-{c:08x}"))),
+    }
+}
+
+/// Sites from the summed per-CPU counters, merged and sorted by outstanding bytes (largest first), at most `top`.
+pub fn build<S, R>(
+    raw: &[(SiteKey, SiteCounters)],
+    stacks: &S,
+    caches: &HashMap<u32, String>,
+    comms: &HashMap<u32, String>,
+    resolver: &mut R,
+    mode: Outstanding,
+    top: usize,
+) -> Vec<Site>
+where
+    S: StackSource + ?Sized,
+    R: FrameResolver + ?Sized,
+{
+    let mut merged: HashMap<MergeKey, Merged> = HashMap::new();
+    for (key, counters) in raw {
+        let mut frames = Vec::new();
+        if let Some(addrs) = stack_of(stacks, key.kstack) {
+            frames.extend(resolver.kernel(&addrs));
+        }
+        if let Some(addrs) = stack_of(stacks, key.ustack) {
+            frames.extend(resolver.user(key.tgid, &addrs));
+        }
+        let slab_cache = cache_name(key.cache, caches);
+        let identity = MergeKey {
+            kind: kind_name(key.kind),
+            slab_cache: slab_cache.clone(),
+            frames: frames.iter().map(FrameId::of).collect(),
+        };
+        let entry = merged.entry(identity).or_insert_with(|| Merged {
+            site: Site {
+                kind: kind_name(key.kind).to_string(),
+                outstanding_bytes: 0,
+                outstanding_allocs: 0,
+                alloc_bytes: 0,
+                alloc_count: 0,
+                slab_cache,
+                pids: Vec::new(),
+                comms: Vec::new(),
+                frames,
+            },
+            pids: BTreeSet::new(),
+            comms: BTreeSet::new(),
+        });
+        entry.add(key.tgid, counters, comms, mode);
+    }
+    let mut sites: Vec<Site> = merged.into_values().map(Merged::finish).collect();
+    // Ties broken on the frames so that equal runs give equal reports.
+    sites.sort_by(|a, b| {
+        b.outstanding_bytes
+            .cmp(&a.outstanding_bytes)
+            .then(b.alloc_bytes.cmp(&a.alloc_bytes))
+            .then_with(|| labels(&a.frames).cmp(labels(&b.frames)))
+    });
+    sites.truncate(top);
+    sites
+}
+
+/// The frame that names a site for people: the first user frame with a symbol outside the allocator (the
+/// application code that asked for memory), else the first kernel frame past the allocator's own functions,
+/// else the leaf.
+pub fn app_frame(site: &Site) -> Option<&Frame> {
+    let named = |kernel: bool| {
+        site.frames.iter().find(|f| f.kernel == kernel && f.symbol.as_deref().is_some_and(|s| !is_allocator(s)))
+    };
+    named(false).or_else(|| named(true)).or_else(|| site.frames.first())
+}
+
+/// Allocator internals, kernel and C/C++/Rust runtime: they are how memory is obtained, not who wants it.
+fn is_allocator(symbol: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        // page allocator and its callers on the fault path
+        "__alloc_pages",
+        "alloc_pages",
+        "__folio_alloc",
+        "folio_alloc",
+        "vma_alloc_folio",
+        "alloc_anon_folio",
+        "get_page_from_freelist",
+        "__get_free_pages",
+        "get_zeroed_page",
+        "clear_page",
+        "__memcg_kmem_charge",
+        "mem_cgroup_charge",
+        "__mem_cgroup_charge",
+        "charge_memcg",
+        "obj_cgroup_charge",
+        // slab and friends
+        "kmem_cache_alloc",
+        "__kmem_cache_alloc",
+        "slab_alloc",
+        "___slab_alloc",
+        "__slab_alloc",
+        "allocate_slab",
+        "new_slab",
+        "kmalloc",
+        "__kmalloc",
+        "__do_kmalloc",
+        "kvmalloc",
+        "__kvmalloc",
+        "kzalloc",
+        "krealloc",
+        "__memcg_slab_post_alloc_hook",
+        "memcg_slab_post_alloc_hook",
+        "pcpu_alloc",
+        "__alloc_percpu",
+        "vmalloc",
+        "__vmalloc",
+        // user space allocators
+        "malloc",
+        "calloc",
+        "realloc",
+        "__libc_malloc",
+        "__libc_calloc",
+        "__libc_realloc",
+        "_int_malloc",
+        "_int_realloc",
+        "sysmalloc",
+        "tcache_",
+        "operator new",
+        "__rust_alloc",
+        "__rdl_alloc",
+        "__rg_alloc",
+        "alloc::alloc::",
+        "je_",
+        "tc_malloc",
+        "tc_new",
+        "__memset",
+        "memset",
+        "__memcpy",
+        "memcpy",
+        "__memmove",
+        "memmove",
+    ];
+    PREFIXES.iter().any(|p| symbol.starts_with(p))
+}
+
+fn stack_of<S: StackSource + ?Sized>(stacks: &S, id: i32) -> Option<Vec<u64>> {
+    if id < 0 {
+        return None;
+    }
+    stacks.stack(id)
+}
+
+fn labels(frames: &[Frame]) -> impl Iterator<Item = &str> {
+    frames.iter().map(Frame::label)
+}
+
+/// Two sites are the same when they allocate the same kind from the same cache through the same code.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct MergeKey {
+    kind: &'static str,
+    slab_cache: Option<String>,
+    frames: Vec<FrameId>,
+}
+
+/// A frame as code, independent of where a process happened to map it: the symbol and source line when known
+/// (the same across pids), the address otherwise.
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum FrameId {
+    Symbol { name: String, line: Option<u32>, kernel: bool },
+    Address(String),
+}
+
+impl FrameId {
+    fn of(f: &Frame) -> Self {
+        match &f.symbol {
+            Some(name) => FrameId::Symbol { name: name.clone(), line: f.line, kernel: f.kernel },
+            None => FrameId::Address(f.address.clone()),
+        }
+    }
+}
+
+struct Merged {
+    site: Site,
+    pids: BTreeSet<u32>,
+    comms: BTreeSet<String>,
+}
+
+impl Merged {
+    fn add(&mut self, tgid: u32, c: &SiteCounters, comms: &HashMap<u32, String>, mode: Outstanding) {
+        let (freed_bytes, freed_count) = match mode {
+            Outstanding::Live => {
+                (c.free_bytes.saturating_add(c.oom_freed_bytes), c.free_count.saturating_add(c.oom_freed_count))
+            }
+            Outstanding::BeforeOomKill => (c.free_bytes, c.free_count),
+        };
+        let s = &mut self.site;
+        s.outstanding_bytes = s.outstanding_bytes.saturating_add(signed_diff(c.alloc_bytes, freed_bytes));
+        s.outstanding_allocs = s.outstanding_allocs.saturating_add(signed_diff(c.alloc_count, freed_count));
+        s.alloc_bytes = s.alloc_bytes.saturating_add(c.alloc_bytes);
+        s.alloc_count = s.alloc_count.saturating_add(c.alloc_count);
+        self.pids.insert(tgid);
+        if let Some(comm) = comms.get(&tgid) {
+            self.comms.insert(comm.clone());
+        }
+    }
+
+    fn finish(mut self) -> Site {
+        self.site.pids = self.pids.into_iter().collect();
+        self.site.comms = self.comms.into_iter().collect();
+        self.site
+    }
+}
+
+/// `a - b` as i64: frees may exceed allocations seen (memory allocated before tracing began and freed during it).
+fn signed_diff(a: u64, b: u64) -> i64 {
+    (i128::from(a) - i128::from(b)).clamp(i64::MIN.into(), i64::MAX.into()) as i64
+}
+
+#[cfg(test)]
+mod tests;

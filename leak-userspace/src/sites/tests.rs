@@ -1,0 +1,209 @@
+use super::*;
+
+/// Stacks by id; a missing id stands for an evicted stack.
+struct FakeStacks(HashMap<i32, Vec<u64>>);
+
+impl StackSource for FakeStacks {
+    fn stack(&self, id: i32) -> Option<Vec<u64>> {
+        self.0.get(&id).cloned()
+    }
+}
+
+/// Symbols by address; user symbols by address only (as if every pid mapped the same code at its own base,
+/// `pid * 0x1000` away).
+struct FakeResolver {
+    kernel: HashMap<u64, &'static str>,
+    user: HashMap<u64, &'static str>,
+    calls: usize,
+}
+
+fn frame(symbol: Option<&str>, addr: u64, kernel: bool) -> Frame {
+    Frame { symbol: symbol.map(str::to_string), ..Frame::unknown(addr, kernel) }
+}
+
+impl FrameResolver for FakeResolver {
+    fn kernel(&mut self, addrs: &[u64]) -> Vec<Frame> {
+        self.calls += 1;
+        addrs.iter().map(|a| frame(self.kernel.get(a).copied(), *a, true)).collect()
+    }
+    fn user(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame> {
+        self.calls += 1;
+        let base = u64::from(pid) * 0x1000;
+        addrs.iter().map(|a| frame(self.user.get(&a.wrapping_sub(base)).copied(), *a, false)).collect()
+    }
+}
+
+fn resolver() -> FakeResolver {
+    FakeResolver {
+        kernel: HashMap::from([(0xffff_0001, "__alloc_pages"), (0xffff_0002, "do_anonymous_page")]),
+        user: HashMap::from([(0x10, "malloc"), (0x20, "leak_here"), (0x30, "main")]),
+        calls: 0,
+    }
+}
+
+fn key(tgid: u32, kstack: i32, ustack: i32, kind: u32, cache: u32) -> SiteKey {
+    SiteKey { tgid, kstack, ustack, cache, kind }
+}
+
+fn counters(alloc: u64, free: u64, oom_freed: u64) -> SiteCounters {
+    SiteCounters {
+        alloc_bytes: alloc * 4096,
+        alloc_count: alloc,
+        free_bytes: free * 4096,
+        free_count: free,
+        oom_freed_bytes: oom_freed * 4096,
+        oom_freed_count: oom_freed,
+    }
+}
+
+/// Kernel stack 1 for everyone; user stack 100 + pid for each pid, the same code at a pid-specific base.
+fn stacks(pids: &[u32]) -> FakeStacks {
+    let mut m = HashMap::from([(1, vec![0xffff_0001, 0xffff_0002]), (2, vec![0xffff_0001])]);
+    for &pid in pids {
+        let base = u64::from(pid) * 0x1000;
+        m.insert(100 + pid as i32, vec![base + 0x10, base + 0x20, base + 0x30]);
+    }
+    FakeStacks(m)
+}
+
+fn comms() -> HashMap<u32, String> {
+    HashMap::from([(7, "worker".to_string()), (8, "worker".to_string()), (9, "other".to_string())])
+}
+
+#[test]
+fn kernel_frames_come_first_then_user_frames() {
+    let raw = [(key(7, 1, 107, kind::ANON, 0), counters(10, 2, 0))];
+    let sites = build(&raw, &stacks(&[7]), &HashMap::new(), &comms(), &mut resolver(), Outstanding::Live, 10);
+    assert_eq!(sites.len(), 1);
+    let labels: Vec<&str> = sites[0].frames.iter().map(Frame::label).collect();
+    assert_eq!(labels, ["__alloc_pages", "do_anonymous_page", "malloc", "leak_here", "main"]);
+    assert!(sites[0].frames[..2].iter().all(|f| f.kernel));
+    assert!(sites[0].frames[2..].iter().all(|f| !f.kernel));
+    assert_eq!(sites[0].kind, "anon");
+    assert_eq!(sites[0].outstanding_bytes, 8 * 4096);
+    assert_eq!(sites[0].outstanding_allocs, 8);
+    assert_eq!((sites[0].alloc_bytes, sites[0].alloc_count), (10 * 4096, 10));
+    assert_eq!(sites[0].pids, [7]);
+    assert_eq!(sites[0].comms, ["worker"]);
+}
+
+#[test]
+fn same_code_in_different_pids_merges() {
+    let raw = [
+        (key(7, 1, 107, kind::ANON, 0), counters(10, 0, 0)),
+        (key(8, 1, 108, kind::ANON, 0), counters(5, 1, 0)),
+        (key(9, 1, 109, kind::ANON, 0), counters(1, 0, 0)),
+    ];
+    let sites = build(&raw, &stacks(&[7, 8, 9]), &HashMap::new(), &comms(), &mut resolver(), Outstanding::Live, 10);
+    assert_eq!(sites.len(), 1, "{sites:#?}");
+    assert_eq!(sites[0].outstanding_allocs, 15);
+    assert_eq!(sites[0].alloc_count, 16);
+    assert_eq!(sites[0].pids, [7, 8, 9]);
+    assert_eq!(sites[0].comms, ["other", "worker"]);
+}
+
+#[test]
+fn kind_and_cache_keep_sites_apart() {
+    let raw = [
+        (key(7, 2, -14, kind::SLAB, CACHE_KMALLOC_BIT | 256), counters(3, 0, 0)),
+        (key(7, 2, -14, kind::SLAB, CACHE_KMALLOC_BIT | 512), counters(2, 0, 0)),
+        (key(7, 2, -14, kind::SLAB, 0x1234), counters(1, 0, 0)),
+        (key(7, 2, -14, kind::PAGE, 0), counters(4, 0, 0)),
+    ];
+    let caches = HashMap::from([(0x1234, "dentry".to_string())]);
+    let sites = build(&raw, &stacks(&[]), &caches, &comms(), &mut resolver(), Outstanding::Live, 10);
+    let got: Vec<(&str, Option<&str>)> = sites.iter().map(|s| (s.kind.as_str(), s.slab_cache.as_deref())).collect();
+    assert_eq!(
+        got,
+        [("page", None), ("slab", Some("kmalloc-256")), ("slab", Some("kmalloc-512")), ("slab", Some("dentry"))]
+    );
+    assert!(sites.iter().all(|s| s.frames.len() == 1 && s.frames[0].kernel), "no user stack: kernel frames only");
+}
+
+#[test]
+fn unsymbolized_frames_merge_only_by_address() {
+    // Addresses 0x99 are unknown to the resolver: distinct bases give distinct addresses, so no merge.
+    let st = FakeStacks(HashMap::from([(5, vec![0x7000 + 0x99]), (6, vec![0x8000 + 0x99])]));
+    let raw = [(key(7, -1, 5, kind::ANON, 0), counters(1, 0, 0)), (key(8, -1, 6, kind::ANON, 0), counters(1, 0, 0))];
+    let sites = build(&raw, &st, &HashMap::new(), &comms(), &mut resolver(), Outstanding::Live, 10);
+    assert_eq!(sites.len(), 2);
+    assert!(sites.iter().all(|s| s.frames[0].symbol.is_none() && s.frames[0].address.starts_with("0x")));
+}
+
+#[test]
+fn outstanding_modes_differ_by_oom_frees() {
+    let raw = [(key(7, 1, 107, kind::ANON, 0), counters(100, 10, 80))];
+    let st = stacks(&[7]);
+    let live = build(&raw, &st, &HashMap::new(), &comms(), &mut resolver(), Outstanding::Live, 10);
+    let before = build(&raw, &st, &HashMap::new(), &comms(), &mut resolver(), Outstanding::BeforeOomKill, 10);
+    assert_eq!(live[0].outstanding_allocs, 10);
+    assert_eq!(before[0].outstanding_allocs, 90);
+    assert_eq!(before[0].outstanding_bytes, 90 * 4096);
+}
+
+#[test]
+fn sorted_largest_first_and_limited_to_top() {
+    let raw = [
+        (key(7, 2, -1, kind::SLAB, CACHE_KMALLOC_BIT | 64), counters(1, 0, 0)),
+        (key(7, 2, -1, kind::SLAB, CACHE_KMALLOC_BIT | 128), counters(5, 0, 0)),
+        (key(7, 2, -1, kind::SLAB, CACHE_KMALLOC_BIT | 256), counters(3, 4, 0)),
+        (key(7, 2, -1, kind::SLAB, CACHE_KMALLOC_BIT | 512), counters(2, 0, 0)),
+    ];
+    let all = build(&raw, &stacks(&[]), &HashMap::new(), &comms(), &mut resolver(), Outstanding::Live, usize::MAX);
+    let order: Vec<i64> = all.iter().map(|s| s.outstanding_allocs).collect();
+    assert_eq!(order, [5, 2, 1, -1], "negative outstanding (frees of older memory) kept, last");
+    let top = build(&raw, &stacks(&[]), &HashMap::new(), &comms(), &mut resolver(), Outstanding::Live, 2);
+    assert_eq!(top.len(), 2);
+    assert_eq!(top[0].slab_cache.as_deref(), Some("kmalloc-128"));
+}
+
+#[test]
+fn missing_stacks_and_errors_give_no_frames() {
+    // -17 (EEXIST: a bucket collision) and an id the map no longer holds.
+    let raw = [(key(7, -17, 555, kind::OTHER, 0), counters(1, 0, 0))];
+    let sites = build(&raw, &stacks(&[]), &HashMap::new(), &HashMap::new(), &mut resolver(), Outstanding::Live, 10);
+    assert_eq!(sites[0].kind, "other");
+    assert!(sites[0].frames.is_empty());
+    assert!(sites[0].comms.is_empty(), "unknown comm left out, pid kept");
+    assert_eq!(sites[0].pids, [7]);
+}
+
+#[test]
+fn names() {
+    assert_eq!(kind_name(kind::PERCPU), "percpu");
+    assert_eq!(kind_name(77), "other");
+    assert_eq!(cache_name(0, &HashMap::new()), None);
+    assert_eq!(cache_name(0xabc, &HashMap::new()).as_deref(), Some("cache-00000abc"));
+    let hash = leak_common::cache_name_hash(b"task_struct");
+    let names = HashMap::from([(hash, "task_struct".to_string())]);
+    assert_eq!(cache_name(hash, &names).as_deref(), Some("task_struct"));
+}
+
+#[test]
+fn huge_counters_saturate() {
+    assert_eq!(signed_diff(u64::MAX, 0), i64::MAX);
+    assert_eq!(signed_diff(0, u64::MAX), i64::MIN);
+    assert_eq!(signed_diff(5, 7), -2);
+}
+
+#[test]
+fn app_frame_skips_allocators() {
+    let f = |s: &str, kernel| frame(Some(s), 1, kernel);
+    let mut site = crate::report::tests::site(
+        "anon",
+        1,
+        vec![
+            f("__alloc_pages_noprof", true),
+            f("do_anonymous_page", true),
+            f("__memset_avx2", false),
+            f("fill", false),
+        ],
+    );
+    assert_eq!(app_frame(&site).and_then(|f| f.symbol.as_deref()), Some("fill"));
+    site.frames.truncate(3);
+    assert_eq!(app_frame(&site).and_then(|f| f.symbol.as_deref()), Some("do_anonymous_page"), "kernel fallback");
+    site.frames = vec![frame(Some("kmalloc"), 1, true), Frame::unknown(5, false)];
+    assert_eq!(app_frame(&site).map(Frame::label), Some("kmalloc"), "only allocator frames: the leaf");
+    site.frames.clear();
+    assert_eq!(app_frame(&site), None);
+}

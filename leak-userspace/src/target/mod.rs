@@ -1,0 +1,87 @@
+//! Which cgroup to trace: find the memory hierarchy on this host (`layout`), turn the user's `--cgroup` argument
+//! into a memcg directory and id (`resolve`), and list what lives below it (`walk`).
+mod layout;
+mod resolve;
+#[cfg(test)]
+pub(crate) mod testing;
+mod walk;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+pub use layout::{CgroupLayout, CgroupVersion};
+pub use resolve::{resolve, Resolver};
+pub use walk::{member_pids, member_tids, subtree_ids};
+
+/// The container a target belongs to, when it was named through a container runtime.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ContainerInfo {
+    pub runtime: String,
+    pub id: String,
+    pub name: String,
+}
+
+/// A resolved memcg.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Absolute directory of the memcg.
+    pub path: PathBuf,
+    /// Its inode number: the memcg id the `memcg:*` tracepoints report and the kernfs id of the cgroup.
+    pub id: u64,
+    pub version: CgroupVersion,
+    pub container: Option<ContainerInfo>,
+}
+
+impl Target {
+    /// The target for an existing cgroup directory (e.g. one the caller created itself).
+    pub fn from_dir(path: &Path, version: CgroupVersion) -> anyhow::Result<Self> {
+        let meta = std::fs::metadata(path).with_context(|| format!("cannot stat cgroup {}", path.display()))?;
+        Ok(Self { path: path.to_path_buf(), id: meta.ino(), version, container: None })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::TestMemcg;
+    use super::*;
+
+    #[test]
+    fn version_numbers() {
+        assert_eq!((CgroupVersion::V1.number(), CgroupVersion::V2.number()), (1, 2));
+    }
+
+    #[test]
+    fn from_dir_missing_is_an_error() {
+        let e = Target::from_dir(Path::new("/nonexistent/cg"), CgroupVersion::V1).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/cg"));
+    }
+
+    /// Resolves a real memcg in every accepted form and lists its members.
+    #[test]
+    fn real_memcg_on_this_host() {
+        let Some(mut cg) = TestMemcg::create("resolve") else { return };
+        let child = cg.subdir("child");
+        let pid = cg.spawn_member(&child, "exec sleep 30");
+        let layout = &cg.layout;
+        let id = std::fs::metadata(&cg.path).unwrap().ino();
+        let rel = cg.path.strip_prefix(&layout.memory_root).unwrap().to_str().unwrap().to_string();
+        for spec in [cg.path.to_str().unwrap().to_string(), rel, id.to_string()] {
+            let t = resolve(&spec, layout).unwrap_or_else(|e| panic!("{spec}: {e}"));
+            assert_eq!((t.path.as_path(), t.id, t.version), (cg.path.as_path(), id, layout.version), "{spec}");
+        }
+        if let Some(unified) = layout.unified.as_ref().filter(|u| **u != layout.memory_root) {
+            let e = resolve(unified.to_str().unwrap(), layout).unwrap_err().to_string();
+            assert!(e.contains("no memory controller"), "{e}");
+        }
+
+        let mut ids = subtree_ids(&cg.path);
+        ids.sort_unstable();
+        let mut want = vec![id, std::fs::metadata(&child).unwrap().ino()];
+        want.sort_unstable();
+        assert_eq!(ids, want);
+        assert_eq!(member_pids(&cg.path), vec![pid]);
+        assert!(member_tids(&cg.path, layout.version).contains(&pid));
+    }
+}

@@ -1,0 +1,522 @@
+//! Helpers for leaktrace's end-to-end tests: real memcgs, real leaking C workloads (tests/workloads), the real
+//! binary. Privileged tests call `require_root()` first and take `serial()`: they check the kernel for leftover
+//! programs, which only works when one trace runs at a time.
+use std::{
+    ffi::{CString, OsStr},
+    fs,
+    io::{self, BufRead, BufReader, Read},
+    os::unix::{
+        ffi::OsStrExt,
+        fs::MetadataExt,
+        process::{CommandExt, ExitStatusExt},
+    },
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc, Arc, Mutex, MutexGuard, PoisonError,
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// Prefix of every eBPF program leaktrace loads (as `bpftool prog show` lists them).
+pub const PROGRAM_PREFIX: &str = "lt_";
+
+fn workspace() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the tests crate lives one level below the workspace root")
+}
+
+/// Whether a privileged test can run. Under CI (`CI=true`) not being root is a failure, so the suite cannot pass by
+/// skipping everything; elsewhere the test is skipped with a note.
+pub fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "privileged tests must run under CI (as root)");
+    eprintln!("skipped: needs root (eBPF programs and cgroups)");
+    false
+}
+
+/// Held for the whole of a privileged test: one trace at a time.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupVersion {
+    V1,
+    V2,
+}
+
+/// A memory cgroup made for one test; on drop its processes are killed and it is removed.
+#[derive(Debug)]
+pub struct Memcg {
+    path: PathBuf,
+    version: CgroupVersion,
+}
+
+impl Memcg {
+    /// Creates `<memory root>/leaktrace-test-<prefix>-<pid>-<n>`, with a memory limit if given.
+    pub fn create(prefix: &str, limit_bytes: Option<u64>) -> Result<Memcg> {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let (root, version) = memory_root()?;
+        let name = format!(
+            "leaktrace-test-{prefix}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = root.join(name);
+        fs::create_dir(&path).with_context(|| format!("cannot create the memcg {}", path.display()))?;
+        let memcg = Memcg { path, version };
+        if version == CgroupVersion::V2 && !memcg.path.join("memory.max").exists() {
+            bail!("the memory controller is not enabled in {}/cgroup.subtree_control", root.display());
+        }
+        if let Some(limit) = limit_bytes {
+            memcg.write(memcg.file("memory.limit_in_bytes", "memory.max"), &limit.to_string())?;
+            // Without swap the limit is what the OOM killer enforces; with swap a v2 child would page out instead.
+            if version == CgroupVersion::V2 && memcg.path.join("memory.swap.max").exists() {
+                memcg.write("memory.swap.max", "0")?;
+            }
+        }
+        Ok(memcg)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn version(&self) -> CgroupVersion {
+        self.version
+    }
+
+    /// The cgroup id: the directory's inode number (what `--cgroup <id>` and the memcg tracepoints use).
+    pub fn id(&self) -> Result<u64> {
+        Ok(fs::metadata(&self.path).with_context(|| format!("cannot stat {}", self.path.display()))?.ino())
+    }
+
+    /// Current memory usage in bytes.
+    pub fn usage(&self) -> Result<u64> {
+        let file = self.path.join(self.file("memory.usage_in_bytes", "memory.current"));
+        let text = fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        text.trim().parse().with_context(|| format!("{}: not a number: {text:?}", file.display()))
+    }
+
+    /// Pids of the processes in the cgroup.
+    pub fn pids(&self) -> Vec<u32> {
+        let procs = fs::read_to_string(self.path.join("cgroup.procs")).unwrap_or_default();
+        procs.lines().filter_map(|l| l.trim().parse().ok()).collect()
+    }
+
+    /// Starts `cmd` inside the cgroup: the child moves itself in before exec, so everything it runs is charged here.
+    pub fn spawn_in(&self, mut cmd: Command) -> Result<Child> {
+        let procs = CString::new(self.path.join("cgroup.procs").as_os_str().as_bytes())?;
+        // SAFETY: the closure runs between fork and exec and only makes raw syscalls (no allocation, no locks).
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // "0" is the writing process itself.
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let err = io::Error::last_os_error();
+                libc::close(fd);
+                if written == 1 {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            });
+        }
+        cmd.spawn().with_context(|| format!("cannot start {:?} in {}", cmd.get_program(), self.path.display()))
+    }
+
+    fn file(&self, v1: &'static str, v2: &'static str) -> &'static str {
+        match self.version {
+            CgroupVersion::V1 => v1,
+            CgroupVersion::V2 => v2,
+        }
+    }
+
+    fn write(&self, file: &str, value: &str) -> Result<()> {
+        let path = self.path.join(file);
+        fs::write(&path, value).with_context(|| format!("cannot write {value} to {}", path.display()))
+    }
+}
+
+impl Drop for Memcg {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let pids = self.pids();
+            if pids.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                eprintln!("warning: {} still holds {pids:?}; leaving it", self.path.display());
+                return;
+            }
+            for pid in pids {
+                // SAFETY: plain syscall; these pids are in a cgroup this test created.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        // The cgroup can stay busy for a moment after its last task has gone.
+        for _ in 0..100 {
+            match fs::remove_dir(&self.path) {
+                Ok(()) => return,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => thread::sleep(Duration::from_millis(20)),
+                Err(e) => {
+                    eprintln!("warning: cannot remove {}: {e}", self.path.display());
+                    return;
+                }
+            }
+        }
+        eprintln!("warning: {} stayed busy; remove it with rmdir", self.path.display());
+    }
+}
+
+/// Where memory cgroups are made: the cgroup2 root when it has the memory controller, else the v1 hierarchy.
+fn memory_root() -> Result<(PathBuf, CgroupVersion)> {
+    let unified = Path::new("/sys/fs/cgroup");
+    let controllers = fs::read_to_string(unified.join("cgroup.controllers")).unwrap_or_default();
+    if controllers.split_whitespace().any(|c| c == "memory") {
+        return Ok((unified.to_path_buf(), CgroupVersion::V2));
+    }
+    let v1 = unified.join("memory");
+    if v1.join("cgroup.procs").exists() {
+        return Ok((v1, CgroupVersion::V1));
+    }
+    bail!("no memory cgroup controller: neither cgroup2 at /sys/fs/cgroup nor v1 at /sys/fs/cgroup/memory has it")
+}
+
+/// Compiles tests/workloads/<name>.c (frame pointers kept, so user stacks walk through it) and returns the
+/// executable. Rebuilt only when a workload source is newer.
+pub fn build_workload(name: &str) -> Result<PathBuf> {
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads");
+    let src = sources.join(format!("{name}.c"));
+    if !src.is_file() {
+        bail!("no workload {}", src.display());
+    }
+    let out_dir = workspace().join("target/e2e-workloads");
+    fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let exe = out_dir.join(name);
+    let newest_source = fs::read_dir(&sources)?
+        .flatten()
+        .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .max()
+        .context("empty workloads directory")?;
+    if fs::metadata(&exe).and_then(|m| m.modified()).is_ok_and(|built| built >= newest_source) {
+        return Ok(exe);
+    }
+    // Built under a unique name and renamed: tests running in parallel never see a half-written file.
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let tmp = out_dir.join(format!(".{name}.{}.{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+    let out = Command::new("gcc")
+        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer", "-Wall", "-o"])
+        .arg(&tmp)
+        .arg(&src)
+        .output()
+        .context("cannot run gcc (cargo xtask bootstrap installs it)")?;
+    if !out.status.success() {
+        bail!("gcc failed on {}:\n{}", src.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    fs::rename(&tmp, &exe)?;
+    Ok(exe)
+}
+
+/// The leaktrace binary under test: `$LEAKTRACE_BIN`, else the workspace's release build.
+pub fn leaktrace_bin() -> Result<PathBuf> {
+    let bin = std::env::var_os("LEAKTRACE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/release/leaktrace"));
+    if !bin.is_file() {
+        bail!("no leaktrace binary at {}: run `cargo xtask test` (it builds one) or set LEAKTRACE_BIN", bin.display());
+    }
+    Ok(bin)
+}
+
+/// A running leaktrace whose output is collected (and echoed to the test's stderr) line by line.
+pub struct Leaktrace {
+    child: Child,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<JoinHandle<()>>,
+    attached: mpsc::Receiver<()>,
+}
+
+impl Leaktrace {
+    pub fn spawn<S: AsRef<OsStr>>(args: &[S]) -> Result<Leaktrace> {
+        let mut child = Command::new(leaktrace_bin()?)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot start leaktrace")?;
+        let (tx, attached) = mpsc::channel();
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let readers = vec![
+            collect(child.stdout.take().expect("piped"), stdout.clone(), tx.clone()),
+            collect(child.stderr.take().expect("piped"), stderr.clone(), tx),
+        ];
+        Ok(Leaktrace { child, stdout, stderr, readers, attached })
+    }
+
+    /// Starts tracing `memcg` for `seconds` (1 s interval) into `output` and returns once the programs are attached.
+    pub fn trace(memcg: &Memcg, seconds: u32, output: &Path) -> Result<Leaktrace> {
+        let mut trace = Leaktrace::spawn(&[
+            OsStr::new("--cgroup"),
+            memcg.path().as_os_str(),
+            OsStr::new("--duration"),
+            OsStr::new(&seconds.to_string()),
+            OsStr::new("--interval"),
+            OsStr::new("1"),
+            OsStr::new("--output"),
+            output.as_os_str(),
+        ])?;
+        trace.wait_attached(Duration::from_secs(10))?;
+        Ok(trace)
+    }
+
+    /// Waits for a line saying "attached"; fails if leaktrace exits or stays silent for `timeout`.
+    pub fn wait_attached(&mut self, timeout: Duration) -> Result<()> {
+        match self.attached.recv_timeout(timeout) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                // Either it exited (the readers hung up) or it hangs: both end here.
+                let _ = self.child.kill();
+                let status = self.child.wait()?;
+                let out = self.output(status);
+                bail!("leaktrace did not attach within {timeout:?}; {}", describe(&out));
+            }
+        }
+    }
+
+    /// Waits for leaktrace to exit. Past `timeout` it gets SIGTERM (its outputs are still written), then SIGKILL,
+    /// and this fails.
+    pub fn wait(&mut self, timeout: Duration) -> Result<Output> {
+        let status = match wait_timeout(&mut self.child, timeout)? {
+            Some(status) => status,
+            None => {
+                // SAFETY: plain syscall on our own child.
+                unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+                if wait_timeout(&mut self.child, Duration::from_secs(5))?.is_none() {
+                    self.child.kill()?;
+                }
+                let status = self.child.wait()?;
+                let out = self.output(status);
+                bail!("leaktrace did not finish within {timeout:?}; {}", describe(&out));
+            }
+        };
+        Ok(self.output(status))
+    }
+
+    fn output(&mut self, status: ExitStatus) -> Output {
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        let take = |buf: &Arc<Mutex<Vec<u8>>>| std::mem::take(&mut *buf.lock().unwrap_or_else(PoisonError::into_inner));
+        Output { status, stdout: take(&self.stdout), stderr: take(&self.stderr) }
+    }
+}
+
+impl Drop for Leaktrace {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Copies `from` into `into` line by line, echoing each line and signalling the first one that says "attached".
+fn collect(from: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>, attached: mpsc::Sender<()>) -> JoinHandle<()> {
+    thread::spawn(move || {
+        let mut reader = BufReader::new(from);
+        let mut line = Vec::new();
+        while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            let text = String::from_utf8_lossy(&line);
+            eprint!("  | {text}");
+            if text.contains("attached") {
+                let _ = attached.send(());
+            }
+            into.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(&line);
+            line.clear();
+        }
+    })
+}
+
+/// Runs leaktrace to completion with a hard time limit.
+pub fn run_leaktrace(args: &[&str], timeout: Duration) -> Result<Output> {
+    Leaktrace::spawn(args)?.wait(timeout)
+}
+
+/// The exit status, or `None` if `child` is still running after `timeout`.
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Exit status and output, for failure messages.
+pub fn describe(out: &Output) -> String {
+    let how = match (out.status.code(), out.status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "unknown exit".into(),
+    };
+    format!(
+        "{how}\n--- stdout ---\n{}--- stderr ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+pub fn read_report(dir: &Path) -> Result<Value> {
+    let path = dir.join("report.json");
+    let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
+}
+
+/// A JSON array as a slice (`items(&report["sites"])`); empty when absent or not an array.
+pub fn items(value: &Value) -> &[Value] {
+    value.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
+/// Whether `site` has a frame on the given side (kernel or user) whose symbol contains `needle`.
+pub fn has_frame(site: &Value, kernel: bool, needle: &str) -> bool {
+    items(&site["frames"]).iter().any(|f| {
+        f["kernel"].as_bool() == Some(kernel) && f["symbol"].as_str().is_some_and(|s| s.contains(needle))
+    })
+}
+
+/// The top sites of a report, one line each with their leading frames: what a failing assertion should show.
+pub fn summarize(report: &Value) -> String {
+    let mut text = format!("verdict: {}\n", report["verdict"]);
+    for site in items(&report["sites"]).iter().take(8) {
+        let frames: Vec<&str> = items(&site["frames"]).iter().filter_map(|f| f["symbol"].as_str()).take(8).collect();
+        text += &format!(
+            "  {} outstanding={} alloc={} cache={} frames: {}\n",
+            site["kind"],
+            site["outstanding_bytes"],
+            site["alloc_bytes"],
+            site["slab_cache"],
+            frames.join(" <- ")
+        );
+    }
+    text
+}
+
+/// Fails if a program leaktrace loads is still in the kernel. Program ids go away a moment after the last
+/// reference does, so this waits up to 3 s before failing.
+pub fn assert_nothing_attached() -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let out = Command::new("bpftool")
+            .args(["-j", "prog", "show"])
+            .output()
+            .context("cannot run bpftool (cargo xtask bootstrap installs it)")?;
+        if !out.status.success() {
+            bail!("bpftool prog show failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        let left = leaktrace_programs(&serde_json::from_slice(&out.stdout).context("bpftool printed no JSON")?);
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("leaktrace programs still loaded after it exited: {left:?}");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Names of leaktrace's programs in `bpftool -j prog show` output.
+fn leaktrace_programs(progs: &Value) -> Vec<String> {
+    items(progs)
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .filter(|name| name.starts_with(PROGRAM_PREFIX))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn finds_leaktrace_programs_in_bpftool_output() {
+        let progs = json!([
+            {"id": 3, "type": "cgroup_device", "tag": "ab"},
+            {"id": 7, "type": "tracepoint", "name": "lt_page_alloc"},
+            {"id": 9, "type": "tracepoint", "name": "memleak_alloc"},
+            {"id": 11, "type": "tracepoint", "name": "lt_kmalloc"}
+        ]);
+        assert_eq!(leaktrace_programs(&progs), ["lt_page_alloc", "lt_kmalloc"]);
+        assert!(leaktrace_programs(&json!([])).is_empty());
+    }
+
+    #[test]
+    fn matches_frames_by_side_and_symbol() {
+        let site = json!({"kind": "slab", "frames": [
+            {"symbol": "kmem_cache_alloc_noprof", "kernel": true},
+            {"symbol": "do_pipe2", "kernel": true},
+            {"symbol": null, "kernel": false},
+            {"symbol": "leak_pipes", "kernel": false}
+        ]});
+        assert!(has_frame(&site, true, "pipe"));
+        assert!(has_frame(&site, false, "leak_pipes"));
+        assert!(!has_frame(&site, true, "leak_pipes"));
+        assert!(!has_frame(&json!({"kind": "anon"}), false, "x"));
+    }
+
+    #[test]
+    fn summary_lists_sites_with_their_frames() {
+        let report = json!({"verdict": {"class": "heap-leak"}, "sites": [
+            {"kind": "anon", "outstanding_bytes": 42, "alloc_bytes": 50, "slab_cache": null,
+             "frames": [{"symbol": "leak_heap_blocks"}, {"symbol": null}, {"symbol": "main"}]}
+        ]});
+        let text = summarize(&report);
+        assert!(text.contains("heap-leak"), "{text}");
+        assert!(text.contains("\"anon\" outstanding=42 alloc=50 cache=null frames: leak_heap_blocks <- main"), "{text}");
+        assert!(summarize(&json!({})).starts_with("verdict: null"));
+    }
+
+    #[test]
+    fn builds_every_workload() {
+        for name in ["heap_leak", "pipe_leak", "oom_leak", "churn"] {
+            let exe = build_workload(name).unwrap();
+            assert!(exe.is_file());
+            // Cached: a second call does not rebuild.
+            let built = fs::metadata(&exe).unwrap().modified().unwrap();
+            assert_eq!(fs::metadata(build_workload(name).unwrap()).unwrap().modified().unwrap(), built);
+        }
+        assert!(build_workload("no_such_workload").is_err());
+    }
+
+    #[test]
+    fn describes_how_a_process_ended() {
+        let out = Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]).output().unwrap();
+        let text = describe(&out);
+        assert!(text.starts_with("exit code 3"), "{text}");
+        assert!(text.contains("out\n") && text.contains("err\n"), "{text}");
+    }
+}

@@ -1,0 +1,45 @@
+/* Shared by the e2e workloads: argument parsing and pacing. Every workload takes
+ *   <rate per second> <seconds of activity> <seconds to hold afterwards>
+ * so a test can size its run, and holding keeps leaked memory outstanding until the tracer has written its report. */
+#ifndef LEAKTRACE_WORKLOAD_COMMON_H
+#define LEAKTRACE_WORKLOAD_COMMON_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+static inline double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* argv[i] as a number, or `fallback` when absent; "inf" is accepted. */
+static inline double arg_or(int argc, char **argv, int i, double fallback) {
+    return i < argc ? strtod(argv[i], NULL) : fallback;
+}
+
+/* Calls step(n) so that `per_sec` units are done per second, for `secs` seconds; stops early if step returns 0. */
+static inline void paced(double per_sec, double secs, int (*step)(size_t n)) {
+    double start = now();
+    size_t done = 0;
+    for (double t = 0; t < secs; t = now() - start) {
+        size_t due = (size_t)(t * per_sec) + 1;
+        if (due > done) {
+            if (!step(due - done))
+                return;
+            done = due;
+        }
+        usleep(5000);
+    }
+}
+
+static inline void hold(double secs) {
+    double end = now() + secs;
+    while (isfinite(end) ? now() < end : 1)
+        usleep(100000);
+}
+
+#endif

@@ -1,0 +1,61 @@
+/* A kernel-object leak: file descriptors that are never closed, each holding kernel memory (pipe: inode, files,
+ * pipe_inode_info and one buffer page with a byte in it; socketpair: sockets and a queued skb).
+ * pipe_leak [per second = 200] [seconds = 8] [hold seconds = 60] [pipes|sockets = pipes] */
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+
+#include "common.h"
+
+/* The syscall instruction sits in the leaking function itself: libc's wrappers keep no frame pointer, and a user
+ * stack walked from inside one would skip the function that called it. */
+#if defined(__x86_64__)
+static inline __attribute__((always_inline)) long sys4(long nr, long a, long b, long c, long d) {
+    register long r10 __asm__("r10") = d;
+    long ret;
+    __asm__ volatile("syscall" : "=a"(ret) : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10) : "rcx", "r11", "memory");
+    return ret;
+}
+#else
+#define sys4(nr, a, b, c, d) syscall(nr, a, b, c, d)
+#endif
+
+static size_t leaked;
+
+__attribute__((noinline)) int leak_pipes(size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        int fds[2];
+        if (sys4(SYS_pipe2, (long)fds, 0, 0, 0) != 0)
+            return 0;
+        sys4(SYS_write, fds[1], (long)"x", 1, 0);
+        leaked++;
+    }
+    return 1;
+}
+
+__attribute__((noinline)) int leak_sockets(size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        int fds[2];
+        if (sys4(SYS_socketpair, AF_UNIX, SOCK_STREAM, 0, (long)fds) != 0)
+            return 0;
+        sys4(SYS_write, fds[1], (long)"x", 1, 0);
+        leaked++;
+    }
+    return 1;
+}
+
+int main(int argc, char **argv) {
+    double per_sec = arg_or(argc, argv, 1, 200), secs = arg_or(argc, argv, 2, 8), hold_secs = arg_or(argc, argv, 3, 60);
+    int sockets = argc > 4 && strcmp(argv[4], "sockets") == 0;
+    struct rlimit nofile;
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0) {
+        nofile.rlim_cur = nofile.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &nofile);
+    }
+    paced(per_sec, secs, sockets ? leak_sockets : leak_pipes);
+    fprintf(stderr, "pipe_leak: leaked %zu %s\n", leaked, sockets ? "socket pairs" : "pipes");
+    hold(hold_secs);
+    return 0;
+}
