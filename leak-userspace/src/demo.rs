@@ -76,7 +76,14 @@ fn spawn_workload(cgroup: &Path) -> Result<Child> {
     unsafe {
         cmd.pre_exec(move || fs::write(&procs, b"0"));
     }
-    cmd.spawn().context("cannot start the demo workload")
+    let child = cmd.spawn().context("cannot start the demo workload")?;
+    // Wait for the exec to finish: mappings read mid-exec would not symbolize the workload's stacks.
+    let cmdline = format!("/proc/{}/cmdline", child.id());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline && !fs::read(&cmdline).is_ok_and(|c| c.ends_with(b"demo-workload\0")) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(child)
 }
 
 /// The demo workload: an unbounded cache, the most common heap leak. Runs until the memcg's OOM killer stops it.

@@ -61,7 +61,8 @@ pub fn trace(target: Target, args: &TraceArgs, hooks: Hooks<'_>) -> Result<PathB
     let discovery = probes::discover()?;
     let mut probes = Probes::load(&discovery, args.max_tracked)?;
     let mut collector = Collector::new(target, &discovery, args.top);
-    collector.follow_subtree(&mut probes)?;
+    // The first sample is the baseline that growth is measured from.
+    collector.tick(&mut probes)?;
     let say = |line: &str| {
         if !args.quiet {
             eprintln!("leaktrace: {line}");
@@ -93,9 +94,7 @@ pub fn trace(target: Target, args: &TraceArgs, hooks: Hooks<'_>) -> Result<PathB
     let report = collector.finish(&probes)?;
     drop(probes);
     write_outputs(&dir, &report)?;
-    if !args.quiet || report.oom_kills.is_empty() {
-        print!("{}", export::summary::summary(&report));
-    }
+    print!("{}", export::summary::summary(&report));
     say(&format!("ended: {}", ended?));
     Ok(dir)
 }

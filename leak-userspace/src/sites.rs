@@ -170,7 +170,10 @@ fn is_allocator(symbol: &str) -> bool {
         "__rust_alloc",
         "__rdl_alloc",
         "__rg_alloc",
-        "alloc::alloc::",
+        // standard library helpers (inlined into the caller's frame): the caller is who wants the memory
+        "alloc::",
+        "core::",
+        "std::",
         "je_",
         "tc_malloc",
         "tc_new",

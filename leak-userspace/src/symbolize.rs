@@ -9,6 +9,8 @@
 //! seen: blazesym caches its mappings (`cache_vmas`) and opens every mapped object once (`Cache::Elf` on the
 //! `map_files` path, which pins that path in blazesym's file cache and keeps the file open). Later lookups for that
 //! pid are served from the cached mappings and the pinned open files, even when /proc/<pid> no longer exists.
+//! Cached mappings are frozen, so they are refreshed when an address falls outside them while the process lives
+//! (libraries loaded later). Results are memoised per (pid, address) and per kernel address.
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -70,8 +72,13 @@ impl Symbolizer {
         let mut process = cache::Process::new(pid.into());
         process.cache_vmas = true;
         process.cache_perf_map = false;
+        // A dying process (OOM victim) shows an empty map list: caching that would throw away the good cache.
         let cached = std::fs::read_to_string(format!("/proc/{pid}/maps"))
             .map_err(|e| e.to_string())
+            .and_then(|maps| match parse_exec_mappings(&maps).is_empty() {
+                true => Err("no executable mappings (exiting?)".to_string()),
+                false => Ok(maps),
+            })
             .and_then(|maps| self.blaze.cache(&process.into()).map(|()| maps).map_err(|e| e.to_string()));
         let maps = match cached {
             Ok(maps) => maps,

@@ -66,11 +66,8 @@ impl Memcg {
     pub fn create(prefix: &str, limit_bytes: Option<u64>) -> Result<Memcg> {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let (root, version) = memory_root()?;
-        let name = format!(
-            "leaktrace-test-{prefix}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
+        let name =
+            format!("leaktrace-test-{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
         let path = root.join(name);
         fs::create_dir(&path).with_context(|| format!("cannot create the memcg {}", path.display()))?;
         let memcg = Memcg { path, version };
@@ -291,12 +288,18 @@ impl Leaktrace {
     pub fn wait_attached(&mut self, timeout: Duration) -> Result<()> {
         match self.attached.recv_timeout(timeout) {
             Ok(()) => Ok(()),
-            Err(_) => {
-                // Either it exited (the readers hung up) or it hangs: both end here.
+            Err(why) => {
                 let _ = self.child.kill();
                 let status = self.child.wait()?;
                 let out = self.output(status);
-                bail!("leaktrace did not attach within {timeout:?}; {}", describe(&out));
+                match why {
+                    mpsc::RecvTimeoutError::Disconnected => {
+                        bail!("leaktrace exited before attaching; {}", describe(&out))
+                    }
+                    mpsc::RecvTimeoutError::Timeout => {
+                        bail!("leaktrace did not attach within {timeout:?}; {}", describe(&out))
+                    }
+                }
             }
         }
     }
@@ -401,9 +404,9 @@ pub fn items(value: &Value) -> &[Value] {
 
 /// Whether `site` has a frame on the given side (kernel or user) whose symbol contains `needle`.
 pub fn has_frame(site: &Value, kernel: bool, needle: &str) -> bool {
-    items(&site["frames"]).iter().any(|f| {
-        f["kernel"].as_bool() == Some(kernel) && f["symbol"].as_str().is_some_and(|s| s.contains(needle))
-    })
+    items(&site["frames"])
+        .iter()
+        .any(|f| f["kernel"].as_bool() == Some(kernel) && f["symbol"].as_str().is_some_and(|s| s.contains(needle)))
 }
 
 /// The top sites of a report, one line each with their leading frames: what a failing assertion should show.
@@ -496,7 +499,10 @@ mod tests {
         ]});
         let text = summarize(&report);
         assert!(text.contains("heap-leak"), "{text}");
-        assert!(text.contains("\"anon\" outstanding=42 alloc=50 cache=null frames: leak_heap_blocks <- main"), "{text}");
+        assert!(
+            text.contains("\"anon\" outstanding=42 alloc=50 cache=null frames: leak_heap_blocks <- main"),
+            "{text}"
+        );
         assert!(summarize(&json!({})).starts_with("verdict: null"));
     }
 

@@ -95,7 +95,9 @@ fn oom_kill_is_recorded_with_what_the_victim_held() -> Result<()> {
     let status = wait_timeout(&mut run.workload, Duration::from_secs(30))?.context("the workload was never killed")?;
     ensure!(status.signal() == Some(libc::SIGKILL), "the workload ended with {status}, not SIGKILL");
     let report = &run.report;
-    let kill = items(&report["oom_kills"]).first().with_context(|| format!("no oom_kills in the report:\n{}", summarize(report)))?;
+    let kill = items(&report["oom_kills"])
+        .first()
+        .with_context(|| format!("no oom_kills in the report:\n{}", summarize(report)))?;
     ensure!(kill["pid"] == pid, "oom_kills[0] is {kill}, not the workload (pid {pid})");
     ensure!(
         items(&kill["sites_before_kill"]).iter().any(|site| has_frame(site, false, "grow_until_killed")),
@@ -116,7 +118,11 @@ fn churn_without_growth_is_not_reported_as_outstanding() -> Result<()> {
     let report = &run.report;
     let sites = items(&report["sites"]);
     let allocated: u64 = sites.iter().filter_map(|s| s["alloc_bytes"].as_u64()).sum();
-    ensure!(allocated > 100 * MIB, "only {allocated} bytes allocated in total: was the churn traced?\n{}", summarize(report));
+    ensure!(
+        allocated > 100 * MIB,
+        "only {allocated} bytes allocated in total: was the churn traced?\n{}",
+        summarize(report)
+    );
     let held: Vec<&Value> =
         sites.iter().filter(|s| s["outstanding_bytes"].as_i64().is_some_and(|b| b > (4 * MIB) as i64)).collect();
     ensure!(held.is_empty(), "sites with > 4 MiB outstanding under pure churn:\n{}", summarize(report));
@@ -133,7 +139,11 @@ fn unknown_targets_are_rejected_cleanly() -> Result<()> {
         let out = run_leaktrace(&["--cgroup", target, "--duration", "1", "--output", output], Duration::from_secs(30))?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         ensure!(!out.status.success(), "--cgroup {target} succeeded: {}", describe(&out));
-        ensure!(stderr.starts_with("error:"), "--cgroup {target}: stderr does not start with `error:`: {}", describe(&out));
+        ensure!(
+            stderr.starts_with("error:"),
+            "--cgroup {target}: stderr does not start with `error:`: {}",
+            describe(&out)
+        );
         ensure!(!stderr.contains("panicked"), "--cgroup {target} panicked: {}", describe(&out));
     }
     Ok(())

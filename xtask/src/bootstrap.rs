@@ -91,8 +91,14 @@ fn bpf_linker() -> Result<()> {
             .env("PATH", format!("/usr/bin:{}", env::var("PATH").unwrap_or_default()));
         // `cargo xtask` runs under rustup's cargo, whose toolchain settings would otherwise leak into Debian's.
         for var in [
-            "RUSTC", "RUSTUP_TOOLCHAIN", "RUSTC_WRAPPER", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS",
-            "CARGO_BUILD_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO",
+            "RUSTC",
+            "RUSTUP_TOOLCHAIN",
+            "RUSTC_WRAPPER",
+            "RUSTFLAGS",
+            "CARGO_ENCODED_RUSTFLAGS",
+            "CARGO_BUILD_RUSTFLAGS",
+            "CARGO_TARGET_DIR",
+            "CARGO",
         ] {
             cmd.env_remove(var);
         }

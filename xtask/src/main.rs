@@ -13,7 +13,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "xtask", bin_name = "cargo xtask", about = "Build, test and demo leaktrace; installs what is missing first")]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "Build, test and demo leaktrace; installs what is missing first"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -118,17 +122,13 @@ fn step(msg: &str) {
 fn check(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
     if !status.success() {
-        bail!("{:?} failed ({status})", display(cmd));
+        bail!("`{}` failed ({status})", display(cmd));
     }
     Ok(())
 }
 
 fn display(cmd: &Command) -> String {
-    std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(|a| a.to_string_lossy())
-        .collect::<Vec<_>>()
-        .join(" ")
+    std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

@@ -37,6 +37,9 @@ pub struct Collector {
     start_ktime_ns: u64,
     memcg_ids: Vec<u64>,
     known_pids: BTreeSet<u32>,
+    /// The first mapping of each process when its mappings were cached: an exec (even of the same file)
+    /// replaces every mapping, and this line with them.
+    first_mappings: HashMap<u32, String>,
     comms: HashMap<u32, String>,
     symbolizer: Symbolizer,
     samples: Vec<report::Sample>,
@@ -59,6 +62,7 @@ impl Collector {
             start_ktime_ns: monotonic_ns(),
             memcg_ids: Vec::new(),
             known_pids: BTreeSet::new(),
+            first_mappings: HashMap::new(),
             comms: HashMap::new(),
             symbolizer: Symbolizer::new(),
             samples: Vec::new(),
@@ -112,13 +116,22 @@ impl Collector {
         }
     }
 
-    /// Caches a process's mappings the first time it is seen, so its stacks symbolize even after it is killed.
+    /// Caches a process's mappings when it is first seen, and again after it execs, so its stacks symbolize even
+    /// after it is killed.
     fn learn_process(&mut self, pid: u32) {
-        if pid == 0 || !self.known_pids.insert(pid) {
+        if pid == 0 {
+            return;
+        }
+        let first = first_mapping(pid);
+        let new = self.known_pids.insert(pid);
+        if !new && (first.is_none() || first.as_ref() == self.first_mappings.get(&pid)) {
             return;
         }
         if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
             self.comms.insert(pid, comm.trim_end().to_string());
+        }
+        if let Some(first) = first {
+            self.first_mappings.insert(pid, first);
         }
         self.symbolizer.remember_process(pid);
     }
@@ -220,6 +233,14 @@ impl Collector {
 
 fn sample_of(t: f64, s: &MemorySnapshot) -> report::Sample {
     report::Sample { t, usage: s.usage, anon: s.anon, file: s.file, slab: s.slab, kernel: s.kernel, pids: s.pids }
+}
+
+fn first_mapping(pid: u32) -> Option<String> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(format!("/proc/{pid}/maps")).ok()?;
+    let mut line = String::new();
+    std::io::BufReader::new(file).read_line(&mut line).ok()?;
+    (!line.is_empty()).then_some(line)
 }
 
 fn read_release() -> String {
