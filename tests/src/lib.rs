@@ -2,6 +2,7 @@
 //! binary. Privileged tests call `require_root()` first and take `serial()`: they check the kernel for leftover
 //! programs, which only works when one trace runs at a time.
 use std::{
+    collections::HashSet,
     ffi::{CString, OsStr},
     fs,
     io::{self, BufRead, BufReader, Read},
@@ -426,8 +427,9 @@ pub fn summarize(report: &Value) -> String {
     text
 }
 
-/// Fails if a program leaktrace loads is still in the kernel. Program ids go away a moment after the last
-/// reference does, so this waits up to 3 s before failing.
+/// Fails if a program leaktrace loaded is still in the kernel with no process holding it. Programs that a running
+/// process holds belong to another leaktrace (someone else's trace on a shared machine), not to one that has exited.
+/// Program ids go away a moment after the last reference does, so this waits up to 3 s before failing.
 pub fn assert_nothing_attached() -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
@@ -438,7 +440,10 @@ pub fn assert_nothing_attached() -> Result<()> {
         if !out.status.success() {
             bail!("bpftool prog show failed: {}", String::from_utf8_lossy(&out.stderr).trim());
         }
-        let left = leaktrace_programs(&serde_json::from_slice(&out.stdout).context("bpftool printed no JSON")?);
+        let progs = serde_json::from_slice(&out.stdout).context("bpftool printed no JSON")?;
+        let held = held_program_ids();
+        let left: Vec<String> =
+            leaktrace_programs(&progs).into_iter().filter(|(id, _)| !held.contains(id)).map(|(_, name)| name).collect();
         if left.is_empty() {
             return Ok(());
         }
@@ -449,14 +454,32 @@ pub fn assert_nothing_attached() -> Result<()> {
     }
 }
 
-/// Names of leaktrace's programs in `bpftool -j prog show` output.
-fn leaktrace_programs(progs: &Value) -> Vec<String> {
+/// Ids and names of leaktrace's programs in `bpftool -j prog show` output.
+fn leaktrace_programs(progs: &Value) -> Vec<(u64, String)> {
     items(progs)
         .iter()
-        .filter_map(|p| p["name"].as_str())
-        .filter(|name| name.starts_with(PROGRAM_PREFIX))
-        .map(str::to_owned)
+        .filter_map(|p| Some((p["id"].as_u64()?, p["name"].as_str()?)))
+        .filter(|(_, name)| name.starts_with(PROGRAM_PREFIX))
+        .map(|(id, name)| (id, name.to_owned()))
         .collect()
+}
+
+/// Ids of the eBPF programs that live processes hold through a program or link descriptor.
+fn held_program_ids() -> HashSet<u64> {
+    let Ok(procs) = fs::read_dir("/proc") else { return HashSet::new() };
+    procs
+        .flatten()
+        .filter(|p| p.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|p| fs::read_dir(p.path().join("fdinfo")).ok())
+        .flat_map(|fds| fds.flatten())
+        .filter_map(|fd| fs::read_to_string(fd.path()).ok())
+        .filter_map(|info| fdinfo_prog_id(&info))
+        .collect()
+}
+
+/// The `prog_id:` of a program or link descriptor's fdinfo.
+fn fdinfo_prog_id(fdinfo: &str) -> Option<u64> {
+    fdinfo.lines().find_map(|l| l.strip_prefix("prog_id:")).and_then(|v| v.trim().parse().ok())
 }
 
 #[cfg(test)]
@@ -473,8 +496,18 @@ mod tests {
             {"id": 9, "type": "tracepoint", "name": "memleak_alloc"},
             {"id": 11, "type": "tracepoint", "name": "lt_kmalloc"}
         ]);
-        assert_eq!(leaktrace_programs(&progs), ["lt_page_alloc", "lt_kmalloc"]);
+        assert_eq!(leaktrace_programs(&progs), [(7, "lt_page_alloc".to_string()), (11, "lt_kmalloc".to_string())]);
         assert!(leaktrace_programs(&json!([])).is_empty());
+    }
+
+    #[test]
+    fn reads_program_ids_from_fdinfo() {
+        let prog = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nprog_type:\t5\nprog_jited:\t1\n\
+                    prog_tag:\t3b185187f1855c4c\nmemlock:\t4096\nprog_id:\t412\n";
+        let link = "link_type:\tperf\nlink_id:\t9\nprog_tag:\t3b185187f1855c4c\nprog_id:\t413\n";
+        assert_eq!(fdinfo_prog_id(prog), Some(412));
+        assert_eq!(fdinfo_prog_id(link), Some(413));
+        assert_eq!(fdinfo_prog_id("pos:\t0\nflags:\t02\n"), None);
     }
 
     #[test]
