@@ -412,7 +412,7 @@ pub fn has_frame(site: &Value, kernel: bool, needle: &str) -> bool {
 
 /// The top sites of a report, one line each with their leading frames: what a failing assertion should show.
 pub fn summarize(report: &Value) -> String {
-    let mut text = format!("verdict: {}\n", report["verdict"]);
+    let mut text = format!("verdict: {}\nattribution: {}\n", report["verdict"], report["attribution"]);
     for site in items(&report["sites"]).iter().take(8) {
         let frames: Vec<&str> = items(&site["frames"]).iter().filter_map(|f| f["symbol"].as_str()).take(8).collect();
         text += &format!(

@@ -30,13 +30,15 @@ fn trace_workload(workload: &str, args: &[&str], limit: Option<u64>, seconds: u3
     let memcg = Memcg::create(workload, limit)?;
     let dir = tempfile::tempdir()?;
     let mut trace = Leaktrace::trace(&memcg, seconds, dir.path())?;
-    let mut cmd = Command::new(exe);
+    let mut cmd = Command::new(&exe);
     cmd.args(args);
     let workload = memcg.spawn_in(cmd)?;
     let out = trace.wait(Duration::from_secs(u64::from(seconds) + 30))?;
     ensure!(out.status.success(), "leaktrace failed: {}", describe(&out));
     assert_nothing_attached()?;
     let report = read_report(dir.path())?;
+    // Shown with --nocapture (and in CI logs on failure): the figures the issue notes quote.
+    eprintln!("{}: {}\n{}", exe.display(), report["collection"], summarize(&report));
     Ok(Traced { report, workload, _memcg: memcg, _dir: dir })
 }
 

@@ -187,3 +187,34 @@ fn oom_reaper_pid() -> Option<u32> {
         .find(|p| p.stat().is_ok_and(|s| s.comm == "oom_reaper" && s.ppid == 2))
         .map(|p| p.pid as u32)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::testing::host_has;
+
+    /// On the real kernel: every offset the programs use agrees with the tracefs format file it came from.
+    #[test]
+    fn discovers_this_kernel() {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !host_has(root && std::path::Path::new("/sys/kernel/btf/vmlinux").exists(), "needs root and BTF") {
+            return;
+        }
+        let d = discover().unwrap();
+        assert!(d.modes.iter().any(|m| m == "pages" || m == "slab"), "{:?}", d.modes);
+        let tracefs = tracefs::tracefs_root().unwrap();
+        if d.has_event("kmem", "kmalloc") {
+            let f = tracefs::read_format(&tracefs, "kmem", "kmalloc").unwrap().unwrap();
+            assert_eq!(d.config.kmalloc_ptr, f.field("ptr").unwrap().offset);
+            assert_eq!(d.config.kmalloc_bytes_alloc, f.field("bytes_alloc").unwrap().offset);
+        }
+        if d.has_event("oom", "mark_victim") {
+            let f = tracefs::read_format(&tracefs, "oom", "mark_victim").unwrap().unwrap();
+            assert_eq!(d.config.victim_pid, f.field("pid").unwrap().offset);
+        }
+        assert_ne!(d.config.task_cgroups, OFFSET_NONE);
+        assert_ne!(d.config.kn_id, OFFSET_NONE);
+        assert!(d.config.page_size >= 4096);
+    }
+}
