@@ -12,9 +12,11 @@ pub mod kind {
     pub const ANON: u32 = 0;
     /// Slab objects (`kmalloc`, `kmem_cache_alloc`).
     pub const SLAB: u32 = 1;
-    /// Other pages from the page allocator (page cache, page tables, slab backing pages, kernel buffers).
+    /// Kernel pages charged to the memcg as kernel memory (`__GFP_ACCOUNT`): pipe buffers, page tables, kernel
+    /// stacks. Pages backing slab objects are not among them (slab charges per object), so they count once.
     pub const PAGE: u32 = 2;
     pub const PERCPU: u32 = 3;
+    /// Other pages from the page allocator: page cache, and kernel pages not charged to any memcg.
     pub const OTHER: u32 = 4;
 }
 
@@ -154,6 +156,7 @@ pub struct Config {
     // kmem:mm_page_alloc, kmem:mm_page_free
     pub page_alloc_pfn: u32,
     pub page_alloc_order: u32,
+    pub page_alloc_gfp: u32,
     pub page_free_pfn: u32,
     pub page_free_order: u32,
     // oom:mark_victim
@@ -166,6 +169,8 @@ pub struct Config {
     // memcg item numbers (enum node_stat_item / memcg_stat_item), resolved from BTF
     pub item_anon_mapped: i32,
     pub item_kmem: i32,
+    /// The `__GFP_ACCOUNT` bit of gfp flags (0 when unknown: then every page counts as `PAGE`).
+    pub gfp_account: u32,
     // task -> memory cgroup id walk, offsets from BTF:
     // task_struct.cgroups -> css_set.subsys[memory_cgrp_id] -> css.cgroup -> cgroup.kn -> kernfs_node.id
     pub task_cgroups: u32,
@@ -196,6 +201,7 @@ impl Config {
             cache_free_ptr: OFFSET_NONE,
             page_alloc_pfn: OFFSET_NONE,
             page_alloc_order: OFFSET_NONE,
+            page_alloc_gfp: OFFSET_NONE,
             page_free_pfn: OFFSET_NONE,
             page_free_order: OFFSET_NONE,
             victim_pid: OFFSET_NONE,
@@ -206,6 +212,7 @@ impl Config {
             victim_shmem_rss: OFFSET_NONE,
             item_anon_mapped: ITEM_NONE,
             item_kmem: ITEM_NONE,
+            gfp_account: 0,
             task_cgroups: OFFSET_NONE,
             css_set_memory_subsys: OFFSET_NONE,
             css_cgroup: OFFSET_NONE,

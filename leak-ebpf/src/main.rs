@@ -239,7 +239,12 @@ fn page_alloc(ctx: &TracePointContext) -> Option<()> {
     if !target_task() {
         return None;
     }
-    let site = site_here(ctx, kind::PAGE, 0);
+    // Kernel memory charged to the memcg carries __GFP_ACCOUNT; page cache and anon pages do not (anon ones are
+    // recognised by the charge that follows).
+    let account = cfg(&CONFIG.gfp_account) as u64;
+    let gfp: u64 = field(ctx, cfg(&CONFIG.page_alloc_gfp)).unwrap_or(0);
+    let kind = if account == 0 || gfp & account != 0 { kind::PAGE } else { kind::OTHER };
+    let site = site_here(ctx, kind, 0);
     let order: u32 = field(ctx, cfg(&CONFIG.page_alloc_order))?;
     let bytes = (cfg(&CONFIG.page_size) as u64) << (order & 31);
     let key = pfn | LIVE_PFN_BIT;
@@ -379,7 +384,7 @@ fn memcg_lruvec(ctx: &TracePointContext) -> Option<()> {
     };
     let rec = LIVE.get_ptr_mut(&key)?;
     unsafe {
-        if (*rec).site.kind != kind::PAGE {
+        if (*rec).site.kind == kind::ANON {
             return None;
         }
         let old = (*rec).site;

@@ -15,11 +15,10 @@ pub fn coverage(growth: Option<i64>, attributed: i64) -> Coverage {
 /// Anon: `anon` growth against the `anon` sites.
 ///
 /// Slab: `slab` growth against the `slab` sites where the cgroup reports slab (cgroup v2). cgroup v1 has no slab
-/// key, only `kernel` (memory.kmem.usage_in_bytes: slab plus kernel stacks, page tables, percpu, ...); there the
-/// growth is `kernel`'s and the attributed side adds the `percpu` sites, which that figure also holds.
-/// `page` sites are left out on both: they mix page cache (the cgroup counts it under `file`), page tables and
-/// the pages backing slabs (which would count the slab objects a second time), so adding them would claim more
-/// than is known. The v1 kernel coverage is thus a lower bound.
+/// key, only `kernel` (memory.kmem.usage_in_bytes: slab plus kernel stacks, page tables, pipe buffers, percpu...);
+/// there the growth is `kernel`'s and the attributed side adds the `page` sites (kernel pages charged to the memcg,
+/// which that figure holds; slab backing pages are not among them) and the `percpu` sites.
+/// `other` sites (page cache, uncharged kernel pages) never count: the cgroup counts them elsewhere or not at all.
 pub fn attribute(samples: &[Sample], sites: &[Site]) -> Attribution {
     let sum = |kinds: &[&str]| -> i64 {
         sites
@@ -30,7 +29,7 @@ pub fn attribute(samples: &[Sample], sites: &[Site]) -> Attribution {
     let anon = coverage(growth(samples, |s| s.anon), sum(&["anon"]));
     let slab = match growth(samples, |s| s.slab) {
         Some(g) => coverage(Some(g), sum(&["slab"])),
-        None => coverage(growth(samples, |s| s.kernel), sum(&["slab", "percpu"])),
+        None => coverage(growth(samples, |s| s.kernel), sum(&["slab", "page", "percpu"])),
     };
     Attribution { anon, slab }
 }
@@ -76,11 +75,16 @@ mod tests {
     }
 
     #[test]
-    fn v1_falls_back_to_kernel_with_percpu() {
+    fn v1_falls_back_to_kernel_with_pages_and_percpu() {
         let samples = [sample(None, None, Some(1000)), sample(None, None, Some(2000))];
-        let sites = [site("slab", 300, vec![]), site("percpu", 200, vec![]), site("page", 9999, vec![])];
+        let sites = [
+            site("slab", 300, vec![]),
+            site("percpu", 200, vec![]),
+            site("page", 100, vec![]),
+            site("other", 9999, vec![]),
+        ];
         let a = attribute(&samples, &sites);
-        assert_eq!(a.slab, Coverage { growth_bytes: 1000, attributed_bytes: 500, coverage: Some(0.5) });
+        assert_eq!(a.slab, Coverage { growth_bytes: 1000, attributed_bytes: 600, coverage: Some(0.6) });
         assert_eq!(a.anon, Coverage { growth_bytes: 0, attributed_bytes: 0, coverage: None }, "no anon key");
     }
 

@@ -82,6 +82,13 @@ fn kernel_objects_held_by_leaked_pipes_are_traced_to_the_syscall() -> Result<()>
         "no slab/page site with leak_pipes in user space and a pipe syscall path in the kernel:\n{}",
         summarize(report)
     );
+    // The kernel memory the cgroup gained (slab, or kmem on v1) is what the slab and kernel-page sites hold.
+    let coverage = report["attribution"]["slab"]["coverage"].as_f64();
+    ensure!(
+        coverage.is_some_and(|c| (0.7..=1.5).contains(&c)),
+        "kernel-memory coverage {coverage:?} outside 0.7..1.5:\n{}",
+        summarize(report)
+    );
     Ok(())
 }
 

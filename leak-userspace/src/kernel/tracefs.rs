@@ -126,6 +126,31 @@ pub fn read_format(root: &Path, system: &str, name: &str) -> anyhow::Result<Opti
     }
 }
 
+/// The `print fmt:` line of `system:name`, when the event exists.
+pub fn read_print_fmt(root: &Path, system: &str, name: &str) -> Option<String> {
+    let text = std::fs::read_to_string(root.join("events").join(system).join(name).join("format")).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("print fmt:")).map(str::to_string)
+}
+
+/// The value of a flag named in a print fmt's `__print_flags` table, e.g. `__GFP_ACCOUNT`. Kernels spell the
+/// value as a shift (`(( gfp_t)((((1UL))) << (22)))`, 6.x) or a literal (`(( gfp_t)0x400000u)`, older ones).
+pub fn print_fmt_flag(print_fmt: &str, flag: &str) -> Option<u64> {
+    let end = print_fmt.find(&format!("\"{flag}\""))?;
+    let entry = &print_fmt[print_fmt[..end].rfind('{')? + 1..end];
+    let number = |s: &str| -> Option<u64> {
+        let digits: String = s.chars().skip_while(|c| !c.is_ascii_digit()).take_while(|c| c.is_ascii_alphanumeric()).collect();
+        let digits = digits.trim_end_matches(['u', 'U', 'l', 'L']);
+        match digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")) {
+            Some(hex) => u64::from_str_radix(hex, 16).ok(),
+            None => digits.parse().ok(),
+        }
+    };
+    match entry.rfind("<<") {
+        Some(shift) => number(&entry[shift + 2..]).filter(|&n| n < 64).map(|n| 1u64 << n),
+        None => number(&entry[entry.find("0x").or_else(|| entry.find("0X"))?..]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,5 +249,24 @@ mod tests {
             assert!(e.id > 0 && e.field(field).is_some(), "{e:?}");
         }
         assert_eq!(read_format(&root, "nosuchsystem", "nosuchevent").unwrap(), None);
+    }
+
+    #[test]
+    fn print_fmt_flags_in_both_spellings() {
+        let new = r#""x", {( unsigned long)(( gfp_t)((((1UL))) << (21))), "__GFP_THISNODE"}, {( unsigned long)(( gfp_t)((((1UL))) << (22))), "__GFP_ACCOUNT"}, { 0, ((void *)0) }"#;
+        assert_eq!(print_fmt_flag(new, "__GFP_ACCOUNT"), Some(1 << 22));
+        assert_eq!(print_fmt_flag(new, "__GFP_THISNODE"), Some(1 << 21));
+        let old = r#"{(unsigned long)0x200000u, "__GFP_THISNODE"}, {(unsigned long)((( gfp_t)0x400000u)), "__GFP_ACCOUNT"}"#;
+        assert_eq!(print_fmt_flag(old, "__GFP_ACCOUNT"), Some(0x400000));
+        assert_eq!(print_fmt_flag(old, "__GFP_NOPE"), None);
+        assert_eq!(print_fmt_flag("garbage \"__GFP_ACCOUNT\"", "__GFP_ACCOUNT"), None);
+    }
+
+    #[test]
+    fn print_fmt_of_this_kernel_names_gfp_account() {
+        let Ok(root) = tracefs_root() else { return };
+        if let Some(fmt) = read_print_fmt(&root, "kmem", "mm_page_alloc") {
+            assert!(print_fmt_flag(&fmt, "__GFP_ACCOUNT").is_some_and(|m| m.is_power_of_two()), "{fmt}");
+        }
     }
 }

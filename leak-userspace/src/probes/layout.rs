@@ -71,6 +71,10 @@ pub fn discover() -> Result<Discovery> {
 
     config.item_anon_mapped = item(&btf, "node_stat_item", "NR_ANON_MAPPED");
     config.item_kmem = item(&btf, "memcg_stat_item", "MEMCG_KMEM");
+    config.gfp_account = tracefs::read_print_fmt(&root, "kmem", "mm_page_alloc")
+        .and_then(|fmt| tracefs::print_fmt_flag(&fmt, "__GFP_ACCOUNT"))
+        .and_then(|mask| u32::try_from(mask).ok())
+        .unwrap_or(0);
     task_walk(&btf, &mut config)?;
     config.page_size = page_size();
     config.oom_reaper_pid = oom_reaper_pid().unwrap_or(0);
@@ -103,6 +107,9 @@ pub fn discover() -> Result<Discovery> {
     } else {
         degraded.push("no oom:mark_victim: OOM kills are only counted from memory.oom_control / memory.events".into());
     }
+    if has("kmem", "mm_page_alloc") && (config.gfp_account == 0 || config.page_alloc_gfp == OFFSET_NONE) {
+        degraded.push("cannot read __GFP_ACCOUNT of page allocations: page cache pages count as kernel `page` sites".into());
+    }
     if config.oom_reaper_pid == 0 {
         degraded.push("no oom_reaper thread found: its frees count as ordinary frees".into());
     }
@@ -114,6 +121,7 @@ fn apply(c: &mut Config, event: &str, f: &EventFormat) {
         "mm_page_alloc" => {
             c.page_alloc_pfn = offset(f, "pfn");
             c.page_alloc_order = offset(f, "order");
+            c.page_alloc_gfp = offset(f, "gfp_flags");
         }
         "mm_page_free" => {
             c.page_free_pfn = offset(f, "pfn");
