@@ -49,8 +49,17 @@ fn main() {
         .env("RUSTC_BOOTSTRAP", "1");
     // The outer (rustup) build leaks its toolchain into the environment; the eBPF build must use Debian's.
     for var in [
-        "RUSTC", "RUSTC_WRAPPER", "RUSTUP_TOOLCHAIN", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS",
-        "CARGO_TARGET_DIR", "CARGO", "RUSTDOC", "CARGO_MAKEFLAGS", "CARGO_BUILD_TARGET",
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTUP_TOOLCHAIN",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO",
+        "RUSTDOC",
+        "CARGO_MAKEFLAGS",
+        "CARGO_BUILD_TARGET",
     ] {
         cmd.env_remove(var);
     }

@@ -10,8 +10,8 @@
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_str_bytes,
     },
     macros::{map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
@@ -19,8 +19,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use leak_common::{
-    counter, kind, Config, LiveAlloc, OomEvent, PendingPage, SiteCounters, SiteKey, CACHE_KMALLOC_BIT,
-    CACHE_NAME_LEN, COMM_LEN, FNV_OFFSET, LIVE_PFN_BIT, OFFSET_NONE,
+    counter, kind, Config, LiveAlloc, OomEvent, PendingPage, SiteCounters, SiteKey, CACHE_KMALLOC_BIT, CACHE_NAME_LEN,
+    COMM_LEN, FNV_OFFSET, LIVE_PFN_BIT, OFFSET_NONE,
 };
 
 /// Kernel layout facts discovered by userspace (tracefs formats, BTF) and written here before load.
@@ -210,8 +210,7 @@ fn freed_by_oom() -> bool {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
-    tgid == cfg(&CONFIG.oom_reaper_pid)
-        || unsafe { VICTIMS.get(&tid).is_some() || VICTIMS.get(&tgid).is_some() }
+    tgid == cfg(&CONFIG.oom_reaper_pid) || unsafe { VICTIMS.get(&tid).is_some() || VICTIMS.get(&tgid).is_some() }
 }
 
 #[inline(always)]
@@ -356,16 +355,24 @@ pub fn lt_memcg_lruvec(ctx: TracePointContext) -> u32 {
     0
 }
 
-fn memcg_lruvec(ctx: &TracePointContext) -> Option<()> {
-    let item: i32 = field(ctx, cfg(&CONFIG.lruvec_item))?;
-    if item != cfg(&CONFIG.item_anon_mapped) {
+/// The value of a memcg stat update when it is `wanted` and made to the target subtree. The item is compared first:
+/// it is the cheapest test and rejects most of these very frequent events.
+#[inline(always)]
+fn target_update(ctx: &TracePointContext, id_off: u32, item_off: u32, val_off: u32, wanted: i32) -> Option<i32> {
+    let item: i32 = field(ctx, item_off)?;
+    if item != wanted {
         return None;
     }
-    let id: u64 = field(ctx, cfg(&CONFIG.lruvec_id))?;
+    let id: u64 = field(ctx, id_off)?;
     if !in_target(id) {
         return None;
     }
-    let val: i32 = field(ctx, cfg(&CONFIG.lruvec_val))?;
+    field(ctx, val_off)
+}
+
+fn memcg_lruvec(ctx: &TracePointContext) -> Option<()> {
+    let c = &CONFIG;
+    let val = target_update(ctx, cfg(&c.lruvec_id), cfg(&c.lruvec_item), cfg(&c.lruvec_val), cfg(&c.item_anon_mapped))?;
     if val <= 0 {
         count(counter::ANON_UNCHARGED_PAGES, val.unsigned_abs() as u64);
         return None;
@@ -406,15 +413,8 @@ pub fn lt_memcg_state(ctx: TracePointContext) -> u32 {
 }
 
 fn memcg_state(ctx: &TracePointContext) -> Option<()> {
-    let item: i32 = field(ctx, cfg(&CONFIG.state_item))?;
-    if item != cfg(&CONFIG.item_kmem) {
-        return None;
-    }
-    let id: u64 = field(ctx, cfg(&CONFIG.state_id))?;
-    if !in_target(id) {
-        return None;
-    }
-    let val: i32 = field(ctx, cfg(&CONFIG.state_val))?;
+    let c = &CONFIG;
+    let val = target_update(ctx, cfg(&c.state_id), cfg(&c.state_item), cfg(&c.state_val), cfg(&c.item_kmem))?;
     if val > 0 {
         count(counter::KMEM_CHARGED_PAGES, val as u64);
     } else {

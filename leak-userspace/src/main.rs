@@ -7,9 +7,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LEAKTRACE_LOG").unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LEAKTRACE_LOG").unwrap_or_else(|_| "warn".into()))
         .init();
     match leaktrace::session::main(cli) {
         Ok(()) => ExitCode::SUCCESS,

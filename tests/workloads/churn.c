@@ -6,18 +6,15 @@
 #include "common.h"
 
 #define BLOCK (1 << 20)
-#define PAGE 4096
 
 static size_t churned;
 
 /* Every block is a fresh mapping (see main), so each round faults pages in here and free() returns them. */
 __attribute__((noinline)) int churn_alloc_free(size_t n) {
     for (size_t b = 0; b < n; b++) {
-        volatile char *p = malloc(BLOCK);
+        volatile char *p = touched_block(BLOCK);
         if (!p)
             return 0;
-        for (size_t i = 0; i < BLOCK; i += PAGE)
-            p[i] = 1;
         free((void *)p);
         churned++;
     }

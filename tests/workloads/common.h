@@ -36,6 +36,17 @@ static inline void paced(double per_sec, double secs, int (*step)(size_t n)) {
     }
 }
 
+#define PAGE 4096
+
+/* Mallocs `bytes` and writes every page. Always inlined: the page faults, and so the stacks leaktrace records, must
+ * have the calling (named) function as their leaf. NULL when malloc fails. */
+static inline __attribute__((always_inline)) volatile char *touched_block(size_t bytes) {
+    volatile char *p = malloc(bytes);
+    for (size_t i = 0; p && i < bytes; i += PAGE)
+        p[i] = (char)(i / PAGE + 1);
+    return p;
+}
+
 static inline void hold(double secs) {
     double end = now() + secs;
     while (isfinite(end) ? now() < end : 1)

@@ -5,7 +5,6 @@
 #include "common.h"
 
 #define BLOCK (256 * 1024)
-#define PAGE 4096
 #define MAX_BLOCKS (1 << 16)
 
 /* Fixed-size, so no libc code (realloc) touches new memory on the leak's behalf; not static, so the compiler cannot
@@ -16,11 +15,9 @@ size_t cached;
 /* Mallocs blocks and writes every page here, so the page faults that charge the memcg have this function as leaf. */
 __attribute__((noinline)) int leak_heap_blocks(size_t n) {
     for (size_t b = 0; b < n && cached < MAX_BLOCKS; b++) {
-        volatile char *p = malloc(BLOCK);
+        volatile char *p = touched_block(BLOCK);
         if (!p)
             return 0;
-        for (size_t i = 0; i < BLOCK; i += PAGE)
-            p[i] = (char)(i / PAGE + 1);
         cache[cached++] = (char *)p;
     }
     return cached < MAX_BLOCKS;

@@ -5,18 +5,14 @@
 #include "common.h"
 
 #define BLOCK (256 * 1024)
-#define PAGE 4096
 
 static size_t grown;
 
 /* Mallocs and writes every page here: the memory the OOM killer reclaims was faulted in by this function. */
 __attribute__((noinline)) int grow_until_killed(size_t n) {
     for (size_t b = 0; b < n; b++) {
-        volatile char *p = malloc(BLOCK);
-        if (!p)
+        if (!touched_block(BLOCK))
             return 0;
-        for (size_t i = 0; i < BLOCK; i += PAGE)
-            p[i] = 1;
         grown++;
     }
     return 1;

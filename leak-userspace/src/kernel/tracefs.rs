@@ -138,7 +138,8 @@ pub fn print_fmt_flag(print_fmt: &str, flag: &str) -> Option<u64> {
     let end = print_fmt.find(&format!("\"{flag}\""))?;
     let entry = &print_fmt[print_fmt[..end].rfind('{')? + 1..end];
     let number = |s: &str| -> Option<u64> {
-        let digits: String = s.chars().skip_while(|c| !c.is_ascii_digit()).take_while(|c| c.is_ascii_alphanumeric()).collect();
+        let digits: String =
+            s.chars().skip_while(|c| !c.is_ascii_digit()).take_while(|c| c.is_ascii_alphanumeric()).collect();
         let digits = digits.trim_end_matches(['u', 'U', 'l', 'L']);
         match digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")) {
             Some(hex) => u64::from_str_radix(hex, 16).ok(),
@@ -256,7 +257,8 @@ mod tests {
         let new = r#""x", {( unsigned long)(( gfp_t)((((1UL))) << (21))), "__GFP_THISNODE"}, {( unsigned long)(( gfp_t)((((1UL))) << (22))), "__GFP_ACCOUNT"}, { 0, ((void *)0) }"#;
         assert_eq!(print_fmt_flag(new, "__GFP_ACCOUNT"), Some(1 << 22));
         assert_eq!(print_fmt_flag(new, "__GFP_THISNODE"), Some(1 << 21));
-        let old = r#"{(unsigned long)0x200000u, "__GFP_THISNODE"}, {(unsigned long)((( gfp_t)0x400000u)), "__GFP_ACCOUNT"}"#;
+        let old =
+            r#"{(unsigned long)0x200000u, "__GFP_THISNODE"}, {(unsigned long)((( gfp_t)0x400000u)), "__GFP_ACCOUNT"}"#;
         assert_eq!(print_fmt_flag(old, "__GFP_ACCOUNT"), Some(0x400000));
         assert_eq!(print_fmt_flag(old, "__GFP_NOPE"), None);
         assert_eq!(print_fmt_flag("garbage \"__GFP_ACCOUNT\"", "__GFP_ACCOUNT"), None);

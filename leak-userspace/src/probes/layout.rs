@@ -5,10 +5,7 @@ use std::collections::BTreeSet;
 use anyhow::{anyhow, bail, Result};
 use leak_common::{Config, ITEM_NONE, OFFSET_NONE};
 
-use crate::kernel::{
-    btf::KernelBtf,
-    tracefs::{self, EventFormat},
-};
+use crate::kernel::{btf::KernelBtf, tracefs};
 
 /// What this kernel offers, and how the programs are configured for it.
 #[derive(Debug, Clone)]
@@ -27,16 +24,80 @@ impl Discovery {
     }
 }
 
-/// A tracepoint whose fields we need: it counts as present only when all `required` fields exist.
-struct Wanted<'a> {
-    category: &'a str,
-    event: &'a str,
-    required: &'a [&'a str],
+/// Where a tracepoint field's offset goes in the config.
+type Slot = fn(&mut Config) -> &mut u32;
+
+/// A tracepoint whose fields the programs read: it counts as present only when every required field exists.
+struct Wanted {
+    category: &'static str,
+    event: &'static str,
+    /// (field, required, where its offset goes)
+    fields: &'static [(&'static str, bool, Slot)],
 }
 
-fn offset(format: &EventFormat, name: &str) -> u32 {
-    format.field(name).map_or(OFFSET_NONE, |f| f.offset)
-}
+const WANTED: &[Wanted] = &[
+    Wanted {
+        category: "kmem",
+        event: "mm_page_alloc",
+        fields: &[
+            ("pfn", true, |c| &mut c.page_alloc_pfn),
+            ("order", true, |c| &mut c.page_alloc_order),
+            ("gfp_flags", false, |c| &mut c.page_alloc_gfp),
+        ],
+    },
+    Wanted {
+        category: "kmem",
+        event: "mm_page_free",
+        fields: &[("pfn", true, |c| &mut c.page_free_pfn), ("order", false, |c| &mut c.page_free_order)],
+    },
+    Wanted {
+        category: "kmem",
+        event: "kmalloc",
+        fields: &[("ptr", true, |c| &mut c.kmalloc_ptr), ("bytes_alloc", true, |c| &mut c.kmalloc_bytes_alloc)],
+    },
+    Wanted { category: "kmem", event: "kfree", fields: &[("ptr", true, |c| &mut c.kfree_ptr)] },
+    Wanted {
+        category: "kmem",
+        event: "kmem_cache_alloc",
+        fields: &[
+            ("ptr", true, |c| &mut c.cache_alloc_ptr),
+            ("bytes_alloc", true, |c| &mut c.cache_alloc_bytes_alloc),
+            ("name", true, |c| &mut c.cache_alloc_name),
+        ],
+    },
+    Wanted { category: "kmem", event: "kmem_cache_free", fields: &[("ptr", true, |c| &mut c.cache_free_ptr)] },
+    Wanted {
+        category: "memcg",
+        event: "mod_memcg_lruvec_state",
+        fields: &[
+            ("id", true, |c| &mut c.lruvec_id),
+            ("item", true, |c| &mut c.lruvec_item),
+            ("val", true, |c| &mut c.lruvec_val),
+        ],
+    },
+    Wanted {
+        category: "memcg",
+        event: "mod_memcg_state",
+        fields: &[
+            ("id", true, |c| &mut c.state_id),
+            ("item", true, |c| &mut c.state_item),
+            ("val", true, |c| &mut c.state_val),
+        ],
+    },
+    Wanted {
+        category: "oom",
+        event: "mark_victim",
+        // Kernels before ~6.9 carry only the pid.
+        fields: &[
+            ("pid", true, |c| &mut c.victim_pid),
+            ("comm", false, |c| &mut c.victim_comm),
+            ("total_vm", false, |c| &mut c.victim_total_vm),
+            ("anon_rss", false, |c| &mut c.victim_anon_rss),
+            ("file_rss", false, |c| &mut c.victim_file_rss),
+            ("shmem_rss", false, |c| &mut c.victim_shmem_rss),
+        ],
+    },
+];
 
 pub fn discover() -> Result<Discovery> {
     let root = tracefs::tracefs_root()?;
@@ -45,27 +106,19 @@ pub fn discover() -> Result<Discovery> {
     let mut events = BTreeSet::new();
     let mut degraded = Vec::new();
 
-    let wanted = [
-        Wanted { category: "kmem", event: "mm_page_alloc", required: &["pfn", "order"] },
-        Wanted { category: "kmem", event: "mm_page_free", required: &["pfn"] },
-        Wanted { category: "kmem", event: "kmalloc", required: &["ptr", "bytes_alloc"] },
-        Wanted { category: "kmem", event: "kfree", required: &["ptr"] },
-        Wanted { category: "kmem", event: "kmem_cache_alloc", required: &["ptr", "bytes_alloc", "name"] },
-        Wanted { category: "kmem", event: "kmem_cache_free", required: &["ptr"] },
-        Wanted { category: "memcg", event: "mod_memcg_lruvec_state", required: &["id", "item", "val"] },
-        Wanted { category: "memcg", event: "mod_memcg_state", required: &["id", "item", "val"] },
-        Wanted { category: "oom", event: "mark_victim", required: &["pid"] },
-    ];
-    for w in &wanted {
+    for w in WANTED {
         let Some(format) = tracefs::read_format(&root, w.category, w.event)? else {
             degraded.push(format!("tracepoint {}:{} is absent", w.category, w.event));
             continue;
         };
-        if let Some(missing) = w.required.iter().find(|f| format.field(f).is_none()) {
-            degraded.push(format!("tracepoint {}:{} has no field `{missing}`", w.category, w.event));
+        let missing = w.fields.iter().find(|(name, required, _)| *required && format.field(name).is_none());
+        if let Some((name, ..)) = missing {
+            degraded.push(format!("tracepoint {}:{} has no field `{name}`", w.category, w.event));
             continue;
         }
-        apply(&mut config, w.event, &format);
+        for (name, _, slot) in w.fields {
+            *slot(&mut config) = format.field(name).map_or(OFFSET_NONE, |f| f.offset);
+        }
         events.insert((w.category.to_string(), w.event.to_string()));
     }
 
@@ -84,7 +137,10 @@ pub fn discover() -> Result<Discovery> {
     if has("kmem", "mm_page_alloc") && has("kmem", "mm_page_free") {
         modes.push("pages".to_string());
     }
-    if has("kmem", "kmalloc") && has("kmem", "kfree") && has("kmem", "kmem_cache_alloc") && has("kmem", "kmem_cache_free")
+    if has("kmem", "kmalloc")
+        && has("kmem", "kfree")
+        && has("kmem", "kmem_cache_alloc")
+        && has("kmem", "kmem_cache_free")
     {
         modes.push("slab".to_string());
     }
@@ -108,56 +164,14 @@ pub fn discover() -> Result<Discovery> {
         degraded.push("no oom:mark_victim: OOM kills are only counted from memory.oom_control / memory.events".into());
     }
     if has("kmem", "mm_page_alloc") && (config.gfp_account == 0 || config.page_alloc_gfp == OFFSET_NONE) {
-        degraded.push("cannot read __GFP_ACCOUNT of page allocations: page cache pages count as kernel `page` sites".into());
+        degraded.push(
+            "cannot read __GFP_ACCOUNT of page allocations: page cache pages count as kernel `page` sites".into(),
+        );
     }
     if config.oom_reaper_pid == 0 {
         degraded.push("no oom_reaper thread found: its frees count as ordinary frees".into());
     }
     Ok(Discovery { config, events, modes, degraded })
-}
-
-fn apply(c: &mut Config, event: &str, f: &EventFormat) {
-    match event {
-        "mm_page_alloc" => {
-            c.page_alloc_pfn = offset(f, "pfn");
-            c.page_alloc_order = offset(f, "order");
-            c.page_alloc_gfp = offset(f, "gfp_flags");
-        }
-        "mm_page_free" => {
-            c.page_free_pfn = offset(f, "pfn");
-            c.page_free_order = offset(f, "order");
-        }
-        "kmalloc" => {
-            c.kmalloc_ptr = offset(f, "ptr");
-            c.kmalloc_bytes_alloc = offset(f, "bytes_alloc");
-        }
-        "kfree" => c.kfree_ptr = offset(f, "ptr"),
-        "kmem_cache_alloc" => {
-            c.cache_alloc_ptr = offset(f, "ptr");
-            c.cache_alloc_bytes_alloc = offset(f, "bytes_alloc");
-            c.cache_alloc_name = offset(f, "name");
-        }
-        "kmem_cache_free" => c.cache_free_ptr = offset(f, "ptr"),
-        "mod_memcg_lruvec_state" => {
-            c.lruvec_id = offset(f, "id");
-            c.lruvec_item = offset(f, "item");
-            c.lruvec_val = offset(f, "val");
-        }
-        "mod_memcg_state" => {
-            c.state_id = offset(f, "id");
-            c.state_item = offset(f, "item");
-            c.state_val = offset(f, "val");
-        }
-        "mark_victim" => {
-            c.victim_pid = offset(f, "pid");
-            c.victim_comm = offset(f, "comm");
-            c.victim_total_vm = offset(f, "total_vm");
-            c.victim_anon_rss = offset(f, "anon_rss");
-            c.victim_file_rss = offset(f, "file_rss");
-            c.victim_shmem_rss = offset(f, "shmem_rss");
-        }
-        _ => {}
-    }
 }
 
 fn item(btf: &KernelBtf, enum_name: &str, variant: &str) -> i32 {

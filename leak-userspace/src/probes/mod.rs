@@ -2,7 +2,10 @@
 //! programs, and reading their maps.
 mod layout;
 
-use std::{collections::HashMap as StdHashMap, os::fd::{AsFd, AsRawFd}};
+use std::{
+    collections::HashMap as StdHashMap,
+    os::fd::{AsFd, AsRawFd},
+};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
@@ -159,8 +162,7 @@ impl Probes {
 }
 
 fn fdinfo_value(info: &str, key: &str) -> Option<u64> {
-    info.lines()
-        .find_map(|l| l.strip_prefix(key)?.trim_start().strip_prefix(':')?.trim().parse().ok())
+    info.lines().find_map(|l| l.strip_prefix(key)?.trim_start().strip_prefix(':')?.trim().parse().ok())
 }
 
 impl crate::sites::StackSource for StackTraceMap<&MapData> {
