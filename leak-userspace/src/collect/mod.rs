@@ -77,7 +77,7 @@ impl Collector {
     }
 
     /// Keeps the kernel filter on the target's current subtree and learns the processes living in it.
-    pub fn follow_subtree(&mut self, probes: &mut Probes) -> Result<()> {
+    fn follow_subtree(&mut self, probes: &mut Probes) -> Result<()> {
         let mut ids = target::subtree_ids(&self.target.path);
         ids.sort_unstable();
         if ids != self.memcg_ids {

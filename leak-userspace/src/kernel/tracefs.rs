@@ -24,6 +24,8 @@ pub struct EventFormat {
     pub name: String,
     pub id: u32,
     pub fields: Vec<FieldFormat>,
+    /// The `print fmt:` line (empty when absent): it names flag values, e.g. the gfp bits.
+    pub print_fmt: String,
 }
 
 impl EventFormat {
@@ -37,18 +39,21 @@ pub fn parse_format(system: &str, name: &str, text: &str) -> anyhow::Result<Even
     let what = || format!("tracefs format of {system}:{name}");
     let mut id = None;
     let mut fields = Vec::new();
+    let mut print_fmt = String::new();
     for line in text.lines().map(str::trim) {
         if let Some(v) = line.strip_prefix("ID:") {
             id = Some(v.trim().parse().with_context(|| format!("{}: bad ID line {line:?}", what()))?);
         } else if line.starts_with("field:") {
             fields.push(parse_field(line).with_context(what)?);
+        } else if let Some(fmt) = line.strip_prefix("print fmt:") {
+            print_fmt = fmt.trim().to_string();
         }
     }
     let Some(id) = id else { bail!("{}: no ID line", what()) };
     if fields.is_empty() {
         bail!("{}: no fields", what());
     }
-    Ok(EventFormat { system: system.to_string(), name: name.to_string(), id, fields })
+    Ok(EventFormat { system: system.to_string(), name: name.to_string(), id, fields, print_fmt })
 }
 
 /// `field:<decl>;\toffset:<n>;\tsize:<n>;\tsigned:<0|1>;` (`signed` is missing on very old kernels).
@@ -124,12 +129,6 @@ pub fn read_format(root: &Path, system: &str, name: &str) -> anyhow::Result<Opti
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
-}
-
-/// The `print fmt:` line of `system:name`, when the event exists.
-pub fn read_print_fmt(root: &Path, system: &str, name: &str) -> Option<String> {
-    let text = std::fs::read_to_string(root.join("events").join(system).join(name).join("format")).ok()?;
-    text.lines().find_map(|l| l.strip_prefix("print fmt:")).map(str::to_string)
 }
 
 /// The value of a flag named in a print fmt's `__print_flags` table, e.g. `__GFP_ACCOUNT`. Kernels spell the
@@ -267,8 +266,8 @@ mod tests {
     #[test]
     fn print_fmt_of_this_kernel_names_gfp_account() {
         let Ok(root) = tracefs_root() else { return };
-        if let Some(fmt) = read_print_fmt(&root, "kmem", "mm_page_alloc") {
-            assert!(print_fmt_flag(&fmt, "__GFP_ACCOUNT").is_some_and(|m| m.is_power_of_two()), "{fmt}");
+        if let Ok(Some(f)) = read_format(&root, "kmem", "mm_page_alloc") {
+            assert!(print_fmt_flag(&f.print_fmt, "__GFP_ACCOUNT").is_some_and(|m| m.is_power_of_two()), "{f:?}");
         }
     }
 }

@@ -1,17 +1,18 @@
 //! Discovers what the programs need to know about the running kernel: tracepoint record layouts from tracefs
 //! `format` files, memcg item numbers and struct offsets from BTF. Nothing is assumed about a kernel version.
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Result};
 use leak_common::{Config, ITEM_NONE, OFFSET_NONE};
 
-use crate::kernel::{btf::KernelBtf, tracefs};
+use crate::kernel::{btf::KernelBtf, tracefs, EventFormat};
 
 /// What this kernel offers, and how the programs are configured for it.
 #[derive(Debug, Clone)]
 pub struct Discovery {
     pub config: Config,
-    events: BTreeSet<(String, String)>,
+    /// The tracepoints present with every field the programs need, and their layouts.
+    events: Events,
     /// Attribution paths that will be active, for the user and for report.json `kernel.modes`.
     pub modes: Vec<String>,
     /// One line per missing capability: what is missing and what that costs.
@@ -20,8 +21,14 @@ pub struct Discovery {
 
 impl Discovery {
     pub fn has_event(&self, category: &str, event: &str) -> bool {
-        self.events.contains(&(category.to_string(), event.to_string()))
+        lookup(&self.events, category, event).is_some()
     }
+}
+
+type Events = BTreeMap<(&'static str, &'static str), EventFormat>;
+
+fn lookup<'a>(events: &'a Events, category: &str, event: &str) -> Option<&'a EventFormat> {
+    events.iter().find(|((c, e), _)| *c == category && *e == event).map(|(_, f)| f)
 }
 
 /// Where a tracepoint field's offset goes in the config.
@@ -103,7 +110,7 @@ pub fn discover() -> Result<Discovery> {
     let root = tracefs::tracefs_root()?;
     let btf = KernelBtf::load()?;
     let mut config = Config::unset();
-    let mut events = BTreeSet::new();
+    let mut events = BTreeMap::new();
     let mut degraded = Vec::new();
 
     for w in WANTED {
@@ -119,20 +126,21 @@ pub fn discover() -> Result<Discovery> {
         for (name, _, slot) in w.fields {
             *slot(&mut config) = format.field(name).map_or(OFFSET_NONE, |f| f.offset);
         }
-        events.insert((w.category.to_string(), w.event.to_string()));
+        events.insert((w.category, w.event), format);
     }
 
     config.item_anon_mapped = item(&btf, "node_stat_item", "NR_ANON_MAPPED");
     config.item_kmem = item(&btf, "memcg_stat_item", "MEMCG_KMEM");
-    config.gfp_account = tracefs::read_print_fmt(&root, "kmem", "mm_page_alloc")
-        .and_then(|fmt| tracefs::print_fmt_flag(&fmt, "__GFP_ACCOUNT"))
-        .and_then(|mask| u32::try_from(mask).ok())
-        .unwrap_or(0);
     task_walk(&btf, &mut config)?;
     config.page_size = page_size();
     config.oom_reaper_pid = oom_reaper_pid().unwrap_or(0);
 
-    let has = |c: &str, e: &str| events.contains(&(c.to_string(), e.to_string()));
+    // The gfp bit that marks memory charged to a memcg, from the page allocation event's own flag table.
+    config.gfp_account = lookup(&events, "kmem", "mm_page_alloc")
+        .and_then(|f| tracefs::print_fmt_flag(&f.print_fmt, "__GFP_ACCOUNT"))
+        .and_then(|mask| u32::try_from(mask).ok())
+        .unwrap_or(0);
+    let has = |c: &str, e: &str| lookup(&events, c, e).is_some();
     let mut modes = Vec::new();
     if has("kmem", "mm_page_alloc") && has("kmem", "mm_page_free") {
         modes.push("pages".to_string());
