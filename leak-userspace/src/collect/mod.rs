@@ -1,5 +1,6 @@
 //! Collection: every interval, follow the target's subtree and processes, sample its memory files; at each OOM
 //! kill, take the picture of the sites before the SIGKILL; at the end, assemble the report.
+pub mod early;
 pub mod oom;
 
 use std::{
@@ -46,6 +47,7 @@ pub struct Collector {
     limit: Option<u64>,
     oom_kills: Vec<report::OomKill>,
     intervals: u64,
+    early: early::EarlySites,
 }
 
 impl Collector {
@@ -69,6 +71,7 @@ impl Collector {
             limit: None,
             oom_kills: Vec::new(),
             intervals: 0,
+            early: early::EarlySites::default(),
         }
     }
 
@@ -97,9 +100,11 @@ impl Collector {
         }
         self.follow_subtree(probes)?;
         // Processes that allocated and left between two scans are known only from the sites they made.
-        for (key, _) in probes.sites()? {
+        let raw = probes.sites()?;
+        for (key, _) in &raw {
             self.learn_process(key.tgid);
         }
+        self.early.offer(self.intervals, self.start.elapsed().as_secs_f64(), &raw);
         self.sample();
         self.intervals += 1;
         Ok(true)
@@ -185,6 +190,13 @@ impl Collector {
         let usage = resource_usage();
         let attribution = attribution::attribute(&self.samples, &sites);
         sites.truncate(REPORT_SITES);
+        let early = std::mem::take(&mut self.early);
+        let sites_early = match early.pick(self.intervals) {
+            Some((t, raw)) => {
+                Some(report::EarlySites { t, sites: self.build_sites(probes, raw, Outstanding::Live, REPORT_SITES)? })
+            }
+            None => None,
+        };
         let mut report = report::Report {
             schema: report::SCHEMA.to_string(),
             target: report::TargetInfo {
@@ -207,6 +219,7 @@ impl Collector {
             attribution,
             sites,
             oom_kills: self.oom_kills,
+            sites_early,
             verdict: report::Verdict { class: "inconclusive".into(), confidence: 0.0, evidence: Vec::new() },
             collection: report::Collection {
                 stack_collisions_kernel: c[counter::KSTACK_COLLISION as usize],

@@ -1,6 +1,21 @@
-//! Outputs derived from a report: folded stacks (for flame graph tools) and the terminal summary.
+//! Outputs derived from a report: folded stacks, flame graphs, the pprof profile, the HTML report (for the
+//! developer the evidence goes to) and the terminal summary.
+mod buildid;
+pub mod flamegraph;
 pub mod folded;
+pub mod html;
+pub mod pprof;
 pub mod summary;
+
+use crate::report::Report;
+
+/// What was traced, for titles: the container's name when there is one, else the cgroup path.
+pub fn target_name(report: &Report) -> String {
+    match &report.target.container {
+        Some(c) => format!("{} container {}", c.runtime, c.name),
+        None => report.target.cgroup_path.clone(),
+    }
+}
 
 /// Bytes for people: binary units, one decimal, sign kept (growth can be negative).
 pub fn human_bytes(n: i64) -> String {

@@ -1,6 +1,6 @@
 //! The serde model of report.json, schema "leaktrace.report/1" (see CONTRACT.md). Every field of the contract is
 //! here under its contract name; `Option`s serialize as `null` and are never omitted, so scripts can rely on every
-//! key being present. Extensions (`schema`, `collection`, `OomKill::trigger_*`) only add keys.
+//! key being present. Extensions (`schema`, `collection`, `OomKill::trigger_*`, `sites_early`) only add keys.
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -21,6 +21,9 @@ pub struct Report {
     pub attribution: Attribution,
     pub sites: Vec<Site>,
     pub oom_kills: Vec<OomKill>,
+    /// The sites as they stood about a third into the window (null when the window was too short to tell): what
+    /// grew since is the growth flame graph.
+    pub sites_early: Option<EarlySites>,
     pub verdict: Verdict,
     /// What the tracer could not see, and what it cost: the numbers that say how far to trust the rest.
     pub collection: Collection,
@@ -138,6 +141,13 @@ pub struct OomKill {
     /// The task that ran into the limit: often not the victim.
     pub trigger_pid: u32,
     pub trigger_comm: String,
+}
+
+/// `sites` at `t` seconds into the window, same shape and order as `Report::sites`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EarlySites {
+    pub t: f64,
+    pub sites: Vec<Site>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
