@@ -61,6 +61,17 @@ pub enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Compare two runs' output directories (before and after a fix, say): prints what changed and writes
+    /// diff.txt and flamegraph-diff.svg.
+    Diff {
+        /// The first run's output directory (or its report.json).
+        run_a: PathBuf,
+        /// The second run's output directory (or its report.json).
+        run_b: PathBuf,
+        /// Where to write diff.txt and flamegraph-diff.svg (default: the current directory).
+        #[arg(long, value_name = "DIR")]
+        output: Option<PathBuf>,
+    },
     /// The demo's leaking workload (started by `leaktrace demo` inside the demo cgroup).
     #[command(name = "demo-workload", hide = true)]
     DemoWorkload,
@@ -98,6 +109,18 @@ mod tests {
     fn demo_needs_no_cgroup() {
         let cli = Cli::try_parse_from(["leaktrace", "demo", "--output", "/tmp/x"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Demo { .. })));
+    }
+
+    #[test]
+    fn diff_takes_two_runs() {
+        let cli = Cli::try_parse_from(["leaktrace", "diff", "a", "b", "--output", "o"]).unwrap();
+        match cli.command {
+            Some(Command::Diff { run_a, run_b, output }) => {
+                assert_eq!((run_a, run_b, output), ("a".into(), "b".into(), Some("o".into())))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["leaktrace", "diff", "a"]).is_err());
     }
 
     #[test]

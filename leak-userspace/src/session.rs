@@ -29,6 +29,7 @@ pub fn main(cli: Cli) -> Result<()> {
     match cli.command {
         Some(Command::Demo { output, quiet }) => crate::demo::run(output, quiet),
         Some(Command::DemoWorkload) => crate::demo::workload(),
+        Some(Command::Diff { run_a, run_b, output }) => export::diff::run(&run_a, &run_b, output.as_deref()),
         None => {
             let spec = cli.cgroup.as_deref().unwrap_or_default();
             let layout = CgroupLayout::detect()?;
@@ -154,5 +155,10 @@ fn write_outputs(dir: &Path, report: &report::Report) -> Result<()> {
     report::write_json(dir, report).with_context(|| format!("cannot write report.json into {}", dir.display()))?;
     export::folded::write_folded(dir, &report.sites)
         .with_context(|| format!("cannot write stacks.folded into {}", dir.display()))?;
-    Ok(())
+    export::pprof::write_pprof(dir, report)
+        .with_context(|| format!("cannot write profile.pb.gz into {}", dir.display()))?;
+    let graphs = export::flamegraph::write_flamegraphs(dir, report)
+        .with_context(|| format!("cannot write the flame graphs into {}", dir.display()))?;
+    export::html::write_html(dir, report, &graphs.window, &graphs.growth)
+        .with_context(|| format!("cannot write report.html into {}", dir.display()))
 }

@@ -115,14 +115,21 @@ pub fn oom_svg(report: &Report, n: usize) -> Result<Vec<u8>> {
     svg(&folded(&kill.sites_before_kill), &title, &subtitle)
 }
 
+/// The two graphs report.html embeds.
+pub struct Written {
+    pub window: Vec<u8>,
+    pub growth: Vec<u8>,
+}
+
 /// Writes `flamegraph.svg`, `flamegraph-growth.svg` and one `flamegraph-oom-<n>.svg` per OOM kill into `dir`.
-pub fn write_flamegraphs(dir: &Path, report: &Report) -> Result<()> {
-    crate::output::write_atomic(dir, "flamegraph.svg", &window_svg(report)?)?;
-    crate::output::write_atomic(dir, "flamegraph-growth.svg", &growth_svg(report)?)?;
+pub fn write_flamegraphs(dir: &Path, report: &Report) -> Result<Written> {
+    let written = Written { window: window_svg(report)?, growth: growth_svg(report)? };
+    crate::output::write_atomic(dir, "flamegraph.svg", &written.window)?;
+    crate::output::write_atomic(dir, "flamegraph-growth.svg", &written.growth)?;
     for n in 1..=report.oom_kills.len() {
         crate::output::write_atomic(dir, &format!("flamegraph-oom-{n}.svg"), &oom_svg(report, n)?)?;
     }
-    Ok(())
+    Ok(written)
 }
 
 #[cfg(test)]
@@ -172,11 +179,8 @@ pub(crate) mod tests {
     #[test]
     fn growth_graph_is_differential() {
         let report = sample_report();
-        let folded = differential_folded(
-            &folded(&report.sites_early.as_ref().unwrap().sites),
-            &folded(&report.sites),
-        )
-        .unwrap();
+        let folded =
+            differential_folded(&folded(&report.sites_early.as_ref().unwrap().sites), &folded(&report.sites)).unwrap();
         assert!(folded.contains("[anon];main;grow_cache;malloc;clear_page_erms 16777216 67108864"), "{folded}");
         let texts = xml_texts(&growth_svg(&report).unwrap()).join("\n");
         assert!(texts.contains("growth since t=3.0 s"), "{texts}");

@@ -1,6 +1,7 @@
 //! Outputs derived from a report: folded stacks, flame graphs, the pprof profile, the HTML report (for the
 //! developer the evidence goes to) and the terminal summary.
 mod buildid;
+pub mod diff;
 pub mod flamegraph;
 pub mod folded;
 pub mod html;
@@ -15,6 +16,11 @@ pub fn target_name(report: &Report) -> String {
         Some(c) => format!("{} container {}", c.runtime, c.name),
         None => report.target.cgroup_path.clone(),
     }
+}
+
+/// A byte count from the kernel's u64 counters as the i64 that growth arithmetic and pprof use.
+pub fn clamp(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Text made safe inside XML/HTML text and attribute values.

@@ -11,6 +11,7 @@ use anyhow::Result;
 use flate2::{write::GzEncoder, Compression};
 use prost::Message;
 
+use super::clamp;
 use crate::report::{Frame, Report};
 
 mod proto;
@@ -48,7 +49,10 @@ pub fn profile(report: &Report, mut build_id: impl FnMut(&Module, &[u32]) -> Opt
     let mut b = Builder::default();
     b.string("");
     let mut p = Profile {
-        sample_type: SAMPLE_TYPES.iter().map(|(t, u)| proto::ValueType { r#type: b.string(t), unit: b.string(u) }).collect(),
+        sample_type: SAMPLE_TYPES
+            .iter()
+            .map(|(t, u)| proto::ValueType { r#type: b.string(t), unit: b.string(u) })
+            .collect(),
         ..Default::default()
     };
     p.default_sample_type = b.string("inuse_space");
@@ -63,7 +67,8 @@ pub fn profile(report: &Report, mut build_id: impl FnMut(&Module, &[u32]) -> Opt
         b.string(&format!("leaktrace: {cgroup}, {} to {}", report.window.start, report.window.end)),
         b.string(&format!("verdict: {} ({:.2})", report.verdict.class, report.verdict.confidence)),
     ];
-    let [kind, slab_cache, pid, comm, cgroup_key] = ["kind", "slab_cache", "pid", "comm", "cgroup"].map(|k| b.string(k));
+    let [kind, slab_cache, pid, comm, cgroup_key] =
+        ["kind", "slab_cache", "pid", "comm", "cgroup"].map(|k| b.string(k));
     let cgroup = b.string(&cgroup);
     for site in &report.sites {
         let mut label = vec![proto::Label { key: kind, str: b.string(&site.kind), ..Default::default() }];
@@ -126,10 +131,6 @@ pub fn write_pprof(dir: &Path, report: &Report) -> Result<()> {
     let mut ids = super::buildid::BuildIds::default();
     let bytes = encode(&profile(report, |m, pids| ids.lookup(m, pids)));
     crate::output::write_atomic(dir, "profile.pb.gz", &bytes)
-}
-
-fn clamp(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 /// Frames leaf first, grouped into what pprof calls a location: blazesym reports the functions inlined at an

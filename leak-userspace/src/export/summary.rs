@@ -1,7 +1,7 @@
 //! The short text printed on the terminal when a trace ends: what grew, who holds it, what was lost.
 use std::fmt::Write;
 
-use super::human_bytes;
+use super::{clamp, human_bytes};
 use crate::{
     attribution::growth,
     report::{Collection, Coverage, Report, Site},
@@ -82,7 +82,7 @@ fn write_summary(out: &mut String, r: &Report) -> std::fmt::Result {
     writeln!(out, "verdict: {} (confidence {:.2})", r.verdict.class, r.verdict.confidence)
 }
 
-fn site_line(site: &Site) -> String {
+pub(super) fn site_line(site: &Site) -> String {
     let kind = match &site.slab_cache {
         Some(cache) => format!("{}:{}", site.kind, cache),
         None => site.kind.clone(),
@@ -100,7 +100,7 @@ fn coverage(c: &Coverage) -> String {
     format!("{} of {} ({ratio})", human_bytes(c.attributed_bytes), signed(c.growth_bytes))
 }
 
-fn signed(n: i64) -> String {
+pub(super) fn signed(n: i64) -> String {
     if n > 0 {
         format!("+{}", human_bytes(n))
     } else {
@@ -108,12 +108,8 @@ fn signed(n: i64) -> String {
     }
 }
 
-fn clamp(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
 /// The non-zero loss counters, named as in report.json.
-fn losses(c: &Collection) -> Vec<String> {
+pub(super) fn losses(c: &Collection) -> Vec<String> {
     [
         ("stack_collisions_kernel", c.stack_collisions_kernel),
         ("stack_collisions_user", c.stack_collisions_user),
