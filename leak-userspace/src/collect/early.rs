@@ -1,6 +1,6 @@
 //! The raw site counters as they stood about a third into the window: the "before" of the growth flame graph.
 //! The window's length is known only when it ends (Ctrl-C), so counters are kept at ticks 1, 2, 4, 8, ... (the
-//! last three of them), and the one nearest a third of the final tick count is used: bounded memory, and always
+//! last three of them), and the one taken nearest a third of the window's seconds is used: bounded memory, and
 //! within the first half of the window.
 use leak_common::{SiteCounters, SiteKey};
 
@@ -26,13 +26,10 @@ impl EarlySites {
         self.kept.push((tick, t, raw.clone()));
     }
 
-    /// The snapshot nearest a third of a window of `ticks` ticks: its time and counters.
-    pub fn pick(&self, ticks: u64) -> Option<(f64, &RawSites)> {
-        let third = ticks as f64 / 3.0;
-        self.kept
-            .iter()
-            .min_by(|a, b| (a.0 as f64 - third).abs().total_cmp(&(b.0 as f64 - third).abs()))
-            .map(|(_, t, raw)| (*t, raw))
+    /// The snapshot taken nearest a third of a window of `seconds`: its time and counters.
+    pub fn pick(&self, seconds: f64) -> Option<(f64, &RawSites)> {
+        let third = seconds / 3.0;
+        self.kept.iter().min_by(|a, b| (a.1 - third).abs().total_cmp(&(b.1 - third).abs())).map(|(_, t, raw)| (*t, raw))
     }
 }
 
@@ -52,15 +49,15 @@ mod tests {
             early.offer(tick, tick as f64 / 2.0, &raw(tick));
         }
         assert_eq!(early.kept.iter().map(|k| k.0).collect::<Vec<_>>(), [4, 8, 16]);
-        // 30 ticks: a third is 10, nearest kept is 8.
-        let (t, counters) = early.pick(30).unwrap();
+        // 15 s: a third is 5 s, nearest kept is tick 8 at 4 s.
+        let (t, counters) = early.pick(15.0).unwrap();
         assert_eq!((t, counters[0].1.alloc_bytes), (4.0, 8));
         // A short window of 3 ticks only saw ticks 1 and 2.
         let mut short = EarlySites::default();
         for tick in 0..3 {
             short.offer(tick, tick as f64, &raw(tick));
         }
-        assert_eq!(short.pick(3).unwrap().0, 1.0);
-        assert!(EarlySites::default().pick(10).is_none());
+        assert_eq!(short.pick(3.0).unwrap().0, 1.0);
+        assert!(EarlySites::default().pick(10.0).is_none());
     }
 }

@@ -191,7 +191,7 @@ impl Collector {
         let attribution = attribution::attribute(&self.samples, &sites);
         sites.truncate(REPORT_SITES);
         let early = std::mem::take(&mut self.early);
-        let sites_early = match early.pick(self.intervals) {
+        let sites_early = match early.pick(self.start.elapsed().as_secs_f64()) {
             Some((t, raw)) => {
                 Some(report::EarlySites { t, sites: self.build_sites(probes, raw, Outstanding::Live, REPORT_SITES)? })
             }

@@ -121,9 +121,10 @@ fn write_body(out: &mut String, r: &Report, flamegraph: &[u8], growth_svg: &[u8]
 
     writeln!(out, "<h2>Flame graph of outstanding memory</h2>")?;
     frame(out, flamegraph, "flame graph of outstanding memory")?;
-    writeln!(out, "<details><summary>Growth flame graph (what grew since early in the window)</summary>")?;
+    // Not behind <details>: inferno's script sizes the graph to its frame when it loads, and a closed frame has
+    // no width.
+    writeln!(out, "<h2>What grew since early in the window</h2>")?;
     frame(out, growth_svg, "growth flame graph")?;
-    writeln!(out, "</details>")?;
 
     let lost = losses(&r.collection);
     writeln!(out, "<h2>Collection</h2><p>")?;
@@ -221,7 +222,7 @@ const H: f64 = 300.0;
 const LEFT: f64 = 80.0;
 const TOP: f64 = 16.0;
 const BOTTOM: f64 = 40.0;
-const RIGHT: f64 = 150.0;
+const RIGHT: f64 = 200.0;
 
 type Series = (&'static str, &'static str, fn(&Sample) -> Option<u64>);
 const SERIES: [Series; 4] = [

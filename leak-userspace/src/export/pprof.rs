@@ -70,6 +70,13 @@ pub fn profile(report: &Report, mut build_id: impl FnMut(&Module, &[u32]) -> Opt
     let [kind, slab_cache, pid, comm, cgroup_key] =
         ["kind", "slab_cache", "pid", "comm", "cgroup"].map(|k| b.string(k));
     let cgroup = b.string(&cgroup);
+    // pprof takes the first mapping for the main binary: user objects first, each site's outermost frame first
+    // (`_start`, `main`: the executable), then the kernel.
+    for kernel in [false, true] {
+        for frame in report.sites.iter().flat_map(|s| s.frames.iter().rev()).filter(|f| f.kernel == kernel) {
+            b.mapping(std::slice::from_ref(frame), &[]);
+        }
+    }
     for site in &report.sites {
         let mut label = vec![proto::Label { key: kind, str: b.string(&site.kind), ..Default::default() }];
         if let Some(cache) = &site.slab_cache {

@@ -72,8 +72,8 @@ fn kernel_frames_get_kernel_mappings_with_build_ids() {
         _ => None,
     });
     let files: Vec<(&str, &str)> = p.mapping.iter().map(|m| (s(&p, m.filename), s(&p, m.build_id))).collect();
-    assert_eq!(files, [("[kernel.kallsyms]", "cafe"), ("app", "beef")]);
-    let kernel = &p.mapping[0];
+    assert_eq!(files, [("app", "beef"), ("[kernel.kallsyms]", "cafe")], "the main binary first");
+    let kernel = &p.mapping[1];
     assert_eq!((kernel.memory_start, kernel.memory_limit), (0xffff_ffff_8100_0000, 0xffff_ffff_8200_0001));
     let leaf = &p.location[p.sample[0].location_id[0] as usize - 1];
     assert_eq!(leaf.mapping_id, kernel.id);
