@@ -60,8 +60,8 @@ pub fn run(output: Option<PathBuf>, quiet: bool) -> Result<()> {
         }
     }
     eprintln!(
-        "leaktrace demo: open {}/report.json (and stacks.folded for a flame graph); the top site should name \
-         `demo_leak_cache_entries`",
+        "leaktrace demo: open {}/report.html (report.json, flamegraph.svg and profile.pb.gz for tools); the top \
+         site should name `demo_leak_cache_entries`",
         dir.display()
     );
     Ok(())

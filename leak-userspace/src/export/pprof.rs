@@ -70,10 +70,11 @@ pub fn profile(report: &Report, mut build_id: impl FnMut(&Module, &[u32]) -> Opt
     let [kind, slab_cache, pid, comm, cgroup_key] =
         ["kind", "slab_cache", "pid", "comm", "cgroup"].map(|k| b.string(k));
     let cgroup = b.string(&cgroup);
-    // pprof takes the first mapping for the main binary: user objects first, each site's outermost frame first
-    // (`_start`, `main`: the executable), then the kernel.
-    for kernel in [false, true] {
-        for frame in report.sites.iter().flat_map(|s| s.frames.iter().rev()).filter(|f| f.kernel == kernel) {
+    // pprof takes the first mapping for the main binary: named user objects first, each site's outermost frame
+    // first (`_start`, `main`: the executable), then unnamed ones, then the kernel.
+    let passes: [fn(&&Frame) -> bool; 3] = [|f| !f.kernel && f.module.is_some(), |f| !f.kernel, |_| true];
+    for pass in passes {
+        for frame in report.sites.iter().flat_map(|s| s.frames.iter().rev()).filter(pass) {
             b.mapping(std::slice::from_ref(frame), &[]);
         }
     }

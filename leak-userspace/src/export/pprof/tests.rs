@@ -73,6 +73,10 @@ fn kernel_frames_get_kernel_mappings_with_build_ids() {
     });
     let files: Vec<(&str, &str)> = p.mapping.iter().map(|m| (s(&p, m.filename), s(&p, m.build_id))).collect();
     assert_eq!(files, [("app", "beef"), ("[kernel.kallsyms]", "cafe")], "the main binary first");
+    let mut unnamed_root = report.clone();
+    unnamed_root.sites[0].frames.push(Frame { module: None, ..frame(None, 0x10, false) });
+    let p2 = profile(&unnamed_root, |_, _| None);
+    assert_eq!(s(&p2, p2.mapping[0].filename), "app", "a named object is the main binary, not [unknown]");
     let kernel = &p.mapping[1];
     assert_eq!((kernel.memory_start, kernel.memory_limit), (0xffff_ffff_8100_0000, 0xffff_ffff_8200_0001));
     let leaf = &p.location[p.sample[0].location_id[0] as usize - 1];
