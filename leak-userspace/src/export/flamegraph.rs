@@ -39,7 +39,6 @@ pub fn svg(folded: &str, title: &str, subtitle: &str) -> Result<Vec<u8>> {
     let mut opts = Options::default();
     opts.colors = Palette::Basic(flamegraph::color::BasicPalette::Mem);
     opts.count_name = "bytes".into();
-    opts.name_type = "Site:".into();
     opts.title = title.into();
     opts.subtitle = Some(subtitle.into());
     opts.palette_map = Some(&mut kinds);
