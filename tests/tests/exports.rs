@@ -168,6 +168,7 @@ fn check_pprof(run: &Run, leak_fn: &str) -> Result<()> {
     ];
     ensure!(totals == want, "pprof sample totals {totals:?} != report.json totals {want:?}");
     ensure!(raw.contains("kind:[anon]") && raw.contains("comm:["), "labels missing:\n{}", &raw[..raw.len().min(3000)]);
+    check_inlined(&run.report, &raw)?;
     let mappings = raw.split("\nMappings\n").nth(1).context("no Mappings section")?;
     let kernel = mappings.lines().find(|l| l.contains("[kernel.kallsyms]")).context("no kernel mapping")?;
     ensure!(
@@ -178,6 +179,31 @@ fn check_pprof(run: &Run, leak_fn: &str) -> Result<()> {
         "pprof: totals {totals:?} match report.json; top:\n{}",
         top.lines().take(16).collect::<Vec<_>>().join("\n")
     );
+    Ok(())
+}
+
+/// Functions the symbolizer reported as inlined (consecutive frames at one address) are one location in pprof: the
+/// inner function's line followed by the outer's.
+fn check_inlined(report: &Value, raw: &str) -> Result<()> {
+    let inlined = items(&report["sites"]).iter().find_map(|site| {
+        items(&site["frames"]).windows(2).find_map(|w| {
+            let same = w[0]["address"] == w[1]["address"] && w[0]["symbol"] != w[1]["symbol"];
+            same.then(|| Some((w[0]["symbol"].as_str()?, w[1]["symbol"].as_str()?))).flatten()
+        })
+    });
+    let Some((inner, outer)) = inlined else {
+        eprintln!("no inlined frames in this report: pprof's inline lines not checked");
+        return Ok(());
+    };
+    let locations = raw.split("\nLocations\n").nth(1).context("no Locations section")?;
+    let lines: Vec<&str> = locations.lines().collect();
+    let found = lines.windows(2).any(|w| {
+        w[0].contains(&format!(" {inner} "))
+            && w[1].starts_with(char::is_whitespace)
+            && w[1].trim_start().starts_with(&format!("{outer} "))
+    });
+    ensure!(found, "pprof does not show {inner} inlined into {outer}:\n{locations}");
+    eprintln!("pprof shows {inner} inlined into {outer}");
     Ok(())
 }
 
