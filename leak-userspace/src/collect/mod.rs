@@ -18,7 +18,7 @@ use crate::{
     report,
     sites::{self, Outstanding},
     symbolize::Symbolizer,
-    target::{self, Target},
+    target::{self, Follower, Poll, Target},
     verdict,
 };
 
@@ -27,6 +27,8 @@ const REPORT_SITES: usize = 500;
 
 pub struct Collector {
     target: Target,
+    /// Moves `target` to a restarted container's new cgroup.
+    follower: Follower,
     /// The target relative to its hierarchy's root, as /proc/<pid>/cgroup names it.
     target_rel: PathBuf,
     release: String,
@@ -52,6 +54,7 @@ impl Collector {
     pub fn new(target: Target, discovery: &Discovery, top: usize) -> Self {
         let target_rel = relative_to_hierarchy(&target.path);
         Collector {
+            follower: Follower::new(&target),
             target,
             target_rel,
             release: read_release(),
@@ -90,10 +93,13 @@ impl Collector {
         Ok(())
     }
 
-    /// One interval. Returns false once the target cgroup is gone.
+    /// One interval. Returns false once the target cgroup is gone (for a container: gone for good).
     pub fn tick(&mut self, probes: &mut Probes) -> Result<bool> {
-        if !self.target.path.join("cgroup.procs").exists() {
-            return Ok(false);
+        match self.follower.poll(&mut self.target) {
+            Poll::Same => {}
+            Poll::Moved => self.target_rel = relative_to_hierarchy(&self.target.path),
+            Poll::Waiting => return Ok(true),
+            Poll::Gone(_) => return Ok(false),
         }
         self.follow_subtree(probes)?;
         // Processes that allocated and left between two scans are known only from the sites they made.
@@ -175,6 +181,7 @@ impl Collector {
 
     /// The last sample and the final picture of every site, assembled into the report.
     pub fn finish(mut self, probes: &Probes) -> Result<report::Report> {
+        self.follower.refresh(&mut self.target);
         if self.target.path.join("cgroup.procs").exists() {
             self.sample();
         }
@@ -191,11 +198,8 @@ impl Collector {
                 cgroup_path: self.target.path.display().to_string(),
                 cgroup_id: self.target.id,
                 cgroup_version: self.target.version.number(),
-                container: self.target.container.as_ref().map(|c| report::Container {
-                    runtime: c.runtime.clone(),
-                    id: c.id.clone(),
-                    name: c.name.clone(),
-                }),
+                container: self.target.container.clone(),
+                cgroups: self.follower.cgroups().to_vec(),
             },
             kernel: report::KernelInfo { release: self.release.clone(), modes: self.modes.clone() },
             window: report::Window {
