@@ -115,10 +115,13 @@ async fn event_loop(
     // A far deadline stands for "no duration": simpler than an optional branch.
     let mut deadline = Instant::now() + Duration::from_secs_f64(args.duration.unwrap_or(366.0 * 86400.0));
     let mut reason = "duration elapsed";
+    let mut live = crate::live::Live::new(args.quiet);
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if !collector.tick(probes)? {
+                let going_on = collector.tick(probes)?;
+                live.show(collector, probes);
+                if !going_on {
                     reason = "the target cgroup was removed";
                     break;
                 }

@@ -79,6 +79,34 @@ impl Collector {
         &self.target
     }
 
+    /// What the live view shows: the samples so far, the limit, the kills, what the follower did.
+    pub fn samples(&self) -> &[report::Sample] {
+        &self.samples
+    }
+
+    pub fn limit(&self) -> Option<u64> {
+        self.limit
+    }
+
+    pub fn oom_kills(&self) -> &[report::OomKill] {
+        &self.oom_kills
+    }
+
+    pub fn follower(&self) -> &Follower {
+        &self.follower
+    }
+
+    /// The `n` sites holding the most now. Only the largest raw sites are symbolized, so this is cheap enough for
+    /// every interval.
+    pub fn top_sites(&mut self, probes: &Probes, n: usize) -> Result<Vec<report::Site>> {
+        let mut raw = probes.sites()?;
+        raw.sort_unstable_by_key(|(_, c)| {
+            std::cmp::Reverse(c.alloc_bytes.saturating_sub(c.free_bytes.saturating_add(c.oom_freed_bytes)))
+        });
+        raw.truncate(n.saturating_mul(4));
+        self.build_sites(probes, &raw, Outstanding::Live, n)
+    }
+
     /// Keeps the kernel filter on the target's current subtree and learns the processes living in it.
     fn follow_subtree(&mut self, probes: &mut Probes) -> Result<()> {
         let mut ids = target::subtree_ids(&self.target.path);
@@ -151,7 +179,9 @@ impl Collector {
             return Ok(false);
         }
         // Read the counters first: what follows (symbolizing) may take a while.
-        let raw = probes.sites()?;
+        let mut raw = probes.sites()?;
+        let earlier: Vec<u32> = self.oom_kills.iter().map(|k| k.pid).collect();
+        oom::settle_earlier_victims(&mut raw, &earlier);
         self.comms.entry(notice.victim_pid).or_insert_with(|| notice.victim_comm.clone());
         let sites = self.build_sites(probes, &raw, Outstanding::BeforeOomKill, self.top)?;
         let t = notice.ktime_ns.saturating_sub(self.start_ktime_ns) as f64 / 1e9;

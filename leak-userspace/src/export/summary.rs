@@ -82,7 +82,7 @@ fn write_summary(out: &mut String, r: &Report) -> std::fmt::Result {
     writeln!(out, "verdict: {} (confidence {:.2})", r.verdict.class, r.verdict.confidence)
 }
 
-fn site_line(site: &Site) -> String {
+pub(crate) fn site_line(site: &Site) -> String {
     let kind = match &site.slab_cache {
         Some(cache) => format!("{}:{}", site.kind, cache),
         None => site.kind.clone(),
