@@ -79,9 +79,12 @@ pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
     clap_complete::generate(shell, &mut Cli::command(), "leaktrace", out);
 }
 
-/// Writes the man page, generated from the clap definitions above.
+/// Writes the man page, generated from the clap definitions above. A reader that stops early (`| head`) is fine.
 pub fn man(out: &mut dyn std::io::Write) -> std::io::Result<()> {
-    clap_mangen::Man::new(Cli::command()).render(out)
+    match clap_mangen::Man::new(Cli::command()).render(out) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        done => done,
+    }
 }
 
 fn positive_secs(s: &str) -> Result<f64, String> {

@@ -149,8 +149,8 @@ fn trend_text(v: &View) -> String {
 }
 
 fn tracer_text(v: &View) -> String {
-    let rate = v.events_per_sec.map_or("n/a".to_string(), |r| format!("{r:.0}"));
-    format!("events {rate}/s, lost {}", v.lost)
+    let rate = v.events_per_sec.map_or("n/a".to_string(), |r| format!("{r:.0}/s"));
+    format!("events {rate}, lost {}", v.lost)
 }
 
 fn kills_text(v: &View) -> String {
@@ -262,7 +262,7 @@ mod tests {
         assert!(lines[4].starts_with("  2. slab"), "{lines:?}");
         let empty = View::default();
         let line = plain_line(&empty);
-        assert!(line.contains("usage n/a (no limit)") && line.contains("events n/a/s"), "{line}");
+        assert!(line.contains("usage n/a (no limit)") && line.contains("events n/a, lost 0"), "{line}");
         assert!(!line.contains("top:") && !line.contains("restarts"), "{line}");
     }
 }
