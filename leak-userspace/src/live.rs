@@ -105,17 +105,28 @@ impl Live {
             Style::Off => Ok(()),
             Style::Lines => {
                 let lines = notes.iter().map(|n| format!("leaktrace: {n}")).chain([plain_line(&view)]);
-                lines.map(|l| writeln!(err, "{l}")).collect()
+                lines.try_for_each(|l| writeln!(err, "{l}"))
             }
             Style::Screen(drawn) => {
                 let erase = if *drawn > 0 { format!("\x1b[{drawn}A\x1b[J") } else { String::new() };
-                let block = screen_lines(&view);
+                // A wrapped line would take two rows and the next erase would miss one.
+                let width = terminal_width().unwrap_or(usize::MAX);
+                let block: Vec<String> =
+                    screen_lines(&view).into_iter().map(|l| l.chars().take(width).collect()).collect();
                 *drawn = block.len();
                 let lines: Vec<String> = notes.iter().map(|n| format!("leaktrace: {n}")).chain(block).collect();
                 writeln!(err, "{erase}{}", lines.join("\n"))
             }
         };
     }
+}
+
+/// Columns of the terminal on stderr.
+fn terminal_width() -> Option<usize> {
+    // SAFETY: TIOCGWINSZ fills a winsize, which zeroed is a valid value of.
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
+    (ok && size.ws_col > 0).then_some(usize::from(size.ws_col))
 }
 
 /// Bytes per second of `field` from about `TREND_SECS` ago to the latest sample.
