@@ -104,7 +104,7 @@ impl Live {
         let _ = match &mut self.style {
             Style::Off => Ok(()),
             Style::Lines => {
-                let lines = notes.iter().map(|n| format!("leaktrace: {n}")).chain([plain_line(&view)]);
+                let mut lines = notes.iter().map(|n| format!("leaktrace: {n}")).chain([plain_line(&view)]);
                 lines.try_for_each(|l| writeln!(err, "{l}"))
             }
             Style::Screen(drawn) => {

@@ -312,4 +312,4 @@ pub fn memcg_of(text: &str, version: CgroupVersion) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -130,37 +130,42 @@ impl Resolver for DockerContainer {
         if !docker::is_reference(reference) {
             return Ok(None);
         }
-        let daemon = Daemon::from_env()?;
-        let inspect = match daemon.inspect(reference) {
-            Ok(Lookup::Found(inspect)) => inspect,
-            Ok(Lookup::NotFound) => return Ok(None),
-            // Most likely a cgroup id that matched nothing: say that, not that Docker is down.
-            Ok(Lookup::Unreachable(_)) if reference.bytes().all(|b| b.is_ascii_digit()) => return Ok(None),
-            Ok(Lookup::Unreachable(why)) if is_id_like(reference) => {
-                return match ContainerId.resolve(reference, layout)? {
-                    Some(target) => Ok(Some(target)),
-                    None => bail!(
-                        "no cgroup under {} is named after a container id starting with {reference}, and {why}",
-                        layout.memory_root.display()
-                    ),
-                };
-            }
-            Ok(Lookup::Unreachable(why)) => {
-                bail!("{spec:?} is not a cgroup under {}, and {why}", layout.memory_root.display())
-            }
-            Err(e) => bail!("cannot resolve container {spec:?}: {e:#} (give its name or its full id)"),
-        };
-        // Docker accepts any id prefix; a short one picks a container by accident too easily during an incident.
-        if inspect.short_name() != reference && reference.len() < MIN_ID_PREFIX {
-            bail!(
-                "{reference:?} is only a short prefix of the id of container {} ({}); give its name or at least \
-                 {MIN_ID_PREFIX} characters of its id",
-                inspect.short_name(),
-                &inspect.id[..MIN_ID_PREFIX.min(inspect.id.len())]
-            );
-        }
-        docker::wait_until_running(&daemon, *inspect, layout).map(Some)
+        resolve_docker(&Daemon::from_env()?, spec, layout)
     }
+}
+
+/// `spec` asked of `daemon`. When the daemon cannot be reached, an id is still looked up in the cgroup tree.
+fn resolve_docker(daemon: &Daemon, spec: &str, layout: &CgroupLayout) -> anyhow::Result<Option<Target>> {
+    let reference = spec.strip_prefix('/').unwrap_or(spec);
+    let inspect = match daemon.inspect(reference) {
+        Ok(Lookup::Found(inspect)) => inspect,
+        Ok(Lookup::NotFound) => return Ok(None),
+        // Most likely a cgroup id that matched nothing: say that, not that Docker is down.
+        Ok(Lookup::Unreachable(_)) if reference.bytes().all(|b| b.is_ascii_digit()) => return Ok(None),
+        Ok(Lookup::Unreachable(why)) if is_id_like(reference) => {
+            return match ContainerId.resolve(reference, layout)? {
+                Some(target) => Ok(Some(target)),
+                None => bail!(
+                    "no cgroup under {} is named after a container id starting with {reference}, and {why}",
+                    layout.memory_root.display()
+                ),
+            };
+        }
+        Ok(Lookup::Unreachable(why)) => {
+            bail!("{spec:?} is not a cgroup under {}, and {why}", layout.memory_root.display())
+        }
+        Err(e) => bail!("cannot resolve container {spec:?}: {e:#} (give its name or its full id)"),
+    };
+    // Docker accepts any id prefix; a short one picks a container by accident too easily during an incident.
+    if inspect.short_name() != reference && reference.len() < MIN_ID_PREFIX {
+        bail!(
+            "{reference:?} is only a short prefix of the id of container {} ({}); give its name or at least \
+                 {MIN_ID_PREFIX} characters of its id",
+            inspect.short_name(),
+            &inspect.id[..MIN_ID_PREFIX.min(inspect.id.len())]
+        );
+    }
+    docker::wait_until_running(daemon, *inspect, layout).map(Some)
 }
 
 /// A container id (or a prefix of >= 12 hex digits) found in the cgroup directory names runtimes use; covers
@@ -338,5 +343,33 @@ mod tests {
         assert!(e.contains("ambiguous") && e.contains(&id[..12]) && e.contains("give more of the id"), "{e}");
         assert!(ContainerId.resolve("abcdefabcdef", &t.layout).unwrap().is_none());
         assert!(ContainerId.resolve("my-name", &t.layout).unwrap().is_none());
+    }
+
+    #[test]
+    fn docker_container_by_name() {
+        use crate::target::docker::tests::{http, inspect_json, serve, ID};
+        let t = tree();
+        let dir = t.layout.memory_root.join(format!("docker/{ID}"));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("cgroup.procs"), "").unwrap();
+        let running = inspect_json("running", std::process::id());
+        let fake = serve(vec![
+            http("200 OK", &running),
+            http("200 OK", &running),
+            http("404 Not Found", r#"{"message":"No such container: nope"}"#),
+            http("200 OK", &inspect_json("exited", 0)),
+            http("500 Internal Server Error", r#"{"message":"boom"}"#),
+        ]);
+        let target = resolve_docker(&fake.daemon, "leaky", &t.layout).unwrap().unwrap();
+        assert_eq!((target.path.as_path(), target.id), (dir.as_path(), ino(&dir)));
+        let c = target.container.unwrap();
+        assert_eq!((c.name.as_str(), c.restart_count, c.last_exit_code), ("leaky", Some(2), None));
+        let e = resolve_docker(&fake.daemon, "d63c", &t.layout).unwrap_err().to_string();
+        assert!(e.contains("only a short prefix of the id of container leaky (d63c27cb22dc)"), "{e}");
+        assert!(resolve_docker(&fake.daemon, "nope", &t.layout).unwrap().is_none());
+        let e = resolve_docker(&fake.daemon, "leaky", &t.layout).unwrap_err().to_string();
+        assert!(e.contains("is not running (exited, exit code 137, OOM-killed); start it (docker start leaky)"), "{e}");
+        let e = resolve_docker(&fake.daemon, "leaky", &t.layout).unwrap_err().to_string();
+        assert!(e.starts_with("cannot resolve container \"leaky\"") && e.contains("answered 500: boom"), "{e}");
     }
 }

@@ -4,11 +4,11 @@ use std::thread::JoinHandle;
 
 use super::*;
 
-const ID: &str = "d63c27cb22dc545e8e2ec1b7c224a9eef1e1f86aeaec636e16c45c1c00d60623";
+pub(crate) const ID: &str = "d63c27cb22dc545e8e2ec1b7c224a9eef1e1f86aeaec636e16c45c1c00d60623";
 
 /// Trimmed from a real `docker inspect` of a container started with `--memory 32m --restart on-failure:3` and
 /// caught between two OOM kills (Docker 20.10).
-fn inspect_json(status: &str, pid: u32) -> String {
+pub(crate) fn inspect_json(status: &str, pid: u32) -> String {
     format!(
         r#"{{"Id":"{ID}","Created":"2026-11-23T22:35:32.054246631Z","Path":"/bin/oom_leak","Args":["16","60"],
         "State":{{"Status":"{status}","Running":{},"Paused":false,"Restarting":{},"OOMKilled":true,"Dead":false,
@@ -23,13 +23,13 @@ fn inspect_json(status: &str, pid: u32) -> String {
 
 /// A daemon on a unix socket in a temp dir that answers each request with the next canned response and records
 /// the request lines.
-struct FakeDaemon {
+pub(crate) struct FakeDaemon {
     _dir: tempfile::TempDir,
-    daemon: Daemon,
+    pub daemon: Daemon,
     server: JoinHandle<Vec<String>>,
 }
 
-fn serve(responses: Vec<String>) -> FakeDaemon {
+pub(crate) fn serve(responses: Vec<String>) -> FakeDaemon {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("docker.sock");
     let listener = UnixListener::bind(&socket).unwrap();
@@ -49,7 +49,7 @@ fn serve(responses: Vec<String>) -> FakeDaemon {
     FakeDaemon { daemon: Daemon::parse(&format!("unix://{}", socket.display())).unwrap(), _dir: dir, server }
 }
 
-fn http(status: &str, body: &str) -> String {
+pub(crate) fn http(status: &str, body: &str) -> String {
     format!("HTTP/1.0 {status}\r\nContent-Type: application/json\r\nApi-Version: 1.41\r\n\r\n{body}")
 }
 
