@@ -56,6 +56,11 @@ impl Found {
     }
 }
 
+/// The first 12 characters of an id, as `docker ps` shows it (by characters: a daemon's answer may not be hex).
+pub fn short_id(id: &str) -> String {
+    id.chars().take(MIN_ID_PREFIX).collect()
+}
+
 /// Whether `spec` can be (a prefix of) a container id.
 pub fn is_id_like(spec: &str) -> bool {
     (MIN_ID_PREFIX..=ID_LEN).contains(&spec.len()) && spec.bytes().all(|b| b.is_ascii_hexdigit())
@@ -182,6 +187,7 @@ mod tests {
 
     #[test]
     fn id_shapes() {
+        assert_eq!((short_id(A).as_str(), short_id("é").as_str()), (&A[..12], "é"));
         assert!(is_id_like(A) && is_id_like(&A[..12]) && is_id_like("ABCDEF012345"));
         assert!(!is_id_like(&A[..11]) && !is_id_like(&format!("{A}0")) && !is_id_like("my-container"));
         assert!(!is_id_like("g23456789012"));

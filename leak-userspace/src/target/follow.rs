@@ -154,11 +154,11 @@ fn update(container: &mut Container, fresh: Container) {
     *container = Container { last_exit_code: last_exit, ..fresh };
 }
 
-fn label(c: &Container) -> &str {
+fn label(c: &Container) -> String {
     if c.name.is_empty() {
-        &c.id[..c.id.len().min(container::MIN_ID_PREFIX)]
+        container::short_id(&c.id)
     } else {
-        &c.name
+        c.name.clone()
     }
 }
 

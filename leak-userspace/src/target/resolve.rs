@@ -5,7 +5,7 @@ use std::path::{Component, Path, PathBuf};
 
 use anyhow::bail;
 
-use super::container::{self, is_id_like, MIN_ID_PREFIX};
+use super::container::{self, is_id_like, short_id, MIN_ID_PREFIX};
 use super::docker::{self, Daemon, Lookup};
 use super::{walk::walk, CgroupLayout, Target};
 
@@ -185,7 +185,7 @@ impl Resolver for ContainerId {
                 Ok(Some(target))
             }
             many => {
-                let ids: Vec<&str> = many.iter().map(|f| &f.id[..MIN_ID_PREFIX]).collect();
+                let ids: Vec<String> = many.iter().map(|f| short_id(&f.id)).collect();
                 bail!(
                     "the container id prefix {spec} is ambiguous: it matches {} containers ({}); give more of the id",
                     many.len(),
