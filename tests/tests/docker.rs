@@ -153,7 +153,8 @@ fn follows_a_container_by_name_through_every_oom_kill_and_restart() -> Result<()
     let work = tempfile::tempdir()?;
     dockerd.import_image("leaktrace-e2e-leak:1", &static_leaker(work.path())?)?;
     let name = format!("lt-e2e-leaky-{}", std::process::id());
-    // 3 s of calm after each start leaves leaktrace time to attach; then 16 MiB/s into a 32 MiB limit: an OOM kill
+    // 4 s of calm after each start leave leaktrace time to attach (and to see each new cgroup, which it checks once
+    // an interval); then 16 MiB/s into a 32 MiB limit: an OOM kill
     // about 2 s later, 4 times (the first run and 3 restarts).
     let restarts = 3;
     dockerd.docker(&[
@@ -170,7 +171,7 @@ fn follows_a_container_by_name_through_every_oom_kill_and_restart() -> Result<()
         "leaktrace-e2e-leak:1",
         "/bin/sh",
         "-c",
-        "sleep 3; exec /bin/oom_leak 16 60",
+        "sleep 4; exec /bin/oom_leak 16 60",
     ])?;
 
     let out_dir = work.path().join("out");
