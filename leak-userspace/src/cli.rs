@@ -1,7 +1,7 @@
 //! The command line (shared/CONTRACT.md). Validation lives here so bad input fails before anything is loaded.
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -12,8 +12,10 @@ use clap::{Parser, Subcommand};
     subcommand_negates_reqs = true
 )]
 pub struct Cli {
-    /// The cgroup to trace: an absolute cgroup directory, a path relative to the memory hierarchy's root, or a
-    /// numeric cgroup id (the directory's inode number).
+    /// The cgroup to trace: an absolute cgroup directory, a path relative to the memory hierarchy's root, a numeric
+    /// cgroup id (the directory's inode number), or a container: a Docker name, full id or id prefix (>= 12 hex;
+    /// asked of the daemon at DOCKER_HOST or /var/run/docker.sock), or a containerd / CRI-O container id. A
+    /// container is followed through its restarts.
     #[arg(long, value_name = "TARGET", required = true)]
     pub cgroup: Option<String>,
 
@@ -75,6 +77,25 @@ pub enum Command {
     /// The demo's leaking workload (started by `leaktrace demo` inside the demo cgroup).
     #[command(name = "demo-workload", hide = true)]
     DemoWorkload,
+    /// Print a shell completion script to stdout (e.g. `leaktrace completions bash > /etc/bash_completion.d/leaktrace`).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff) to stdout (e.g. `leaktrace man > /usr/local/share/man/man1/leaktrace.1`).
+    #[command(hide = true)]
+    Man,
+}
+
+/// Writes the completion script for `shell`, generated from the clap definitions above.
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    clap_complete::generate(shell, &mut Cli::command(), "leaktrace", out);
+}
+
+/// Writes the man page, generated from the clap definitions above. A reader that stops early (`| head`) is fine.
+pub fn man(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    match clap_mangen::Man::new(Cli::command()).render(out) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        done => done,
+    }
 }
 
 fn positive_secs(s: &str) -> Result<f64, String> {
@@ -121,6 +142,21 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(Cli::try_parse_from(["leaktrace", "diff", "a"]).is_err());
+    }
+
+    #[test]
+    fn completions_and_man_page_come_from_the_definitions() {
+        let mut bash = Vec::new();
+        completions(clap_complete::Shell::Bash, &mut bash);
+        let bash = String::from_utf8(bash).unwrap();
+        assert!(bash.contains("--cgroup") && bash.contains("--max-tracked") && bash.contains("demo"), "{bash}");
+        let mut page = Vec::new();
+        man(&mut page).unwrap();
+        let page = String::from_utf8(page).unwrap();
+        assert!(page.starts_with(".ie") || page.contains(".TH leaktrace"), "{}", &page[..200.min(page.len())]);
+        assert!(page.contains("cgroup") && page.contains("Docker"), "{page}");
+        assert!(Cli::try_parse_from(["leaktrace", "completions", "zsh"]).is_ok());
+        assert!(Cli::try_parse_from(["leaktrace", "completions", "tcsh"]).is_err());
     }
 
     #[test]

@@ -12,7 +12,10 @@ use anyhow::{Context, Result};
 
 use crate::{
     cli::TraceArgs,
+    export::human_bytes,
+    report::Report,
     session,
+    sites::app_frame,
     target::{CgroupLayout, CgroupVersion, Target},
 };
 
@@ -48,23 +51,58 @@ pub fn run(output: Option<PathBuf>, quiet: bool) -> Result<()> {
             stop_after_oom: true,
         },
     );
-    let status = child.map(|mut c| {
-        let _ = c.kill();
-        c.wait()
+    // Reaped before any kill of ours, so SIGKILL below means the OOM killer's.
+    let status = child.map(|mut c| match c.try_wait() {
+        Ok(Some(status)) => Ok(status),
+        _ => {
+            let _ = c.kill();
+            c.wait().map(|_| std::process::ExitStatus::default())
+        }
     });
+    let removed = cgroup.path.display().to_string();
     drop(cgroup);
     let dir = outcome?;
-    if let Some(Ok(status)) = status {
-        if status.signal() == Some(libc::SIGKILL) {
-            eprintln!("leaktrace demo: the workload was killed by SIGKILL, as a leaking container would be (exit 137)");
-        }
-    }
-    eprintln!(
-        "leaktrace demo: open {}/report.html (report.json, flamegraph.svg and profile.pb.gz for tools); the top \
-         site should name `demo_leak_cache_entries`",
-        dir.display()
-    );
+    let killed = matches!(status, Some(Ok(s)) if s.signal() == Some(libc::SIGKILL));
+    let report: Option<Report> = fs::read(dir.join("report.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    eprintln!("{}", end_message(&dir, report.as_ref(), killed, &removed));
     Ok(())
+}
+
+/// What the demo showed and where to look, from the report it wrote (not from what it was meant to show).
+fn end_message(dir: &Path, report: Option<&Report>, killed: bool, removed: &str) -> String {
+    let mut lines = vec![String::from("leaktrace demo: done.")];
+    match report.and_then(|r| r.oom_kills.first()) {
+        Some(kill) => {
+            let held = kill.sites_before_kill.first().map(|site| {
+                let func = app_frame(site).map_or("an unnamed function", |f| f.label());
+                format!("; just before, {func} held {}", human_bytes(site.outstanding_bytes))
+            });
+            lines.push(format!(
+                "  The workload leaked until the {} limit OOM-killed it at t={:.1}s{}{}.",
+                human_bytes(DEMO_LIMIT_BYTES as i64),
+                kill.t,
+                if killed { " (SIGKILL, exit 137, as a leaking container would be)" } else { "" },
+                held.unwrap_or_default()
+            ));
+        }
+        None => lines.push("  The workload was not OOM-killed while traced; the report shows its growth.".into()),
+    }
+    let mut files: Vec<String> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with('.'))
+        .collect();
+    files.sort();
+    lines.push(format!(
+        "  Open {}/report.html in a browser; in report.json, oom_kills[0].sites_before_kill is the evidence.",
+        dir.display()
+    ));
+    lines.push(format!("  All outputs in {}: {}.", dir.display(), files.join(", ")));
+    lines.push(format!("  The demo cgroup {removed} was removed."));
+    lines.push("  Next: sudo leaktrace --cgroup <container name, id or cgroup> on a real workload.".into());
+    lines.join("\n")
 }
 
 fn spawn_workload(cgroup: &Path) -> Result<Child> {
@@ -145,5 +183,26 @@ impl Drop for DemoCgroup {
             std::thread::sleep(Duration::from_millis(50));
         }
         eprintln!("leaktrace demo: could not remove {}; remove it with rmdir", self.path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::tests::sample_report;
+
+    #[test]
+    fn end_message_tells_what_happened_and_where_to_look() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("report.json"), b"{}").unwrap();
+        fs::write(dir.path().join("stacks.folded"), b"").unwrap();
+        fs::write(dir.path().join(".tmp"), b"").unwrap();
+        let text = end_message(dir.path(), Some(&sample_report()), true, "/sys/fs/cgroup/memory/leaktrace-demo-1");
+        assert!(text.contains("OOM-killed it at t=9.5s (SIGKILL, exit 137"), "{text}");
+        assert!(text.contains("just before, grow_cache held 64.0 MiB"), "{text}");
+        assert!(text.contains(": report.json, stacks.folded.\n"), "{text}");
+        assert!(text.contains("leaktrace-demo-1 was removed"), "{text}");
+        let text = end_message(dir.path(), None, false, "x");
+        assert!(text.contains("was not OOM-killed"), "{text}");
     }
 }

@@ -4,13 +4,14 @@
 //! `target` (which cgroup) -> `kernel` (what this kernel offers) -> `probes` (eBPF programs and their maps) ->
 //! `collect` (draining maps and events every interval) + `memory` (the cgroup's own accounting) -> `symbolize` ->
 //! `sites` (aggregated call sites) -> `attribution` (sites against memory.stat growth) -> `verdict` ->
-//! `report` (report.json model) -> `export` (folded stacks, terminal summary).
+//! `report` (report.json model) -> `export` (folded stacks, terminal summary); `live` shows the trace as it runs.
 pub mod attribution;
 pub mod cli;
 pub mod collect;
 pub mod demo;
 pub mod export;
 pub mod kernel;
+pub mod live;
 pub mod memory;
 pub mod output;
 pub mod probes;

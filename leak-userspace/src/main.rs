@@ -4,7 +4,26 @@ use clap::Parser;
 use leaktrace::cli::Cli;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // A bug must still end in one readable line (the outputs written so far stay; the kernel side detaches as the
+    // process exits).
+    std::panic::set_hook(Box::new(|info| {
+        let what = info.to_string().replace('\n', " ");
+        eprintln!("error: internal error: {what} (please report it with the command line)");
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // clap's first line is already "error: ..."; the usage block after it is for --help.
+            let text = e.render().to_string();
+            eprintln!("{} (see leaktrace --help)", text.lines().next().unwrap_or("error: bad arguments"));
+            return ExitCode::from(2);
+        }
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LEAKTRACE_LOG").unwrap_or_else(|_| "warn".into()))

@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 /// Creates (or checks) the output directory before anything is attached, so a bad path fails fast.
 pub fn prepare(requested: Option<&Path>) -> Result<PathBuf> {
@@ -22,16 +22,19 @@ pub fn prepare(requested: Option<&Path>) -> Result<PathBuf> {
         }
         Ok(meta) if !meta.is_dir() => bail!("output path {} exists and is not a directory", dir.display()),
         Ok(_) => {}
-        Err(_) => DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .with_context(|| format!("cannot create output directory {}", dir.display()))?,
+        Err(_) => DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(|e| {
+            anyhow!("cannot create output directory {}: {e} (give --output a directory you can write)", dir.display())
+        })?,
     }
     // Probe writability now rather than after a long trace.
     write_atomic(&dir, ".leaktrace-write-test", b"")
         .and_then(|_| fs::remove_file(dir.join(".leaktrace-write-test")).map_err(Into::into))
-        .with_context(|| format!("output directory {} is not writable", dir.display()))?;
+        .map_err(|e| {
+            anyhow!(
+                "output directory {} is not writable: {e:#} (give --output a directory you can write)",
+                dir.display()
+            )
+        })?;
     Ok(dir)
 }
 

@@ -30,6 +30,11 @@ pub fn main(cli: Cli) -> Result<()> {
         Some(Command::Demo { output, quiet }) => crate::demo::run(output, quiet),
         Some(Command::DemoWorkload) => crate::demo::workload(),
         Some(Command::Diff { run_a, run_b, output }) => export::diff::run(&run_a, &run_b, output.as_deref()),
+        Some(Command::Completions { shell }) => {
+            crate::cli::completions(shell, &mut std::io::stdout());
+            Ok(())
+        }
+        Some(Command::Man) => crate::cli::man(&mut std::io::stdout()).context("cannot write the man page"),
         None => {
             let spec = cli.cgroup.as_deref().unwrap_or_default();
             let layout = CgroupLayout::detect()?;
@@ -51,6 +56,9 @@ pub fn require_root() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("leaktrace must run as root (it loads eBPF programs and reads every process's memory maps): run it with sudo");
+    }
+    if let Some(missing) = crate::kernel::caps::missing_for_tracing() {
+        bail!("leaktrace runs as root but without {missing}, which loading eBPF tracing programs needs (in a container, run it with --privileged or --cap-add BPF --cap-add PERFMON)");
     }
     Ok(())
 }
@@ -116,11 +124,14 @@ async fn event_loop(
     // A far deadline stands for "no duration": simpler than an optional branch.
     let mut deadline = Instant::now() + Duration::from_secs_f64(args.duration.unwrap_or(366.0 * 86400.0));
     let mut reason = "duration elapsed";
+    let mut live = crate::live::Live::new(args.quiet);
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if !collector.tick(probes)? {
-                    reason = "the target cgroup was removed";
+                let going_on = collector.tick(probes)?;
+                live.show(collector, probes);
+                if !going_on {
+                    reason = "the target is gone (its cgroup was removed, or the container stopped for good)";
                     break;
                 }
             }

@@ -252,8 +252,14 @@ pub struct Leaktrace {
 
 impl Leaktrace {
     pub fn spawn<S: AsRef<OsStr>>(args: &[S]) -> Result<Leaktrace> {
+        Leaktrace::spawn_with_env(args, &[])
+    }
+
+    /// `spawn` with extra environment variables (e.g. DOCKER_HOST for a test's own daemon).
+    pub fn spawn_with_env<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &OsStr)]) -> Result<Leaktrace> {
         let mut child = Command::new(leaktrace_bin()?)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -11,11 +11,22 @@ use anyhow::{bail, Context, Result};
 use crate::{check, step};
 
 /// Debian packages: the eBPF compiler (`/usr/bin/cargo` and `/usr/bin/rustc` 1.96 with a prebuilt `core` for
-/// bpfel, which the rustup toolchain lacks), a C compiler for the test workloads, and bpftool (the tests check that
-/// nothing stays attached), and the real consumers the export tests check the outputs with: `go tool pprof`
-/// (golang-go) for profile.pb.gz and headless Chromium for report.html.
-const PACKAGES: &[&str] =
-    &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "gcc", "libc6-dev", "bpftool", "golang-go", "chromium"];
+/// bpfel, which the rustup toolchain lacks), a C compiler for the test workloads, bpftool (the tests check that
+/// nothing stays attached), the real consumers the export tests check the outputs with (`go tool pprof` from
+/// golang-go for profile.pb.gz, headless Chromium for report.html), and Docker with busybox for the container tests
+/// (their image is a busybox rootfs).
+const PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "gcc",
+    "libc6-dev",
+    "bpftool",
+    "golang-go",
+    "chromium",
+    "docker.io",
+    "busybox-static",
+];
 
 const BPF_LINKER_VERSION: &str = "0.10.3";
 /// The LLVM of Debian's rustc-web: bpf-linker loads it at run time to link that compiler's bitcode.

@@ -25,7 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what is missing: Debian packages (eBPF compiler, gcc, bpftool), bpf-linker, the tracefs mount.
+    /// Install what is missing: Debian packages (eBPF compiler, gcc, bpftool, docker.io, busybox-static), bpf-linker,
+    /// the tracefs mount.
     Bootstrap,
     /// Build target/release/leaktrace (the eBPF programs are embedded in it).
     Build,

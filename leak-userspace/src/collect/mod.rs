@@ -19,7 +19,7 @@ use crate::{
     report,
     sites::{self, Outstanding},
     symbolize::Symbolizer,
-    target::{self, Target},
+    target::{self, Follower, Poll, Target},
     verdict,
 };
 
@@ -28,6 +28,8 @@ const REPORT_SITES: usize = 500;
 
 pub struct Collector {
     target: Target,
+    /// Moves `target` to a restarted container's new cgroup.
+    follower: Follower,
     /// The target relative to its hierarchy's root, as /proc/<pid>/cgroup names it.
     target_rel: PathBuf,
     release: String,
@@ -54,6 +56,7 @@ impl Collector {
     pub fn new(target: Target, discovery: &Discovery, top: usize) -> Self {
         let target_rel = relative_to_hierarchy(&target.path);
         Collector {
+            follower: Follower::new(&target),
             target,
             target_rel,
             release: read_release(),
@@ -79,6 +82,34 @@ impl Collector {
         &self.target
     }
 
+    /// What the live view shows: the samples so far, the limit, the kills, what the follower did.
+    pub fn samples(&self) -> &[report::Sample] {
+        &self.samples
+    }
+
+    pub fn limit(&self) -> Option<u64> {
+        self.limit
+    }
+
+    pub fn oom_kills(&self) -> &[report::OomKill] {
+        &self.oom_kills
+    }
+
+    pub fn follower(&self) -> &Follower {
+        &self.follower
+    }
+
+    /// The `n` sites holding the most now. Only the largest raw sites are symbolized, so this is cheap enough for
+    /// every interval.
+    pub fn top_sites(&mut self, probes: &Probes, n: usize) -> Result<Vec<report::Site>> {
+        let mut raw = probes.sites()?;
+        raw.sort_unstable_by_key(|(_, c)| {
+            std::cmp::Reverse(c.alloc_bytes.saturating_sub(c.free_bytes.saturating_add(c.oom_freed_bytes)))
+        });
+        raw.truncate(n.saturating_mul(4));
+        self.build_sites(probes, &raw, Outstanding::Live, n)
+    }
+
     /// Keeps the kernel filter on the target's current subtree and learns the processes living in it.
     fn follow_subtree(&mut self, probes: &mut Probes) -> Result<()> {
         let mut ids = target::subtree_ids(&self.target.path);
@@ -93,10 +124,13 @@ impl Collector {
         Ok(())
     }
 
-    /// One interval. Returns false once the target cgroup is gone.
+    /// One interval. Returns false once the target cgroup is gone (for a container: gone for good).
     pub fn tick(&mut self, probes: &mut Probes) -> Result<bool> {
-        if !self.target.path.join("cgroup.procs").exists() {
-            return Ok(false);
+        match self.follower.poll(&mut self.target) {
+            Poll::Same => {}
+            Poll::Moved => self.target_rel = relative_to_hierarchy(&self.target.path),
+            Poll::Waiting => return Ok(true),
+            Poll::Gone(_) => return Ok(false),
         }
         self.follow_subtree(probes)?;
         // Processes that allocated and left between two scans are known only from the sites they made.
@@ -150,7 +184,9 @@ impl Collector {
             return Ok(false);
         }
         // Read the counters first: what follows (symbolizing) may take a while.
-        let raw = probes.sites()?;
+        let mut raw = probes.sites()?;
+        let earlier: Vec<u32> = self.oom_kills.iter().map(|k| k.pid).collect();
+        oom::settle_earlier_victims(&mut raw, &earlier);
         self.comms.entry(notice.victim_pid).or_insert_with(|| notice.victim_comm.clone());
         let sites = self.build_sites(probes, &raw, Outstanding::BeforeOomKill, self.top)?;
         let t = notice.ktime_ns.saturating_sub(self.start_ktime_ns) as f64 / 1e9;
@@ -180,6 +216,7 @@ impl Collector {
 
     /// The last sample and the final picture of every site, assembled into the report.
     pub fn finish(mut self, probes: &Probes) -> Result<report::Report> {
+        self.follower.refresh(&mut self.target);
         if self.target.path.join("cgroup.procs").exists() {
             self.sample();
         }
@@ -203,11 +240,8 @@ impl Collector {
                 cgroup_path: self.target.path.display().to_string(),
                 cgroup_id: self.target.id,
                 cgroup_version: self.target.version.number(),
-                container: self.target.container.as_ref().map(|c| report::Container {
-                    runtime: c.runtime.clone(),
-                    id: c.id.clone(),
-                    name: c.name.clone(),
-                }),
+                container: self.target.container.clone(),
+                cgroups: self.follower.cgroups().to_vec(),
             },
             kernel: report::KernelInfo { release: self.release.clone(), modes: self.modes.clone() },
             window: report::Window {

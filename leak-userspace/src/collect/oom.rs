@@ -1,7 +1,7 @@
 //! OOM-kill events from the ring buffer: decoding, and deciding whether a kill belongs to the target.
 use std::path::Path;
 
-use leak_common::{OomEvent, COMM_LEN};
+use leak_common::{OomEvent, SiteCounters, SiteKey, COMM_LEN};
 
 /// An OOM kill as userspace keeps it.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +31,15 @@ pub fn decode(bytes: &[u8]) -> Option<OomNotice> {
         trigger_memcg: ev.trigger_memcg,
         anon_rss_bytes: (ev.has_rss != 0).then_some(ev.anon_rss_kb.saturating_mul(1024)),
     })
+}
+
+/// Before a kill, the victims of earlier kills (a restarted container's previous incarnations) are dead: what they
+/// freed while dying was freed before this kill, so it counts as freed in this kill's picture.
+pub fn settle_earlier_victims(raw: &mut [(SiteKey, SiteCounters)], earlier: &[u32]) {
+    for (_, c) in raw.iter_mut().filter(|(key, _)| earlier.contains(&key.tgid)) {
+        c.free_bytes = c.free_bytes.wrapping_add(std::mem::take(&mut c.oom_freed_bytes));
+        c.free_count = c.free_count.wrapping_add(std::mem::take(&mut c.oom_freed_count));
+    }
 }
 
 fn comm(raw: &[u8; COMM_LEN]) -> String {
@@ -93,6 +102,22 @@ mod tests {
         // SAFETY: out has exactly the size of the plain-integer struct.
         unsafe { std::ptr::write_unaligned(out.as_mut_ptr().cast(), ev) };
         out
+    }
+
+    #[test]
+    fn earlier_victims_frees_count_before_a_later_kill() {
+        let key = |tgid| SiteKey { tgid, ..Default::default() };
+        let held = SiteCounters {
+            alloc_bytes: 100,
+            free_bytes: 10,
+            oom_freed_bytes: 90,
+            oom_freed_count: 3,
+            ..Default::default()
+        };
+        let mut raw = vec![(key(7), held), (key(8), held)];
+        settle_earlier_victims(&mut raw, &[7]);
+        assert_eq!((raw[0].1.free_bytes, raw[0].1.oom_freed_bytes, raw[0].1.free_count), (100, 0, 3));
+        assert_eq!(raw[1].1, held, "the current victim's picture is untouched");
     }
 
     #[test]

@@ -22,7 +22,12 @@ fn write_summary(out: &mut String, r: &Report) -> std::fmt::Result {
     write!(out, "leaktrace: {} (cgroup v{}, id {})", t.cgroup_path, t.cgroup_version, t.cgroup_id)?;
     if let Some(c) = &t.container {
         let short_id: String = c.id.chars().take(12).collect();
-        write!(out, ", {} container {} ({short_id})", c.runtime, c.name)?;
+        // Containers found only by their cgroup's name have no name.
+        let name = if c.name.is_empty() { String::new() } else { format!("{} ", c.name) };
+        write!(out, ", {} container {name}({short_id})", c.runtime)?;
+        if let Some(restarts) = c.restart_count.filter(|&n| n > 0) {
+            write!(out, ", restarted {restarts} times")?;
+        }
     }
     writeln!(out)?;
     let limit = r.memory.limit_bytes.map_or("none".to_string(), |l| human_bytes(clamp(l)));
@@ -82,7 +87,7 @@ fn write_summary(out: &mut String, r: &Report) -> std::fmt::Result {
     writeln!(out, "verdict: {} (confidence {:.2})", r.verdict.class, r.verdict.confidence)
 }
 
-pub(super) fn site_line(site: &Site) -> String {
+pub(crate) fn site_line(site: &Site) -> String {
     let kind = match &site.slab_cache {
         Some(cache) => format!("{}:{}", site.kind, cache),
         None => site.kind.clone(),
@@ -136,7 +141,8 @@ mod tests {
     fn golden_lines() {
         let text = summary(&sample_report());
         let has = |needle: &str| assert!(text.contains(needle), "missing {needle:?} in\n{text}");
-        has("leaktrace: /sys/fs/cgroup/memory/leaky (cgroup v1, id 1234), docker container leaky (abababababab)\n");
+        has("leaktrace: /sys/fs/cgroup/memory/leaky (cgroup v1, id 1234), docker container leaky (abababababab), restarted \
+             2 times\n");
         has("(10.0 s, 2 samples), limit 128.0 MiB\n");
         has("growth: usage +70.0 MiB, anon +64.0 MiB, file 0 B, slab n/a, kernel 0 B\n");
         has("attributed: anon 64.0 MiB of +64.0 MiB (100%), slab/kernel 0 B of 0 B (n/a)\n");
@@ -159,6 +165,14 @@ mod tests {
         assert!(!text.contains(" 11. "));
         assert!(!text.contains("OOM"));
         assert!(!text.contains("not seen"));
+    }
+
+    #[test]
+    fn container_known_only_by_its_cgroup() {
+        let mut r = sample_report();
+        let c = r.target.container.as_mut().unwrap();
+        (c.runtime, c.name, c.restart_count) = ("containerd".into(), String::new(), None);
+        assert!(summary(&r).lines().next().unwrap().ends_with("id 1234), containerd container (abababababab)"));
     }
 
     #[test]

@@ -102,9 +102,14 @@ pub fn tracefs_root() -> anyhow::Result<PathBuf> {
     if let Some(root) = [TRACEFS, DEBUGFS_TRACING].into_iter().find(|p| has_events(p)) {
         return Ok(PathBuf::from(root));
     }
-    mount_tracefs().map_err(|e| anyhow::anyhow!("tracefs is not mounted and could not be mounted: {e}"))?;
+    mount_tracefs().map_err(|e| {
+        anyhow::anyhow!(
+            "tracefs is not mounted and could not be mounted: {e} (mount it: mount -t tracefs nodev {TRACEFS}; the \
+             kernel needs CONFIG_FTRACE)"
+        )
+    })?;
     if !has_events(TRACEFS) {
-        bail!("tracefs is not mounted and could not be mounted: {TRACEFS}/events is missing after mounting");
+        bail!("tracefs has no events at {TRACEFS}/events after mounting (the kernel needs CONFIG_TRACEPOINTS)");
     }
     Ok(PathBuf::from(TRACEFS))
 }

@@ -1,6 +1,7 @@
 //! The serde model of report.json, schema "leaktrace.report/1" (see CONTRACT.md). Every field of the contract is
 //! here under its contract name; `Option`s serialize as `null` and are never omitted, so scripts can rely on every
-//! key being present. Extensions (`schema`, `collection`, `OomKill::trigger_*`, `sites_early`) only add keys.
+//! key being present. Extensions (`schema`, `collection`, `OomKill::trigger_*`, `sites_early`, `target.cgroups`, the
+//! runtime facts in `target.container`) only add keys.
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -31,17 +32,42 @@ pub struct Report {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TargetInfo {
+    /// The cgroup traced last (a restarted container gets a new one).
     pub cgroup_path: String,
     pub cgroup_id: u64,
     pub cgroup_version: u8,
     pub container: Option<Container>,
+    /// Every cgroup the trace followed, in order: the resolved one at `t` 0, then the cgroup of each restart of a
+    /// container target.
+    #[serde(default)]
+    pub cgroups: Vec<FollowedCgroup>,
 }
 
+/// The container a target belongs to. Beyond `runtime`, `id` and `name` (empty when only the cgroup tree named
+/// it), the facts the runtime gives, as of the end of the trace; `null` when it was not asked (no daemon).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Container {
+    /// "docker", "containerd", "cri-o", "podman", "kubernetes" (cgroupfs pod layout), "unknown".
     pub runtime: String,
     pub id: String,
     pub name: String,
+    pub image: Option<String>,
+    /// The container's own memory limit (`docker run --memory`).
+    pub memory_limit_bytes: Option<u64>,
+    /// "no", "on-failure", "always", "unless-stopped".
+    pub restart_policy: Option<String>,
+    pub restart_count: Option<u64>,
+    /// Whether its last exit was an OOM kill, and that exit's code (137 for SIGKILL), as the runtime recorded them.
+    pub oom_killed: Option<bool>,
+    pub last_exit_code: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FollowedCgroup {
+    /// Seconds since the window's start when tracing moved to it.
+    pub t: f64,
+    pub cgroup_path: String,
+    pub cgroup_id: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

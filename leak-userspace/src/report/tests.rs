@@ -51,7 +51,22 @@ pub(crate) fn sample_report() -> Report {
             cgroup_path: "/sys/fs/cgroup/memory/leaky".into(),
             cgroup_id: 1234,
             cgroup_version: 1,
-            container: Some(Container { runtime: "docker".into(), id: "ab".repeat(32), name: "leaky".into() }),
+            container: Some(Container {
+                runtime: "docker".into(),
+                id: "ab".repeat(32),
+                name: "leaky".into(),
+                image: Some("leaky:1".into()),
+                memory_limit_bytes: Some(128 << 20),
+                restart_policy: Some("on-failure".into()),
+                restart_count: Some(2),
+                oom_killed: Some(true),
+                last_exit_code: Some(137),
+            }),
+            cgroups: vec![FollowedCgroup {
+                t: 0.0,
+                cgroup_path: "/sys/fs/cgroup/memory/leaky".into(),
+                cgroup_id: 1234,
+            }],
         },
         kernel: KernelInfo { release: "6.18.0".into(), modes: vec!["memcg-tracepoints".into()] },
         window: Window { start: "2025-01-01T00:00:00Z".into(), end: "2025-01-01T00:00:10Z".into(), seconds: 10.0 },
@@ -183,7 +198,24 @@ fn every_contract_key_has_its_type() {
         "target",
         &[("cgroup_path", Str), ("cgroup_id", U64), ("cgroup_version", U64), ("container", Opt(&Obj))],
     );
-    keys(&v["target"]["container"], "target.container", &[("runtime", Str), ("id", Str), ("name", Str)]);
+    keys(
+        &v["target"]["container"],
+        "target.container",
+        &[
+            ("runtime", Str),
+            ("id", Str),
+            ("name", Str),
+            ("image", Opt(&Str)),
+            ("memory_limit_bytes", Opt(&U64)),
+            ("restart_policy", Opt(&Str)),
+            ("restart_count", Opt(&U64)),
+            ("oom_killed", Opt(&Bool)),
+            ("last_exit_code", Opt(&I64)),
+        ],
+    );
+    for c in v["target"]["cgroups"].as_array().unwrap() {
+        keys(c, "target.cgroups[]", &[("t", F64), ("cgroup_path", Str), ("cgroup_id", U64)]);
+    }
     keys(&v["kernel"], "kernel", &[("release", Str), ("modes", Arr)]);
     keys(&v["window"], "window", &[("start", Str), ("end", Str), ("seconds", F64)]);
     keys(&v["memory"], "memory", &[("limit_bytes", Opt(&U64)), ("samples", Arr)]);

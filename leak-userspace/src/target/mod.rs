@@ -1,5 +1,9 @@
 //! Which cgroup to trace: find the memory hierarchy on this host (`layout`), turn the user's `--cgroup` argument
-//! into a memcg directory and id (`resolve`), and list what lives below it (`walk`).
+//! into a memcg directory and id (`resolve`; containers through the Docker daemon, `docker`, or the runtimes' cgroup
+//! names, `container`), follow a container through its restarts (`follow`), and list what lives below it (`walk`).
+mod container;
+mod docker;
+mod follow;
 mod layout;
 mod resolve;
 #[cfg(test)]
@@ -11,17 +15,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+pub use follow::{Follower, Poll};
 pub use layout::{CgroupLayout, CgroupVersion};
 pub use resolve::{resolve, Resolver};
 pub use walk::{member_pids, member_tids, subtree_ids};
-
-/// The container a target belongs to, when it was named through a container runtime.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ContainerInfo {
-    pub runtime: String,
-    pub id: String,
-    pub name: String,
-}
 
 /// A resolved memcg.
 #[derive(Debug, Clone)]
@@ -31,7 +28,8 @@ pub struct Target {
     /// Its inode number: the memcg id the `memcg:*` tracepoints report and the kernfs id of the cgroup.
     pub id: u64,
     pub version: CgroupVersion,
-    pub container: Option<ContainerInfo>,
+    /// The container it belongs to, when it was named as one (and so is followed through restarts).
+    pub container: Option<crate::report::Container>,
 }
 
 impl Target {

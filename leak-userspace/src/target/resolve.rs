@@ -5,6 +5,8 @@ use std::path::{Component, Path, PathBuf};
 
 use anyhow::bail;
 
+use super::container::{self, is_id_like, short_id, MIN_ID_PREFIX};
+use super::docker::{self, Daemon, Lookup};
 use super::{walk::walk, CgroupLayout, Target};
 
 pub trait Resolver: Sync {
@@ -14,11 +16,13 @@ pub trait Resolver: Sync {
 }
 
 /// Asked in this order. A numeric id comes before a relative path, so `123` means the cgroup id, not a directory
-/// named `123` under the root (which can still be given as `./123`).
-const RESOLVERS: &[&dyn Resolver] = &[&AbsolutePath, &NumericId, &RelativePath];
+/// named `123` under the root (which can still be given as `./123`). Cgroup forms come before container names, so
+/// a name is only sent to the Docker daemon when no cgroup has it.
+const RESOLVERS: &[&dyn Resolver] = &[&AbsolutePath, &NumericId, &RelativePath, &DockerContainer, &ContainerId];
 
 /// What `--cgroup` accepts, for error messages ("it" is the memory hierarchy's root).
-const FORMS: &str = "an absolute cgroup directory, a path relative to it, or a numeric cgroup id";
+const FORMS: &str =
+    "an absolute cgroup directory, a path relative to it, a numeric cgroup id, or a container name or id (>= 12 hex)";
 
 /// Resolves `spec` (see CONTRACT.md, `<TARGET>`) in the memory hierarchy of `layout`.
 pub fn resolve(spec: &str, layout: &CgroupLayout) -> anyhow::Result<Target> {
@@ -113,6 +117,82 @@ impl Resolver for NumericId {
             }
         });
         found.map(|dir| Target::from_dir(&dir, layout.version)).transpose()
+    }
+}
+
+/// A Docker container name, full id or id prefix, asked of the daemon. When the daemon cannot be reached, an id is
+/// still looked up in the cgroup tree; a name cannot be, and is an error that says so.
+struct DockerContainer;
+
+impl Resolver for DockerContainer {
+    fn resolve(&self, spec: &str, layout: &CgroupLayout) -> anyhow::Result<Option<Target>> {
+        let reference = spec.strip_prefix('/').unwrap_or(spec);
+        if !docker::is_reference(reference) {
+            return Ok(None);
+        }
+        resolve_docker(&Daemon::from_env()?, spec, layout)
+    }
+}
+
+/// `spec` asked of `daemon`. When the daemon cannot be reached, an id is still looked up in the cgroup tree.
+fn resolve_docker(daemon: &Daemon, spec: &str, layout: &CgroupLayout) -> anyhow::Result<Option<Target>> {
+    let reference = spec.strip_prefix('/').unwrap_or(spec);
+    let inspect = match daemon.inspect(reference) {
+        Ok(Lookup::Found(inspect)) => inspect,
+        Ok(Lookup::NotFound) => return Ok(None),
+        // Most likely a cgroup id that matched nothing: say that, not that Docker is down.
+        Ok(Lookup::Unreachable(_)) if reference.bytes().all(|b| b.is_ascii_digit()) => return Ok(None),
+        Ok(Lookup::Unreachable(why)) if is_id_like(reference) => {
+            return match ContainerId.resolve(reference, layout)? {
+                Some(target) => Ok(Some(target)),
+                None => bail!(
+                    "no cgroup under {} is named after a container id starting with {reference}, and {why}",
+                    layout.memory_root.display()
+                ),
+            };
+        }
+        Ok(Lookup::Unreachable(why)) => {
+            bail!("{spec:?} is not a cgroup under {}, and {why}", layout.memory_root.display())
+        }
+        Err(e) => bail!("cannot resolve container {spec:?}: {e:#} (give its name or its full id)"),
+    };
+    // Docker accepts any id prefix; a short one picks a container by accident too easily during an incident.
+    if inspect.short_name() != reference && reference.len() < MIN_ID_PREFIX {
+        bail!(
+            "{reference:?} is only a short prefix of the id of container {} ({}); give its name or at least \
+                 {MIN_ID_PREFIX} characters of its id",
+            inspect.short_name(),
+            &inspect.id[..MIN_ID_PREFIX.min(inspect.id.len())]
+        );
+    }
+    docker::wait_until_running(daemon, *inspect, layout).map(Some)
+}
+
+/// A container id (or a prefix of >= 12 hex digits) found in the cgroup directory names runtimes use; covers
+/// containerd and CRI-O (Kubernetes) and Docker without its daemon.
+struct ContainerId;
+
+impl Resolver for ContainerId {
+    fn resolve(&self, spec: &str, layout: &CgroupLayout) -> anyhow::Result<Option<Target>> {
+        if !is_id_like(spec) {
+            return Ok(None);
+        }
+        match container::find(layout, spec).as_slice() {
+            [] => Ok(None),
+            [one] => {
+                let mut target = Target::from_dir(&one.dir, layout.version)?;
+                target.container = Some(one.container());
+                Ok(Some(target))
+            }
+            many => {
+                let ids: Vec<String> = many.iter().map(|f| short_id(&f.id)).collect();
+                bail!(
+                    "the container id prefix {spec} is ambiguous: it matches {} containers ({}); give more of the id",
+                    many.len(),
+                    ids.join(", ")
+                )
+            }
+        }
     }
 }
 
@@ -239,14 +319,57 @@ mod tests {
         let t = tree();
         for spec in ["18446744073709551615", "99999999999999999999999"] {
             let e = resolve(spec, &t.layout).unwrap_err().to_string();
-            assert_eq!(
-                e,
-                format!(
-                    "no cgroup {spec:?} under {} (give an absolute cgroup directory, a path relative to it, or a \
-                     numeric cgroup id)",
-                    t.layout.memory_root.display()
-                )
-            );
+            assert_eq!(e, format!("no cgroup {spec:?} under {} (give {FORMS})", t.layout.memory_root.display()));
         }
+    }
+
+    #[test]
+    fn container_id_in_the_cgroup_tree() {
+        let t = tree();
+        let id = "ab12".repeat(16);
+        let other = format!("{}{}", &id[..20], "0".repeat(44));
+        for dir in [format!("docker/{id}"), format!("system.slice/docker-{other}.scope")] {
+            fs::create_dir_all(t.layout.memory_root.join(&dir)).unwrap();
+            fs::write(t.layout.memory_root.join(&dir).join("cgroup.procs"), "").unwrap();
+        }
+        let target = ContainerId.resolve(&id[..24], &t.layout).unwrap().unwrap();
+        assert_eq!(target.path, t.layout.memory_root.join(format!("docker/{id}")));
+        let c = target.container.unwrap();
+        assert_eq!(
+            (c.runtime.as_str(), c.id.as_str(), c.name.as_str(), c.restart_count),
+            ("docker", id.as_str(), "", None)
+        );
+        let e = ContainerId.resolve(&id[..12], &t.layout).unwrap_err().to_string();
+        assert!(e.contains("ambiguous") && e.contains(&id[..12]) && e.contains("give more of the id"), "{e}");
+        assert!(ContainerId.resolve("abcdefabcdef", &t.layout).unwrap().is_none());
+        assert!(ContainerId.resolve("my-name", &t.layout).unwrap().is_none());
+    }
+
+    #[test]
+    fn docker_container_by_name() {
+        use crate::target::docker::tests::{http, inspect_json, serve, ID};
+        let t = tree();
+        let dir = t.layout.memory_root.join(format!("docker/{ID}"));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("cgroup.procs"), "").unwrap();
+        let running = inspect_json("running", std::process::id());
+        let fake = serve(vec![
+            http("200 OK", &running),
+            http("200 OK", &running),
+            http("404 Not Found", r#"{"message":"No such container: nope"}"#),
+            http("200 OK", &inspect_json("exited", 0)),
+            http("500 Internal Server Error", r#"{"message":"boom"}"#),
+        ]);
+        let target = resolve_docker(&fake.daemon, "leaky", &t.layout).unwrap().unwrap();
+        assert_eq!((target.path.as_path(), target.id), (dir.as_path(), ino(&dir)));
+        let c = target.container.unwrap();
+        assert_eq!((c.name.as_str(), c.restart_count, c.last_exit_code), ("leaky", Some(2), None));
+        let e = resolve_docker(&fake.daemon, "d63c", &t.layout).unwrap_err().to_string();
+        assert!(e.contains("only a short prefix of the id of container leaky (d63c27cb22dc)"), "{e}");
+        assert!(resolve_docker(&fake.daemon, "nope", &t.layout).unwrap().is_none());
+        let e = resolve_docker(&fake.daemon, "leaky", &t.layout).unwrap_err().to_string();
+        assert!(e.contains("is not running (exited, exit code 137, OOM-killed); start it (docker start leaky)"), "{e}");
+        let e = resolve_docker(&fake.daemon, "leaky", &t.layout).unwrap_err().to_string();
+        assert!(e.starts_with("cannot resolve container \"leaky\"") && e.contains("answered 500: boom"), "{e}");
     }
 }

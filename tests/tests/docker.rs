@@ -1,0 +1,241 @@
+//! End to end with a real Docker daemon that the test starts on a socket of its own (no registry: the image is
+//! imported from a tar of a root filesystem with busybox and a static leaking binary). leaktrace is given only the
+//! container's name and must follow it through every OOM kill and restart. The daemon, its containers, data and
+//! the cgroups it made are removed at the end, also when the test fails.
+use std::{
+    ffi::OsStr,
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use leaktrace_e2e::{
+    assert_nothing_attached, describe, has_frame, items, read_report, require_root, serial, summarize, wait_timeout,
+    Leaktrace,
+};
+
+/// A dockerd of this test's own: its socket, data and exec roots live in a temp dir.
+struct Dockerd {
+    dir: tempfile::TempDir,
+    daemon: Child,
+    /// The `docker` parent cgroups (one per hierarchy) that did not exist before: this daemon made them, they go too.
+    made_parent_cgroups: Vec<PathBuf>,
+}
+
+impl Dockerd {
+    fn start() -> Result<Dockerd> {
+        let dir = tempfile::Builder::new().prefix("lt-dockerd-").tempdir()?;
+        let made_parent_cgroups = docker_parent_cgroups().into_iter().filter(|p| !p.exists()).collect();
+        let log = fs::File::create(dir.path().join("dockerd.log"))?;
+        let daemon = Command::new("dockerd")
+            .arg("--data-root")
+            .arg(dir.path().join("data"))
+            .arg("--exec-root")
+            .arg(dir.path().join("exec"))
+            .arg("-H")
+            .arg(format!("unix://{}", dir.path().join("docker.sock").display()))
+            .arg("--pidfile")
+            .arg(dir.path().join("docker.pid"))
+            .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start dockerd (cargo xtask bootstrap installs docker.io)")?;
+        let mut d = Dockerd { dir, daemon, made_parent_cgroups };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while d.docker(&["version"]).is_err() {
+            if Instant::now() > deadline || d.daemon.try_wait()?.is_some() {
+                bail!("dockerd did not come up: {}", d.log());
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        Ok(d)
+    }
+
+    fn host(&self) -> String {
+        format!("unix://{}", self.dir.path().join("docker.sock").display())
+    }
+
+    fn docker<S: AsRef<OsStr>>(&self, args: &[S]) -> Result<String> {
+        let out = Command::new("docker").arg("-H").arg(self.host()).args(args).output().context("cannot run docker")?;
+        ensure!(
+            out.status.success(),
+            "docker {:?}: {}",
+            args.iter().map(AsRef::as_ref).collect::<Vec<_>>(),
+            describe(&out)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
+    }
+
+    /// Imports an image holding busybox and `exe` as /bin/<its name>.
+    fn import_image(&self, tag: &str, exe: &Path) -> Result<()> {
+        let rootfs = self.dir.path().join("rootfs");
+        fs::create_dir_all(rootfs.join("bin"))?;
+        fs::copy("/bin/busybox", rootfs.join("bin/busybox")).context("no /bin/busybox (apt install busybox-static)")?;
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh"))?;
+        fs::copy(exe, rootfs.join("bin").join(exe.file_name().context("no file name")?))?;
+        let tar = self.dir.path().join("rootfs.tar");
+        let status = Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg(".").status()?;
+        ensure!(status.success(), "tar failed");
+        self.docker(&[OsStr::new("import"), tar.as_os_str(), OsStr::new(tag)])?;
+        Ok(())
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        if let Ok(ids) = self.docker(&["ps", "-aq"]) {
+            for id in ids.split_whitespace() {
+                let _ = self.docker(&["rm", "-f", id]);
+            }
+        }
+        // SAFETY: plain syscall on our own child; SIGTERM lets dockerd stop its containerd and unmount.
+        unsafe { libc::kill(self.daemon.id() as libc::pid_t, libc::SIGTERM) };
+        if !matches!(wait_timeout(&mut self.daemon, Duration::from_secs(20)), Ok(Some(_))) {
+            let _ = self.daemon.kill();
+            let _ = self.daemon.wait();
+        }
+        // Whatever is still mounted below the temp dir (overlay layers, netns) would keep it from going.
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let root = self.dir.path().to_string_lossy().to_string();
+        let mut points: Vec<&str> =
+            mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| p.starts_with(&root)).collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for point in points {
+            let _ = Command::new("umount").args(["-l", point]).status();
+        }
+        for parent in &self.made_parent_cgroups {
+            // Empty once the containers are gone; a cgroup that is not empty is not removed.
+            let _ = fs::remove_dir(parent);
+        }
+    }
+}
+
+/// Where Docker's cgroupfs driver puts its `docker` parent: in every hierarchy (v1 controllers and cgroup2).
+fn docker_parent_cgroups() -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let hierarchies = fs::read_dir(root).into_iter().flatten().flatten();
+    // Symlinks (cpu -> cpu,cpuacct) name a hierarchy twice.
+    let dirs = hierarchies.filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path().join("docker"));
+    std::iter::once(root.join("docker")).chain(dirs).collect()
+}
+
+/// oom_leak built static, so it runs in an image that has no libc.
+fn static_leaker(dir: &Path) -> Result<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/oom_leak.c");
+    let exe = dir.join("oom_leak");
+    let out = Command::new("gcc")
+        .args(["-static", "-O1", "-g", "-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .arg("-lm")
+        .output()
+        .context("cannot run gcc")?;
+    ensure!(out.status.success(), "gcc -static failed: {}", describe(&out));
+    Ok(exe)
+}
+
+#[test]
+fn follows_a_container_by_name_through_every_oom_kill_and_restart() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let _one_at_a_time = serial();
+    let started = Instant::now();
+    let dockerd = Dockerd::start()?;
+    let work = tempfile::tempdir()?;
+    dockerd.import_image("leaktrace-e2e-leak:1", &static_leaker(work.path())?)?;
+    let name = format!("lt-e2e-leaky-{}", std::process::id());
+    // 4 s of calm after each start leave leaktrace time to attach (and to see each new cgroup, which it checks once
+    // an interval); then 16 MiB/s into a 32 MiB limit: an OOM kill
+    // about 2 s later, 4 times (the first run and 3 restarts).
+    let restarts = 3;
+    dockerd.docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--network",
+        "none",
+        "--memory",
+        "32m",
+        "--restart",
+        &format!("on-failure:{restarts}"),
+        "leaktrace-e2e-leak:1",
+        "/bin/sh",
+        "-c",
+        "sleep 4; exec /bin/oom_leak 16 60",
+    ])?;
+
+    let out_dir = work.path().join("out");
+    let host = dockerd.host();
+    let mut trace = Leaktrace::spawn_with_env(
+        &[
+            OsStr::new("--cgroup"),
+            OsStr::new(&name),
+            OsStr::new("--duration"),
+            OsStr::new("90"),
+            OsStr::new("--output"),
+            out_dir.as_os_str(),
+        ],
+        &[("DOCKER_HOST", OsStr::new(&host))],
+    )?;
+    trace.wait_attached(Duration::from_secs(15))?;
+    let out = trace.wait(Duration::from_secs(120))?;
+    ensure!(out.status.success(), "leaktrace failed: {}", describe(&out));
+    assert_nothing_attached()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(stderr.contains("stopped for good"), "leaktrace did not end when the container stopped: {stderr}");
+
+    let report = read_report(&out_dir)?;
+    let container = &report["target"]["container"];
+    eprintln!("target: {}\n{}", report["target"], summarize(&report));
+    ensure!(container["name"] == name.as_str() && container["runtime"] == "docker", "target.container: {container}");
+    ensure!(container["image"] == "leaktrace-e2e-leak:1", "image: {container}");
+    ensure!(container["memory_limit_bytes"] == 32u64 << 20, "limit: {container}");
+    ensure!(container["restart_count"] == restarts, "restart_count: {container}");
+    ensure!(container["oom_killed"] == true && container["last_exit_code"] == 137, "last exit: {container}");
+    let cgroups = items(&report["target"]["cgroups"]);
+    ensure!(cgroups.len() == restarts + 1, "followed {} cgroups, not {}: {cgroups:?}", cgroups.len(), restarts + 1);
+
+    let kills = items(&report["oom_kills"]);
+    ensure!(kills.len() == restarts + 1, "{} OOM kills recorded, the container had {}", kills.len(), restarts + 1);
+    for (i, kill) in kills.iter().enumerate() {
+        let top = items(&kill["sites_before_kill"]).first().with_context(|| format!("kill {i}: no sites: {kill}"))?;
+        ensure!(
+            has_frame(top, false, "grow_until_killed"),
+            "kill {i}: the top site before it does not name grow_until_killed: {}",
+            kill["sites_before_kill"]
+        );
+        // Each kill's picture is that run's leak, not the sum of the earlier runs' (they are dead).
+        let held = top["outstanding_bytes"].as_i64().unwrap_or_default();
+        ensure!((16 << 20..=40 << 20).contains(&held), "kill {i}: {held} bytes held before it, not ~32 MiB");
+    }
+    eprintln!("docker e2e took {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// A container name needs a daemon: without one the error says which daemon could not be reached. No root needed
+/// (the target is resolved first).
+#[test]
+fn container_name_without_a_daemon_fails_cleanly() -> Result<()> {
+    let socket = tempfile::tempdir()?.path().join("docker.sock");
+    let host = format!("unix://{}", socket.display());
+    let out = Leaktrace::spawn_with_env(
+        &["--cgroup", "no-such-container-here", "--duration", "1"],
+        &[("DOCKER_HOST", OsStr::new(&host))],
+    )?
+    .wait(Duration::from_secs(30))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "succeeded: {}", describe(&out));
+    ensure!(stderr.starts_with("error: ") && stderr.lines().count() == 1, "not one error line: {}", describe(&out));
+    ensure!(stderr.contains(&format!("the Docker daemon at {host} cannot be reached")), "{}", describe(&out));
+    Ok(())
+}
