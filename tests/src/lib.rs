@@ -21,6 +21,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod scenarios;
+
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 

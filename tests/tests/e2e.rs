@@ -9,7 +9,8 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 use leaktrace_e2e::{
-    assert_nothing_attached, build_workload, describe, has_frame, items, read_report, require_root, run_leaktrace,
+    assert_nothing_attached, build_workload, describe, items, read_report, require_root, run_leaktrace,
+    scenarios::{self, first_oom_pid, Scenario},
     serial, summarize, wait_timeout, Leaktrace, Memcg,
 };
 use serde_json::Value;
@@ -42,26 +43,28 @@ fn trace_workload(workload: &str, args: &[&str], limit: Option<u64>, seconds: u3
     Ok(Traced { report, workload, _memcg: memcg, _dir: dir })
 }
 
+/// Runs a shared scenario (tests/src/scenarios.rs) on the host and applies its checks.
+fn run_scenario(scenario: &Scenario) -> Result<Traced> {
+    let mut run = trace_workload(scenario.workload, scenario.args, Some(scenario.limit_bytes), scenario.seconds)?;
+    (scenario.check)(&run.report)?;
+    if scenario.expect_oom_kill {
+        let pid = run.workload.id();
+        let status =
+            wait_timeout(&mut run.workload, Duration::from_secs(30))?.context("the workload was never killed")?;
+        ensure!(status.signal() == Some(libc::SIGKILL), "the workload ended with {status}, not SIGKILL");
+        let killed = first_oom_pid(&run.report);
+        ensure!(killed == Some(u64::from(pid)), "oom_kills[0] is pid {killed:?}, not the workload (pid {pid})");
+    }
+    Ok(run)
+}
+
 #[test]
 fn heap_leak_is_attributed_to_the_leaking_function() -> Result<()> {
     if !require_root() {
         return Ok(());
     }
     let _one_at_a_time = serial();
-    // 8 MiB/s for 7 s, then held until the memcg is removed.
-    let run = trace_workload("heap_leak", &["8", "7", "120"], Some(512 * MIB), 8)?;
-    let report = &run.report;
-    let top = items(&report["sites"]).first().context("no sites in the report")?;
-    ensure!(top["kind"] == "anon", "the top site is not anon:\n{}", summarize(report));
-    ensure!(has_frame(top, false, "leak_heap_blocks"), "the top site misses leak_heap_blocks:\n{}", summarize(report));
-    let coverage = report["attribution"]["anon"]["coverage"].as_f64();
-    ensure!(
-        coverage.is_some_and(|c| c >= 0.8),
-        "anon coverage {coverage:?} < 0.8 (attribution {}):\n{}",
-        report["attribution"]["anon"],
-        summarize(report)
-    );
-    Ok(())
+    run_scenario(&scenarios::HEAP_LEAK).map(drop)
 }
 
 #[test]
@@ -70,26 +73,7 @@ fn kernel_objects_held_by_leaked_pipes_are_traced_to_the_syscall() -> Result<()>
         return Ok(());
     }
     let _one_at_a_time = serial();
-    let run = trace_workload("pipe_leak", &["200", "8", "120", "pipes"], Some(512 * MIB), 10)?;
-    let report = &run.report;
-    let found = items(&report["sites"]).iter().any(|site| {
-        matches!(site["kind"].as_str(), Some("slab" | "page"))
-            && has_frame(site, false, "leak_pipes")
-            && has_frame(site, true, "pipe")
-    });
-    ensure!(
-        found,
-        "no slab/page site with leak_pipes in user space and a pipe syscall path in the kernel:\n{}",
-        summarize(report)
-    );
-    // The kernel memory the cgroup gained (slab, or kmem on v1) is what the slab and kernel-page sites hold.
-    let coverage = report["attribution"]["slab"]["coverage"].as_f64();
-    ensure!(
-        coverage.is_some_and(|c| (0.7..=1.5).contains(&c)),
-        "kernel-memory coverage {coverage:?} outside 0.7..1.5:\n{}",
-        summarize(report)
-    );
-    Ok(())
+    run_scenario(&scenarios::PIPE_LEAK).map(drop)
 }
 
 #[test]
@@ -98,22 +82,7 @@ fn oom_kill_is_recorded_with_what_the_victim_held() -> Result<()> {
         return Ok(());
     }
     let _one_at_a_time = serial();
-    // 16 MiB/s against a 48 MiB limit: killed after ~3 s; the workload gives up by itself after 30 s.
-    let mut run = trace_workload("oom_leak", &["16", "30"], Some(48 * MIB), 10)?;
-    let pid = run.workload.id();
-    let status = wait_timeout(&mut run.workload, Duration::from_secs(30))?.context("the workload was never killed")?;
-    ensure!(status.signal() == Some(libc::SIGKILL), "the workload ended with {status}, not SIGKILL");
-    let report = &run.report;
-    let kill = items(&report["oom_kills"])
-        .first()
-        .with_context(|| format!("no oom_kills in the report:\n{}", summarize(report)))?;
-    ensure!(kill["pid"] == pid, "oom_kills[0] is {kill}, not the workload (pid {pid})");
-    ensure!(
-        items(&kill["sites_before_kill"]).iter().any(|site| has_frame(site, false, "grow_until_killed")),
-        "no site before the kill names grow_until_killed: {}",
-        kill["sites_before_kill"]
-    );
-    Ok(())
+    run_scenario(&scenarios::OOM_KILL).map(drop)
 }
 
 #[test]

@@ -12,8 +12,18 @@ use crate::{check, step};
 
 /// Debian packages: the eBPF compiler (`/usr/bin/cargo` and `/usr/bin/rustc` 1.96 with a prebuilt `core` for
 /// bpfel, which the rustup toolchain lacks), a C compiler for the test workloads, and bpftool (the tests check that
-/// nothing stays attached).
-const PACKAGES: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "gcc", "libc6-dev", "bpftool"];
+/// nothing stays attached), and what `vm-test` boots its guests with (QEMU, a static busybox, cpio).
+const PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "gcc",
+    "libc6-dev",
+    "bpftool",
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+];
 
 const BPF_LINKER_VERSION: &str = "0.10.3";
 /// The LLVM of Debian's rustc-web: bpf-linker loads it at run time to link that compiler's bitcode.
