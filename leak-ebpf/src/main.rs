@@ -242,7 +242,13 @@ fn page_alloc(ctx: &TracePointContext) -> Option<()> {
     // recognised by the charge that follows).
     let account = cfg(&CONFIG.gfp_account) as u64;
     let gfp: u64 = field(ctx, cfg(&CONFIG.page_alloc_gfp)).unwrap_or(0);
-    let kind = if account == 0 || gfp & account != 0 { kind::PAGE } else { kind::OTHER };
+    let kind = if account == 0 || gfp & account != 0 {
+        kind::PAGE
+    } else if fallback_anon(gfp) {
+        kind::ANON
+    } else {
+        kind::OTHER
+    };
     let site = site_here(ctx, kind, 0);
     let order: u32 = field(ctx, cfg(&CONFIG.page_alloc_order))?;
     let bytes = (cfg(&CONFIG.page_size) as u64) << (order & 31);
@@ -253,6 +259,17 @@ fn page_alloc(ctx: &TracePointContext) -> Option<()> {
         }
     }
     Some(())
+}
+
+/// Kernels without the memcg charge tracepoints: user pages that are zeroed (anonymous faults) or transparent huge
+/// pages are anon. Page cache pages are user pages too, but neither zeroed nor allocated that way.
+#[inline(always)]
+fn fallback_anon(gfp: u64) -> bool {
+    let user = cfg(&CONFIG.gfp_user) as u64;
+    let thp = cfg(&CONFIG.gfp_thp) as u64;
+    user != 0
+        && gfp & user == user
+        && (gfp & cfg(&CONFIG.gfp_zero) as u64 != 0 || (thp != 0 && gfp & thp == thp))
 }
 
 #[tracepoint(category = "kmem", name = "mm_page_free")]

@@ -57,7 +57,10 @@ pub const KERNELS: &[Kernel] = &[
     },
     Kernel {
         label: "trixie-backports",
-        sources: &["deb http://deb.debian.org/debian trixie main", "deb http://deb.debian.org/debian trixie-backports main"],
+        sources: &[
+            "deb http://deb.debian.org/debian trixie main",
+            "deb http://deb.debian.org/debian trixie-backports main",
+        ],
         release: Some("trixie-backports"),
     },
 ];
@@ -147,26 +150,57 @@ fn fetch_kernel(kernel: &Kernel) -> Result<PathBuf> {
     let depends = apt("apt-cache").args(["depends", META_PACKAGE]).output().context("cannot run apt-cache")?;
     let package = image_package(&String::from_utf8_lossy(&depends.stdout))
         .with_context(|| format!("{META_PACKAGE} of {} depends on no linux-image package", kernel.label))?;
-    let debs = apt_dir.join("debs");
-    check(apt("apt-get").args(["-q", "download", &package]).current_dir(&debs).stdout(Stdio::null()))?;
+    // Newer kernels (7.x) keep the image in a `linux-binary-*` package that the image package depends on.
+    let image = match extract_image(&apt("apt-get"), &package, &apt_dir)? {
+        Ok(image) => image,
+        Err(depends) => {
+            let binary = binary_package(&depends)
+                .with_context(|| format!("{package} holds no boot/vmlinuz-* and depends on no linux-binary-*"))?;
+            extract_image(&apt("apt-get"), &binary, &apt_dir)?
+                .map_err(|_| anyhow::anyhow!("neither {package} nor {binary} holds a boot/vmlinuz-*"))?
+        }
+    };
+    fs::copy(&image, dir.join("vmlinuz.tmp"))?;
+    fs::rename(dir.join("vmlinuz.tmp"), &vmlinuz)?;
+    fs::remove_dir_all(&apt_dir)?;
+    Ok(vmlinuz)
+}
+
+/// Downloads `package` and extracts it; the path of its kernel image, or else its Depends field.
+fn extract_image(apt_get: &Command, package: &str, apt_dir: &Path) -> Result<Result<PathBuf, String>> {
+    let debs = apt_dir.join("debs").join(package);
+    fs::create_dir_all(&debs)?;
+    let mut download = Command::new(apt_get.get_program());
+    download.args(apt_get.get_args()).args(["-q", "download", package]).current_dir(&debs).stdout(Stdio::null());
+    check(&mut download)?;
     let deb = fs::read_dir(&debs)?
         .flatten()
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
         .with_context(|| format!("apt-get download {package} left no .deb"))?;
-    // Only the image is kept: the modules are not needed (the cloud kernel has what the guest uses built in).
-    let extracted = apt_dir.join("x");
+    let extracted = apt_dir.join("x").join(package);
     fs::create_dir_all(&extracted)?;
     check(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&extracted))?;
-    let image = fs::read_dir(extracted.join("boot"))?
+    let image = fs::read_dir(extracted.join("boot"))
+        .into_iter()
+        .flatten()
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
-        .with_context(|| format!("{} holds no boot/vmlinuz-*", deb.display()))?;
-    fs::copy(&image, dir.join("vmlinuz.tmp"))?;
-    fs::rename(dir.join("vmlinuz.tmp"), &vmlinuz)?;
-    fs::remove_dir_all(&apt_dir)?;
-    Ok(vmlinuz)
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")));
+    if let Some(image) = image {
+        return Ok(Ok(image));
+    }
+    let depends = Command::new("dpkg-deb").arg("-f").arg(&deb).arg("Depends").output()?;
+    Ok(Err(String::from_utf8_lossy(&depends.stdout).into_owned()))
+}
+
+/// The `linux-binary-*` package in a Depends field.
+fn binary_package(depends: &str) -> Option<String> {
+    depends
+        .split(',')
+        .filter_map(|d| d.split_whitespace().next())
+        .find(|p| p.starts_with("linux-binary-"))
+        .map(String::from)
 }
 
 /// The versioned image package in `apt-cache depends` output ("  Depends: linux-image-6.1.0-50-cloud-amd64").
@@ -247,10 +281,7 @@ fn shared_libraries(executables: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 /// The absolute paths in ldd output: "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" and the loader line.
 fn ldd_paths(ldd: &str) -> Vec<PathBuf> {
-    ldd.lines()
-        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')))
-        .map(PathBuf::from)
-        .collect()
+    ldd.lines().filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/'))).map(PathBuf::from).collect()
 }
 
 /// Boots the kernel and returns its serial console output once the guest powers off.
@@ -329,6 +360,8 @@ fn parse_console(console: &str) -> Guest {
     let mut guest = Guest::default();
     let mut in_report: Option<String> = None;
     for line in console.lines() {
+        // The first line may follow the firmware's terminal escapes.
+        let line = line.find("LT-KERNEL").map_or(line, |at| &line[at..]);
         if let Some(report) = in_report.as_mut() {
             if line == "LT-REPORT-END" {
                 if let Some(s) = guest.scenarios.last_mut() {
@@ -459,6 +492,10 @@ mod tests {
         let out = "linux-image-cloud-amd64\n  Depends: linux-image-6.1.0-50-cloud-amd64\n  Depends: <foo>\n";
         assert_eq!(image_package(out).as_deref(), Some("linux-image-6.1.0-50-cloud-amd64"));
         assert_eq!(image_package("linux-image-cloud-amd64\n"), None);
+        let depends = "dracut | initramfs-tools (>= 0.120), linux-base-7.3.4+deb13-cloud-amd64 (= 7.3.4-1~bpo13+1), \
+                       linux-binary-7.3.4+deb13-cloud-amd64 (= 7.3.4-1~bpo13+1)";
+        assert_eq!(binary_package(depends).as_deref(), Some("linux-binary-7.3.4+deb13-cloud-amd64"));
+        assert_eq!(binary_package("linux-base"), None);
     }
 
     #[test]
@@ -472,7 +509,7 @@ mod tests {
 
     #[test]
     fn parses_the_guest_console() {
-        let console = "noise\nLT-KERNEL 6.1.0-50-cloud-amd64\nLT-BEGIN oom-kill\nLT-LEAKTRACE-EXIT 0\n\
+        let console = "noise\n\x1bc\x1b[?7lLT-KERNEL 6.1.0-50-cloud-amd64\nLT-BEGIN oom-kill\nLT-LEAKTRACE-EXIT 0\n\
             LT-WORKLOAD-ALIVE 0\nLT-WORKLOAD-EXIT 137\nLT-WORKLOAD-PID 197\nLT-SECONDS 12.5\nLT-EVENTS oom_kill 1\n\
             LT-LOG leaktrace: attached\nLT-REPORT-BEGIN\n{\"a\":\n 1}\nLT-REPORT-END\nLT-END oom-kill\nLT-DONE\n";
         let guest = parse_console(console);

@@ -31,6 +31,7 @@ pub struct Collector {
     target_rel: PathBuf,
     release: String,
     modes: Vec<String>,
+    degraded: Vec<String>,
     top: usize,
     start: Instant,
     start_wall: time::OffsetDateTime,
@@ -56,6 +57,7 @@ impl Collector {
             target_rel,
             release: read_release(),
             modes: discovery.modes.clone(),
+            degraded: discovery.degraded.clone(),
             top,
             start: Instant::now(),
             start_wall: time::OffsetDateTime::now_utc(),
@@ -197,7 +199,11 @@ impl Collector {
                     name: c.name.clone(),
                 }),
             },
-            kernel: report::KernelInfo { release: self.release.clone(), modes: self.modes.clone() },
+            kernel: report::KernelInfo {
+                release: self.release.clone(),
+                modes: self.modes.clone(),
+                degraded: self.degraded.clone(),
+            },
             window: report::Window {
                 start: rfc3339(self.start_wall),
                 end: rfc3339(end),

@@ -69,7 +69,8 @@ const WANTED: &[Wanted] = &[
         fields: &[
             ("ptr", true, |c| &mut c.cache_alloc_ptr),
             ("bytes_alloc", true, |c| &mut c.cache_alloc_bytes_alloc),
-            ("name", true, |c| &mut c.cache_alloc_name),
+            // Kernels before 6.2 do not name the cache here.
+            ("name", false, |c| &mut c.cache_alloc_name),
         ],
     },
     Wanted { category: "kmem", event: "kmem_cache_free", fields: &[("ptr", true, |c| &mut c.cache_free_ptr)] },
@@ -106,6 +107,11 @@ const WANTED: &[Wanted] = &[
     },
 ];
 
+/// Events that older kernels (before 6.1) split off for NUMA-node allocations, with the layout of the event the same
+/// program reads: (event, its twin in WANTED). Without them those allocations would go unseen.
+pub const NODE_VARIANTS: &[(&str, &str)] =
+    &[("kmalloc_node", "kmalloc"), ("kmem_cache_alloc_node", "kmem_cache_alloc")];
+
 pub fn discover() -> Result<Discovery> {
     let root = tracefs::tracefs_root()?;
     let btf = KernelBtf::load()?;
@@ -129,6 +135,19 @@ pub fn discover() -> Result<Discovery> {
         events.insert((w.category, w.event), format);
     }
 
+    for (variant, twin) in NODE_VARIANTS {
+        let (Some(format), Some(base)) = (tracefs::read_format(&root, "kmem", variant)?, lookup(&events, "kmem", twin))
+        else {
+            continue;
+        };
+        let same_layout = base.fields.iter().all(|f| format.field(&f.name).is_some_and(|v| v.offset == f.offset));
+        if same_layout {
+            events.insert(("kmem", variant), format);
+        } else {
+            degraded.push(format!("kmem:{variant} differs in layout from kmem:{twin}: its allocations go unseen"));
+        }
+    }
+
     config.item_anon_mapped = item(&btf, "node_stat_item", "NR_ANON_MAPPED");
     config.item_kmem = item(&btf, "memcg_stat_item", "MEMCG_KMEM");
     task_walk(&btf, &mut config)?;
@@ -136,10 +155,12 @@ pub fn discover() -> Result<Discovery> {
     config.oom_reaper_pid = oom_reaper_pid().unwrap_or(0);
 
     // The gfp bit that marks memory charged to a memcg, from the page allocation event's own flag table.
-    config.gfp_account = lookup(&events, "kmem", "mm_page_alloc")
-        .and_then(|f| tracefs::print_fmt_flag(&f.print_fmt, "__GFP_ACCOUNT"))
-        .and_then(|mask| u32::try_from(mask).ok())
-        .unwrap_or(0);
+    let gfp = |flags: &[&str]| -> u32 {
+        let print_fmt = lookup(&events, "kmem", "mm_page_alloc").map_or("", |f| f.print_fmt.as_str());
+        let masks: Option<Vec<u64>> = flags.iter().map(|flag| tracefs::print_fmt_flag(print_fmt, flag)).collect();
+        masks.and_then(|m| u32::try_from(m.iter().fold(0, |a, b| a | b)).ok()).unwrap_or(0)
+    };
+    config.gfp_account = gfp(&["__GFP_ACCOUNT"]);
     let has = |c: &str, e: &str| lookup(&events, c, e).is_some();
     let mut modes = Vec::new();
     if has("kmem", "mm_page_alloc") && has("kmem", "mm_page_free") {
@@ -158,9 +179,31 @@ pub fn discover() -> Result<Discovery> {
     if has("memcg", "mod_memcg_lruvec_state") && config.item_anon_mapped != ITEM_NONE {
         modes.push("memcg-anon-charges".to_string());
     } else {
+        config.gfp_user = gfp(&["__GFP_HARDWALL", "__GFP_MOVABLE"]);
+        config.gfp_zero = gfp(&["__GFP_ZERO"]);
+        config.gfp_thp = gfp(&["__GFP_COMP", "__GFP_NOMEMALLOC"]);
+        if config.gfp_user != 0
+            && config.gfp_zero != 0
+            && config.gfp_account != 0
+            && config.page_alloc_gfp != OFFSET_NONE
+        {
+            modes.push("gfp-anon".to_string());
+            degraded.push(
+                "no memcg:mod_memcg_lruvec_state: anon pages are told by their gfp flags (zeroed user pages, huge \
+                 pages); copy-on-write copies after fork count as `other`"
+                    .to_string(),
+            );
+        } else {
+            config.gfp_user = 0;
+            degraded.push(
+                "no memcg:mod_memcg_lruvec_state and no usable gfp flags: anon pages are reported as `other` sites"
+                    .to_string(),
+            );
+        }
+    }
+    if has("kmem", "kmem_cache_alloc") && config.cache_alloc_name == OFFSET_NONE {
         degraded.push(
-            "no memcg:mod_memcg_lruvec_state (or NR_ANON_MAPPED in BTF): anon pages are reported as `page` sites"
-                .to_string(),
+            "kmem:kmem_cache_alloc has no cache name (before 6.2): slab sites of named caches are unnamed".into(),
         );
     }
     if has("memcg", "mod_memcg_state") && config.item_kmem != ITEM_NONE {

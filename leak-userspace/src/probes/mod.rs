@@ -34,8 +34,10 @@ pub const ATTACHMENTS: &[Attachment] = &[
     Attachment { program: "lt_page_alloc", category: "kmem", event: "mm_page_alloc" },
     Attachment { program: "lt_page_free", category: "kmem", event: "mm_page_free" },
     Attachment { program: "lt_kmalloc", category: "kmem", event: "kmalloc" },
+    Attachment { program: "lt_kmalloc", category: "kmem", event: "kmalloc_node" },
     Attachment { program: "lt_kfree", category: "kmem", event: "kfree" },
     Attachment { program: "lt_cache_alloc", category: "kmem", event: "kmem_cache_alloc" },
+    Attachment { program: "lt_cache_alloc", category: "kmem", event: "kmem_cache_alloc_node" },
     Attachment { program: "lt_cache_free", category: "kmem", event: "kmem_cache_free" },
     Attachment { program: "lt_memcg_lruvec", category: "memcg", event: "mod_memcg_lruvec_state" },
     Attachment { program: "lt_memcg_state", category: "memcg", event: "mod_memcg_state" },
@@ -65,7 +67,10 @@ impl Probes {
                 .program_mut(a.program)
                 .ok_or_else(|| anyhow!("program {} missing from the eBPF object", a.program))?
                 .try_into()?;
-            prog.load().map_err(|e| anyhow!("the kernel refused program {}: {e}", a.program))?;
+            // Loaded once, attached once per event (kmalloc and kmalloc_node share a program).
+            if prog.fd().is_err() {
+                prog.load().map_err(|e| anyhow!("the kernel refused program {}: {e}", a.program))?;
+            }
             prog.attach(a.category, a.event)
                 .map_err(|e| anyhow!("attaching to {}:{} failed: {e}", a.category, a.event))?;
             attached.push(a.program);

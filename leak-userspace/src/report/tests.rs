@@ -53,7 +53,7 @@ pub(crate) fn sample_report() -> Report {
             cgroup_version: 1,
             container: Some(Container { runtime: "docker".into(), id: "ab".repeat(32), name: "leaky".into() }),
         },
-        kernel: KernelInfo { release: "6.18.0".into(), modes: vec!["memcg-tracepoints".into()] },
+        kernel: KernelInfo { release: "6.18.0".into(), modes: vec!["memcg-tracepoints".into()], degraded: vec![] },
         window: Window { start: "2025-01-01T00:00:00Z".into(), end: "2025-01-01T00:00:10Z".into(), seconds: 10.0 },
         memory: Memory {
             limit_bytes: Some(128 << 20),
@@ -182,7 +182,7 @@ fn every_contract_key_has_its_type() {
         &[("cgroup_path", Str), ("cgroup_id", U64), ("cgroup_version", U64), ("container", Opt(&Obj))],
     );
     keys(&v["target"]["container"], "target.container", &[("runtime", Str), ("id", Str), ("name", Str)]);
-    keys(&v["kernel"], "kernel", &[("release", Str), ("modes", Arr)]);
+    keys(&v["kernel"], "kernel", &[("release", Str), ("modes", Arr), ("degraded", Arr)]);
     keys(&v["window"], "window", &[("start", Str), ("end", Str), ("seconds", F64)]);
     keys(&v["memory"], "memory", &[("limit_bytes", Opt(&U64)), ("samples", Arr)]);
     for s in v["memory"]["samples"].as_array().unwrap() {
