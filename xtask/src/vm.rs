@@ -155,9 +155,9 @@ fn fetch_kernel(kernel: &Kernel) -> Result<PathBuf> {
         Ok(image) => image,
         Err(depends) => {
             let binary = binary_package(&depends)
-                .with_context(|| format!("{package} holds no boot/vmlinuz-* and depends on no linux-binary-*"))?;
+                .with_context(|| format!("{package} holds no kernel image and depends on no linux-binary-*"))?;
             extract_image(&apt("apt-get"), &binary, &apt_dir)?
-                .map_err(|_| anyhow::anyhow!("neither {package} nor {binary} holds a boot/vmlinuz-*"))?
+                .map_err(|_| anyhow::anyhow!("neither {package} nor {binary} holds a kernel image"))?
         }
     };
     fs::copy(&image, dir.join("vmlinuz.tmp"))?;
@@ -181,17 +181,19 @@ fn extract_image(apt_get: &Command, package: &str, apt_dir: &Path) -> Result<Res
     let extracted = apt_dir.join("x").join(package);
     fs::create_dir_all(&extracted)?;
     check(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&extracted))?;
-    let image = fs::read_dir(extracted.join("boot"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")));
-    if let Some(image) = image {
+    if let Some(image) = find_image(&extracted) {
         return Ok(Ok(image));
     }
     let depends = Command::new("dpkg-deb").arg("-f").arg(&deb).arg("Depends").output()?;
     Ok(Err(String::from_utf8_lossy(&depends.stdout).into_owned()))
+}
+
+/// boot/vmlinuz-<release> (up to 6.x packages) or usr/lib/modules/<release>/vmlinuz (7.x).
+fn find_image(extracted: &Path) -> Option<PathBuf> {
+    let entries = |dir: PathBuf| fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path());
+    entries(extracted.join("boot"))
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .or_else(|| entries(extracted.join("usr/lib/modules")).map(|d| d.join("vmlinuz")).find(|p| p.is_file()))
 }
 
 /// The `linux-binary-*` package in a Depends field.
@@ -496,6 +498,19 @@ mod tests {
                        linux-binary-7.3.4+deb13-cloud-amd64 (= 7.3.4-1~bpo13+1)";
         assert_eq!(binary_package(depends).as_deref(), Some("linux-binary-7.3.4+deb13-cloud-amd64"));
         assert_eq!(binary_package("linux-base"), None);
+    }
+
+    #[test]
+    fn finds_the_image_in_either_package_layout() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(find_image(tmp.path()), None);
+        let modules = tmp.path().join("usr/lib/modules/7.3.4+deb13-cloud-amd64");
+        fs::create_dir_all(&modules).unwrap();
+        fs::write(modules.join("vmlinuz"), b"").unwrap();
+        assert_eq!(find_image(tmp.path()), Some(modules.join("vmlinuz")));
+        fs::create_dir_all(tmp.path().join("boot")).unwrap();
+        fs::write(tmp.path().join("boot/vmlinuz-6.1.0-50-cloud-amd64"), b"").unwrap();
+        assert_eq!(find_image(tmp.path()), Some(tmp.path().join("boot/vmlinuz-6.1.0-50-cloud-amd64")));
     }
 
     #[test]

@@ -155,11 +155,8 @@ pub fn discover() -> Result<Discovery> {
     config.oom_reaper_pid = oom_reaper_pid().unwrap_or(0);
 
     // The gfp bit that marks memory charged to a memcg, from the page allocation event's own flag table.
-    let gfp = |flags: &[&str]| -> u32 {
-        let print_fmt = lookup(&events, "kmem", "mm_page_alloc").map_or("", |f| f.print_fmt.as_str());
-        let masks: Option<Vec<u64>> = flags.iter().map(|flag| tracefs::print_fmt_flag(print_fmt, flag)).collect();
-        masks.and_then(|m| u32::try_from(m.iter().fold(0, |a, b| a | b)).ok()).unwrap_or(0)
-    };
+    let page_alloc_fmt = lookup(&events, "kmem", "mm_page_alloc").map_or(String::new(), |f| f.print_fmt.clone());
+    let gfp = |flags: &[&str]| gfp_mask(&page_alloc_fmt, flags);
     config.gfp_account = gfp(&["__GFP_ACCOUNT"]);
     let has = |c: &str, e: &str| lookup(&events, c, e).is_some();
     let mut modes = Vec::new();
@@ -225,6 +222,12 @@ pub fn discover() -> Result<Discovery> {
     Ok(Discovery { config, events, modes, degraded })
 }
 
+/// The union of these gfp flags as the event's print format names them; 0 unless every one is named (in 32 bits).
+fn gfp_mask(print_fmt: &str, flags: &[&str]) -> u32 {
+    let masks: Option<Vec<u64>> = flags.iter().map(|flag| tracefs::print_fmt_flag(print_fmt, flag)).collect();
+    masks.and_then(|m| u32::try_from(m.iter().fold(0, |a, b| a | b)).ok()).unwrap_or(0)
+}
+
 fn item(btf: &KernelBtf, enum_name: &str, variant: &str) -> i32 {
     btf.enum_value(enum_name, variant).and_then(|v| i32::try_from(v).ok()).unwrap_or(ITEM_NONE)
 }
@@ -265,6 +268,22 @@ fn oom_reaper_pid() -> Option<u32> {
 mod tests {
     use super::*;
     use crate::target::testing::host_has;
+
+    #[test]
+    fn gfp_masks_of_the_anon_fallback_come_from_the_print_format() {
+        let format = tracefs::parse_format(
+            "kmem",
+            "mm_page_alloc",
+            include_str!("../kernel/testdata/kmem_mm_page_alloc.format"),
+        )
+        .unwrap();
+        let user = gfp_mask(&format.print_fmt, &["__GFP_HARDWALL", "__GFP_MOVABLE"]);
+        let zero = gfp_mask(&format.print_fmt, &["__GFP_ZERO"]);
+        assert_eq!(user.count_ones(), 2, "{user:#x}");
+        assert!(zero.is_power_of_two() && user & zero == 0, "{zero:#x}");
+        assert_eq!(gfp_mask(&format.print_fmt, &["__GFP_ZERO", "__GFP_NO_SUCH_FLAG"]), 0, "all or nothing");
+        assert_eq!(gfp_mask("", &["__GFP_ZERO"]), 0);
+    }
 
     /// On the real kernel: every offset the programs use agrees with the tracefs format file it came from.
     #[test]
