@@ -68,6 +68,7 @@ pub const KERNELS: &[Kernel] = &[
 const META_PACKAGE: &str = "linux-image-cloud-amd64";
 /// A whole guest run (boot, three scenarios, poweroff) takes ~40 s under TCG; this only bounds a hung guest.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+const PARALLEL_GUESTS: usize = 2;
 
 /// Boots every kernel whose label contains one of `only` (all when empty), runs the scenarios in each and prints the
 /// table; fails if any scenario failed anywhere.
@@ -77,14 +78,20 @@ pub fn run(leaktrace: &Path, only: &[String]) -> Result<()> {
     ensure!(!kernels.is_empty(), "no kernel matches {only:?}; known: {}", labels());
     let work = crate::target_dir().join("vm");
     let initramfs = build_initramfs(leaktrace, &work)?;
+    let started = Instant::now();
+    // Two guests at a time: each TCG guest keeps one host core busy, and the machines have two.
+    let outcomes: Vec<(&Kernel, Result<String>)> = thread::scope(|scope| {
+        kernels
+            .chunks(PARALLEL_GUESTS)
+            .flat_map(|chunk| {
+                let running: Vec<_> = chunk.iter().map(|&k| (k, scope.spawn(|| run_guest(k, &initramfs)))).collect();
+                running.into_iter().map(|(k, h)| (k, h.join().expect("guest threads do not panic"))).collect::<Vec<_>>()
+            })
+            .collect()
+    });
     let mut rows = Vec::new();
     let mut failed = 0;
-    for kernel in kernels {
-        let started = Instant::now();
-        let outcome = fetch_kernel(kernel).and_then(|vmlinuz| {
-            step(&format!("booting {} ({}) under QEMU", kernel.label, vmlinuz.display()));
-            boot(&vmlinuz, &initramfs)
-        });
+    for (kernel, outcome) in outcomes {
         match outcome {
             Ok(console) => {
                 let guest = parse_console(&console);
@@ -102,11 +109,21 @@ pub fn run(leaktrace: &Path, only: &[String]) -> Result<()> {
                 eprintln!("{}: {e:#}", kernel.label);
             }
         }
-        step(&format!("{} took {:.0} s", kernel.label, started.elapsed().as_secs_f64()));
     }
+    step(&format!("the VM matrix took {:.0} s", started.elapsed().as_secs_f64()));
     print!("{}", table(&rows));
     ensure!(failed == 0, "{failed} VM scenario(s) failed (details above)");
     Ok(())
+}
+
+/// Fetches (first time only) and boots one kernel; its console output.
+fn run_guest(kernel: &Kernel, initramfs: &Path) -> Result<String> {
+    let started = Instant::now();
+    let vmlinuz = fetch_kernel(kernel)?;
+    step(&format!("booting {} ({}) under QEMU", kernel.label, vmlinuz.display()));
+    let console = boot(kernel.label, &vmlinuz, initramfs);
+    step(&format!("{} took {:.0} s", kernel.label, started.elapsed().as_secs_f64()));
+    console
 }
 
 fn labels() -> String {
@@ -287,7 +304,7 @@ fn ldd_paths(ldd: &str) -> Vec<PathBuf> {
 }
 
 /// Boots the kernel and returns its serial console output once the guest powers off.
-fn boot(vmlinuz: &Path, initramfs: &Path) -> Result<String> {
+fn boot(label: &str, vmlinuz: &Path, initramfs: &Path) -> Result<String> {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "1024M", "-smp", "1", "-nographic", "-no-reboot", "-kernel"])
         .arg(vmlinuz)
@@ -312,7 +329,7 @@ fn boot(vmlinuz: &Path, initramfs: &Path) -> Result<String> {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(line) => {
                 if line.starts_with("LT-BEGIN") || line.starts_with("LT-KERNEL") {
-                    println!("  guest: {line}");
+                    println!("  {label}: {line}");
                     let _ = std::io::stdout().flush();
                 }
                 console.push_str(&line);
