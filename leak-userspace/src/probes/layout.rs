@@ -23,6 +23,13 @@ impl Discovery {
     pub fn has_event(&self, category: &str, event: &str) -> bool {
         lookup(&self.events, category, event).is_some()
     }
+
+    /// Records that `modes` cannot be active after all (a program the kernel refused), and why.
+    pub fn lose(&mut self, modes: &[&str], why: String) {
+        let lost: Vec<String> = self.modes.iter().filter(|m| modes.contains(&m.as_str())).cloned().collect();
+        self.modes.retain(|m| !lost.contains(m));
+        self.degraded.push(if lost.is_empty() { why } else { format!("{why}; lost: {}", lost.join(", ")) });
+    }
 }
 
 type Events = BTreeMap<(&'static str, &'static str), EventFormat>;
@@ -268,6 +275,21 @@ fn oom_reaper_pid() -> Option<u32> {
 mod tests {
     use super::*;
     use crate::target::testing::host_has;
+
+    #[test]
+    fn a_refused_program_costs_its_modes_and_says_why() {
+        let mut d = Discovery {
+            config: Config::unset(),
+            events: Events::new(),
+            modes: ["pages", "slab", "oom-victim-rss"].map(String::from).to_vec(),
+            degraded: vec![],
+        };
+        d.lose(&["oom-victim", "oom-victim-rss"], "oom:mark_victim is not traced: EPERM".into());
+        assert_eq!(d.modes, ["pages", "slab"]);
+        assert_eq!(d.degraded, ["oom:mark_victim is not traced: EPERM; lost: oom-victim-rss"]);
+        d.lose(&["memcg-kmem-charges"], "x".into());
+        assert_eq!(d.degraded[1], "x");
+    }
 
     #[test]
     fn gfp_masks_of_the_anon_fallback_come_from_the_print_format() {
