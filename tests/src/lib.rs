@@ -254,8 +254,14 @@ pub struct Leaktrace {
 
 impl Leaktrace {
     pub fn spawn<S: AsRef<OsStr>>(args: &[S]) -> Result<Leaktrace> {
+        Leaktrace::spawn_with_env(args, &[])
+    }
+
+    /// `spawn` with extra environment variables for leaktrace.
+    pub fn spawn_with_env<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &str)]) -> Result<Leaktrace> {
         let mut child = Command::new(leaktrace_bin()?)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -273,16 +279,24 @@ impl Leaktrace {
 
     /// Starts tracing `memcg` for `seconds` (1 s interval) into `output` and returns once the programs are attached.
     pub fn trace(memcg: &Memcg, seconds: u32, output: &Path) -> Result<Leaktrace> {
-        let mut trace = Leaktrace::spawn(&[
-            OsStr::new("--cgroup"),
-            memcg.path().as_os_str(),
-            OsStr::new("--duration"),
-            OsStr::new(&seconds.to_string()),
-            OsStr::new("--interval"),
-            OsStr::new("1"),
-            OsStr::new("--output"),
-            output.as_os_str(),
-        ])?;
+        Leaktrace::trace_with_env(memcg, seconds, output, &[])
+    }
+
+    /// `trace` with extra environment variables for leaktrace.
+    pub fn trace_with_env(memcg: &Memcg, seconds: u32, output: &Path, env: &[(&str, &str)]) -> Result<Leaktrace> {
+        let mut trace = Leaktrace::spawn_with_env(
+            &[
+                OsStr::new("--cgroup"),
+                memcg.path().as_os_str(),
+                OsStr::new("--duration"),
+                OsStr::new(&seconds.to_string()),
+                OsStr::new("--interval"),
+                OsStr::new("1"),
+                OsStr::new("--output"),
+                output.as_os_str(),
+            ],
+            env,
+        )?;
         trace.wait_attached(Duration::from_secs(10))?;
         Ok(trace)
     }

@@ -27,10 +27,21 @@ struct Traced {
 
 /// Attaches leaktrace to a fresh memcg, starts `workload args` in it, traces for `seconds` and reads the report.
 fn trace_workload(workload: &str, args: &[&str], limit: Option<u64>, seconds: u32) -> Result<Traced> {
+    trace_workload_with_env(workload, args, limit, seconds, &[])
+}
+
+/// `trace_workload` with extra environment variables for leaktrace.
+fn trace_workload_with_env(
+    workload: &str,
+    args: &[&str],
+    limit: Option<u64>,
+    seconds: u32,
+    env: &[(&str, &str)],
+) -> Result<Traced> {
     let exe = build_workload(workload)?;
     let memcg = Memcg::create(workload, limit)?;
     let dir = tempfile::tempdir()?;
-    let mut trace = Leaktrace::trace(&memcg, seconds, dir.path())?;
+    let mut trace = Leaktrace::trace_with_env(&memcg, seconds, dir.path(), env)?;
     let mut cmd = Command::new(&exe);
     cmd.args(args);
     let workload = memcg.spawn_in(cmd)?;
@@ -44,8 +55,9 @@ fn trace_workload(workload: &str, args: &[&str], limit: Option<u64>, seconds: u3
 }
 
 /// Runs a shared scenario (tests/src/scenarios.rs) on the host and applies its checks.
-fn run_scenario(scenario: &Scenario) -> Result<Traced> {
-    let mut run = trace_workload(scenario.workload, scenario.args, Some(scenario.limit_bytes), scenario.seconds)?;
+fn run_scenario(scenario: &Scenario, env: &[(&str, &str)]) -> Result<Traced> {
+    let limit = Some(scenario.limit_bytes);
+    let mut run = trace_workload_with_env(scenario.workload, scenario.args, limit, scenario.seconds, env)?;
     (scenario.check)(&run.report)?;
     if scenario.expect_oom_kill {
         let pid = run.workload.id();
@@ -64,7 +76,7 @@ fn heap_leak_is_attributed_to_the_leaking_function() -> Result<()> {
         return Ok(());
     }
     let _one_at_a_time = serial();
-    run_scenario(&scenarios::HEAP_LEAK).map(drop)
+    run_scenario(&scenarios::HEAP_LEAK, &[]).map(drop)
 }
 
 #[test]
@@ -73,7 +85,7 @@ fn kernel_objects_held_by_leaked_pipes_are_traced_to_the_syscall() -> Result<()>
         return Ok(());
     }
     let _one_at_a_time = serial();
-    run_scenario(&scenarios::PIPE_LEAK).map(drop)
+    run_scenario(&scenarios::PIPE_LEAK, &[]).map(drop)
 }
 
 #[test]
@@ -82,7 +94,23 @@ fn oom_kill_is_recorded_with_what_the_victim_held() -> Result<()> {
         return Ok(());
     }
     let _one_at_a_time = serial();
-    run_scenario(&scenarios::OOM_KILL).map(drop)
+    run_scenario(&scenarios::OOM_KILL, &[]).map(drop)
+}
+
+/// The fallback of kernels before the memcg tracepoints (anon pages told by gfp flags), run on this kernel with
+/// those tracepoints ignored: it must attribute the heap leak as the memcg-charge path does.
+#[test]
+fn heap_leak_is_attributed_by_gfp_flags_without_memcg_tracepoints() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let _one_at_a_time = serial();
+    let ignore = [("LEAKTRACE_IGNORE_EVENTS", "memcg:mod_memcg_lruvec_state,memcg:mod_memcg_state")];
+    let run = run_scenario(&scenarios::HEAP_LEAK, &ignore)?;
+    let modes = &run.report["kernel"]["modes"];
+    ensure!(items(modes).iter().any(|m| m == "gfp-anon"), "modes {modes} lack gfp-anon");
+    ensure!(!items(modes).iter().any(|m| m == "memcg-anon-charges"), "modes {modes} still use the memcg charges");
+    Ok(())
 }
 
 #[test]
