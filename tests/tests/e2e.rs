@@ -70,47 +70,41 @@ fn run_scenario(scenario: &Scenario, env: &[(&str, &str)]) -> Result<Traced> {
     Ok(run)
 }
 
-#[test]
-fn heap_leak_is_attributed_to_the_leaking_function() -> Result<()> {
+/// A scenario as a privileged test (skipped without root outside CI, one at a time), with `more` checks on its report.
+fn scenario_test(scenario: &Scenario, env: &[(&str, &str)], more: impl FnOnce(&Value) -> Result<()>) -> Result<()> {
     if !require_root() {
         return Ok(());
     }
     let _one_at_a_time = serial();
-    run_scenario(&scenarios::HEAP_LEAK, &[]).map(drop)
+    more(&run_scenario(scenario, env)?.report)
+}
+
+#[test]
+fn heap_leak_is_attributed_to_the_leaking_function() -> Result<()> {
+    scenario_test(&scenarios::HEAP_LEAK, &[], |_| Ok(()))
 }
 
 #[test]
 fn kernel_objects_held_by_leaked_pipes_are_traced_to_the_syscall() -> Result<()> {
-    if !require_root() {
-        return Ok(());
-    }
-    let _one_at_a_time = serial();
-    run_scenario(&scenarios::PIPE_LEAK, &[]).map(drop)
+    scenario_test(&scenarios::PIPE_LEAK, &[], |_| Ok(()))
 }
 
 #[test]
 fn oom_kill_is_recorded_with_what_the_victim_held() -> Result<()> {
-    if !require_root() {
-        return Ok(());
-    }
-    let _one_at_a_time = serial();
-    run_scenario(&scenarios::OOM_KILL, &[]).map(drop)
+    scenario_test(&scenarios::OOM_KILL, &[], |_| Ok(()))
 }
 
 /// The fallback of kernels before the memcg tracepoints (anon pages told by gfp flags), run on this kernel with
 /// those tracepoints ignored: it must attribute the heap leak as the memcg-charge path does.
 #[test]
 fn heap_leak_is_attributed_by_gfp_flags_without_memcg_tracepoints() -> Result<()> {
-    if !require_root() {
-        return Ok(());
-    }
-    let _one_at_a_time = serial();
     let ignore = [("LEAKTRACE_IGNORE_EVENTS", "memcg:mod_memcg_lruvec_state,memcg:mod_memcg_state")];
-    let run = run_scenario(&scenarios::HEAP_LEAK, &ignore)?;
-    let modes = &run.report["kernel"]["modes"];
-    ensure!(items(modes).iter().any(|m| m == "gfp-anon"), "modes {modes} lack gfp-anon");
-    ensure!(!items(modes).iter().any(|m| m == "memcg-anon-charges"), "modes {modes} still use the memcg charges");
-    Ok(())
+    scenario_test(&scenarios::HEAP_LEAK, &ignore, |report| {
+        let modes = &report["kernel"]["modes"];
+        ensure!(items(modes).iter().any(|m| m == "gfp-anon"), "modes {modes} lack gfp-anon");
+        ensure!(!items(modes).iter().any(|m| m == "memcg-anon-charges"), "modes {modes} still use memcg charges");
+        Ok(())
+    })
 }
 
 #[test]
