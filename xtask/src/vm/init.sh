@@ -20,7 +20,8 @@ while read -r name workload limit seconds args; do
     [ -e "$cg/memory.swap.max" ] && echo 0 > "$cg/memory.swap.max"
     echo "LT-BEGIN $name"
     start=$(cut -d' ' -f1 /proc/uptime)
-    /opt/leaktrace --cgroup "$cg" --duration "$seconds" --interval 1 --output "/tmp/out-$name" > "/tmp/lt-$name.log" 2>&1 &
+    # Bounded: a hung tracer fails its scenario instead of the whole guest.
+    timeout $((seconds + 90)) /opt/leaktrace --cgroup "$cg" --duration "$seconds" --interval 1 --output "/tmp/out-$name" > "/tmp/lt-$name.log" 2>&1 &
     lt=$!
     # The workload starts only once the programs are attached, as in the host e2e tests.
     i=0
