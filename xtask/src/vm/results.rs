@@ -93,7 +93,13 @@ pub fn judge(guest: &Guest) -> Vec<Judged> {
                 Some(ran) => judge_one(scenario, ran, report.as_ref()),
             };
             if let (Err(e), Some(ran)) = (&verdict, ran) {
-                eprintln!("{} on {}: {e:#}\nleaktrace said:\n{}", scenario.name, guest.release, ran.log.join("\n"));
+                let collection = report.as_ref().map_or(Value::Null, |r| r["collection"].clone());
+                eprintln!(
+                    "{} on {}: {e:#}\ncollection: {collection}\nleaktrace said:\n{}",
+                    scenario.name,
+                    guest.release,
+                    ran.log.join("\n")
+                );
             }
             Judged {
                 scenario: scenario.name,
