@@ -51,6 +51,10 @@ pub struct SiteCounters {
     pub oom_freed_count: u64,
 }
 
+/// Set in a `SiteKey` stack id that lives in the second stack map (`STACKS_OVERFLOW`): the stack's bucket in the
+/// first was taken by another stack.
+pub const STACK_OVERFLOW_BIT: i32 = 1 << 30;
+
 /// An allocation still outstanding, keyed by pointer (slab) or by `pfn | LIVE_PFN_BIT` (pages).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

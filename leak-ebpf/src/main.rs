@@ -20,7 +20,7 @@ use aya_ebpf::{
 };
 use leak_common::{
     counter, kind, Config, LiveAlloc, OomEvent, PendingPage, SiteCounters, SiteKey, CACHE_KMALLOC_BIT, CACHE_NAME_LEN,
-    COMM_LEN, FNV_OFFSET, LIVE_PFN_BIT, OFFSET_NONE,
+    COMM_LEN, FNV_OFFSET, LIVE_PFN_BIT, OFFSET_NONE, STACK_OVERFLOW_BIT,
 };
 
 /// Kernel layout facts discovered by userspace (tracefs formats, BTF) and written here before load.
@@ -33,6 +33,11 @@ static MEMCGS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
 
 #[map]
 static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+/// A second chance for stacks whose bucket in STACKS holds another stack: without it such a site (even the leak
+/// itself) loses its frames for the whole trace. Another seed, so a collision in both maps is rare.
+#[map]
+static STACKS_OVERFLOW: StackTrace = StackTrace::with_max_entries(4096, 0);
 
 #[map]
 static SITES: PerCpuHashMap<SiteKey, SiteCounters> = PerCpuHashMap::with_max_entries(16384, 0);
@@ -129,10 +134,14 @@ fn site_here(ctx: &TracePointContext, kind: u32, cache: u32) -> SiteKey {
 
 #[inline(always)]
 fn stack_id(ctx: &TracePointContext, flags: u64, collision: u32) -> i32 {
-    match ctx.get_stackid(&STACKS, flags) {
-        Ok(id) => id as i32,
+    let id = match ctx.get_stackid(&STACKS, flags) {
+        Err(e) if e == -EEXIST => ctx.get_stackid(&STACKS_OVERFLOW, flags).map(|id| id as i32 | STACK_OVERFLOW_BIT),
+        other => other.map(|id| id as i32),
+    };
+    match id {
+        Ok(id) => id,
         Err(e) => {
-            // -EEXIST: another stack owns the bucket. Never reuse it: that would relabel an older site.
+            // -EEXIST: another stack owns the bucket in both maps. Never reuse it: that would relabel an older site.
             count(if e == -EEXIST { collision } else { counter::STACK_ERROR }, 1);
             e
         }

@@ -13,7 +13,7 @@ use aya::{
     programs::TracePoint,
     Ebpf, EbpfLoader,
 };
-use leak_common::{counter, SiteCounters, SiteKey, CACHE_NAME_LEN};
+use leak_common::{counter, SiteCounters, SiteKey, CACHE_NAME_LEN, STACK_OVERFLOW_BIT};
 
 pub use layout::{discover, Discovery};
 
@@ -150,8 +150,11 @@ impl Probes {
             .collect())
     }
 
-    pub fn stacks(&self) -> Result<StackTraceMap<&MapData>> {
-        Ok(StackTraceMap::try_from(self.map("STACKS")?)?)
+    pub fn stacks(&self) -> Result<Stacks<'_>> {
+        Ok(Stacks {
+            main: StackTraceMap::try_from(self.map("STACKS")?)?,
+            overflow: StackTraceMap::try_from(self.map("STACKS_OVERFLOW")?)?,
+        })
     }
 
     /// The OOM event ring buffer, handed out once to the event loop.
@@ -197,10 +200,17 @@ fn fdinfo_value(info: &str, key: &str) -> Option<u64> {
     info.lines().find_map(|l| l.strip_prefix(key)?.trim_start().strip_prefix(':')?.trim().parse().ok())
 }
 
-impl crate::sites::StackSource for StackTraceMap<&MapData> {
+/// The two stack maps: ids with `STACK_OVERFLOW_BIT` live in the second.
+pub struct Stacks<'a> {
+    main: StackTraceMap<&'a MapData>,
+    overflow: StackTraceMap<&'a MapData>,
+}
+
+impl crate::sites::StackSource for Stacks<'_> {
     fn stack(&self, id: i32) -> Option<Vec<u64>> {
-        let id = u32::try_from(id).ok()?;
-        let trace = self.get(&id, 0).ok()?;
+        let map = if id & STACK_OVERFLOW_BIT != 0 { &self.overflow } else { &self.main };
+        let id = u32::try_from(id & !STACK_OVERFLOW_BIT).ok()?;
+        let trace = map.get(&id, 0).ok()?;
         Some(trace.frames().iter().map(|f| f.ip).collect())
     }
 }
