@@ -51,6 +51,10 @@ pub struct SiteCounters {
     pub oom_freed_count: u64,
 }
 
+/// Set in a `SiteKey` stack id that lives in the second stack map (`STACKS_OVERFLOW`): the stack's bucket in the
+/// first was taken by another stack.
+pub const STACK_OVERFLOW_BIT: i32 = 1 << 30;
+
 /// An allocation still outstanding, keyed by pointer (slab) or by `pfn | LIVE_PFN_BIT` (pages).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -171,6 +175,13 @@ pub struct Config {
     pub item_kmem: i32,
     /// The `__GFP_ACCOUNT` bit of gfp flags (0 when unknown: then every page counts as `PAGE`).
     pub gfp_account: u32,
+    /// Fallback for kernels without `memcg:mod_memcg_lruvec_state`: a page allocation is anon when its gfp flags
+    /// hold every bit of `gfp_user` (`__GFP_HARDWALL | __GFP_MOVABLE`: user pages), no `__GFP_ACCOUNT`, and
+    /// either `gfp_zero` (`__GFP_ZERO`: anonymous page faults) or every bit of `gfp_thp` (`__GFP_COMP |
+    /// __GFP_NOMEMALLOC`: transparent huge pages). 0 = off (the memcg charge tells anon pages apart instead).
+    pub gfp_user: u32,
+    pub gfp_zero: u32,
+    pub gfp_thp: u32,
     // task -> memory cgroup id walk, offsets from BTF:
     // task_struct.cgroups -> css_set.subsys[memory_cgrp_id] -> css.cgroup -> cgroup.kn -> kernfs_node.id
     pub task_cgroups: u32,
@@ -213,6 +224,9 @@ impl Config {
             item_anon_mapped: ITEM_NONE,
             item_kmem: ITEM_NONE,
             gfp_account: 0,
+            gfp_user: 0,
+            gfp_zero: 0,
+            gfp_thp: 0,
             task_cgroups: OFFSET_NONE,
             css_set_memory_subsys: OFFSET_NONE,
             css_cgroup: OFFSET_NONE,

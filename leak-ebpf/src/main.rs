@@ -20,7 +20,7 @@ use aya_ebpf::{
 };
 use leak_common::{
     counter, kind, Config, LiveAlloc, OomEvent, PendingPage, SiteCounters, SiteKey, CACHE_KMALLOC_BIT, CACHE_NAME_LEN,
-    COMM_LEN, FNV_OFFSET, LIVE_PFN_BIT, OFFSET_NONE,
+    COMM_LEN, FNV_OFFSET, LIVE_PFN_BIT, OFFSET_NONE, STACK_OVERFLOW_BIT,
 };
 
 /// Kernel layout facts discovered by userspace (tracefs formats, BTF) and written here before load.
@@ -33,6 +33,11 @@ static MEMCGS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
 
 #[map]
 static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+/// A second chance for stacks whose bucket in STACKS holds another stack: without it such a site (even the leak
+/// itself) loses its frames for the whole trace. Another seed, so a collision in both maps is rare.
+#[map]
+static STACKS_OVERFLOW: StackTrace = StackTrace::with_max_entries(4096, 0);
 
 #[map]
 static SITES: PerCpuHashMap<SiteKey, SiteCounters> = PerCpuHashMap::with_max_entries(16384, 0);
@@ -129,10 +134,14 @@ fn site_here(ctx: &TracePointContext, kind: u32, cache: u32) -> SiteKey {
 
 #[inline(always)]
 fn stack_id(ctx: &TracePointContext, flags: u64, collision: u32) -> i32 {
-    match ctx.get_stackid(&STACKS, flags) {
-        Ok(id) => id as i32,
+    let id = match ctx.get_stackid(&STACKS, flags) {
+        Err(e) if e == -EEXIST => ctx.get_stackid(&STACKS_OVERFLOW, flags).map(|id| id as i32 | STACK_OVERFLOW_BIT),
+        other => other.map(|id| id as i32),
+    };
+    match id {
+        Ok(id) => id,
         Err(e) => {
-            // -EEXIST: another stack owns the bucket. Never reuse it: that would relabel an older site.
+            // -EEXIST: another stack owns the bucket in both maps. Never reuse it: that would relabel an older site.
             count(if e == -EEXIST { collision } else { counter::STACK_ERROR }, 1);
             e
         }
@@ -242,7 +251,13 @@ fn page_alloc(ctx: &TracePointContext) -> Option<()> {
     // recognised by the charge that follows).
     let account = cfg(&CONFIG.gfp_account) as u64;
     let gfp: u64 = field(ctx, cfg(&CONFIG.page_alloc_gfp)).unwrap_or(0);
-    let kind = if account == 0 || gfp & account != 0 { kind::PAGE } else { kind::OTHER };
+    let kind = if account == 0 || gfp & account != 0 {
+        kind::PAGE
+    } else if fallback_anon(gfp) {
+        kind::ANON
+    } else {
+        kind::OTHER
+    };
     let site = site_here(ctx, kind, 0);
     let order: u32 = field(ctx, cfg(&CONFIG.page_alloc_order))?;
     let bytes = (cfg(&CONFIG.page_size) as u64) << (order & 31);
@@ -253,6 +268,17 @@ fn page_alloc(ctx: &TracePointContext) -> Option<()> {
         }
     }
     Some(())
+}
+
+/// Kernels without the memcg charge tracepoints: user pages that are zeroed (anonymous faults) or transparent huge
+/// pages are anon. Page cache pages are user pages too, but neither zeroed nor allocated that way.
+#[inline(always)]
+fn fallback_anon(gfp: u64) -> bool {
+    let user = cfg(&CONFIG.gfp_user) as u64;
+    let thp = cfg(&CONFIG.gfp_thp) as u64;
+    user != 0
+        && gfp & user == user
+        && (gfp & cfg(&CONFIG.gfp_zero) as u64 != 0 || (thp != 0 && gfp & thp == thp))
 }
 
 #[tracepoint(category = "kmem", name = "mm_page_free")]

@@ -67,8 +67,8 @@ pub fn require_root() -> Result<()> {
 pub fn trace(target: Target, args: &TraceArgs, hooks: Hooks<'_>) -> Result<PathBuf> {
     require_root()?;
     let dir = output::prepare(args.output.as_deref())?;
-    let discovery = probes::discover()?;
-    let mut probes = Probes::load(&discovery, args.max_tracked)?;
+    let mut discovery = probes::discover()?;
+    let mut probes = Probes::load(&mut discovery, args.max_tracked)?;
     let mut collector = Collector::new(target, &discovery, args.top);
     // The first sample is the baseline that growth is measured from.
     collector.tick(&mut probes)?;

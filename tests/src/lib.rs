@@ -21,6 +21,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod scenarios;
+
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
@@ -277,16 +279,25 @@ impl Leaktrace {
 
     /// Starts tracing `memcg` for `seconds` (1 s interval) into `output` and returns once the programs are attached.
     pub fn trace(memcg: &Memcg, seconds: u32, output: &Path) -> Result<Leaktrace> {
-        let mut trace = Leaktrace::spawn(&[
-            OsStr::new("--cgroup"),
-            memcg.path().as_os_str(),
-            OsStr::new("--duration"),
-            OsStr::new(&seconds.to_string()),
-            OsStr::new("--interval"),
-            OsStr::new("1"),
-            OsStr::new("--output"),
-            output.as_os_str(),
-        ])?;
+        Leaktrace::trace_with_env(memcg, seconds, output, &[])
+    }
+
+    /// `trace` with extra environment variables for leaktrace.
+    pub fn trace_with_env(memcg: &Memcg, seconds: u32, output: &Path, env: &[(&str, &str)]) -> Result<Leaktrace> {
+        let env: Vec<(&str, &OsStr)> = env.iter().map(|&(k, v)| (k, OsStr::new(v))).collect();
+        let mut trace = Leaktrace::spawn_with_env(
+            &[
+                OsStr::new("--cgroup"),
+                memcg.path().as_os_str(),
+                OsStr::new("--duration"),
+                OsStr::new(&seconds.to_string()),
+                OsStr::new("--interval"),
+                OsStr::new("1"),
+                OsStr::new("--output"),
+                output.as_os_str(),
+            ],
+            &env,
+        )?;
         trace.wait_attached(Duration::from_secs(10))?;
         Ok(trace)
     }

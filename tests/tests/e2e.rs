@@ -9,7 +9,8 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 use leaktrace_e2e::{
-    assert_nothing_attached, build_workload, describe, has_frame, items, read_report, require_root, run_leaktrace,
+    assert_nothing_attached, build_workload, describe, items, read_report, require_root, run_leaktrace,
+    scenarios::{self, first_oom_pid, Scenario},
     serial, summarize, wait_timeout, Leaktrace, Memcg,
 };
 use serde_json::Value;
@@ -26,10 +27,21 @@ struct Traced {
 
 /// Attaches leaktrace to a fresh memcg, starts `workload args` in it, traces for `seconds` and reads the report.
 fn trace_workload(workload: &str, args: &[&str], limit: Option<u64>, seconds: u32) -> Result<Traced> {
+    trace_workload_with_env(workload, args, limit, seconds, &[])
+}
+
+/// `trace_workload` with extra environment variables for leaktrace.
+fn trace_workload_with_env(
+    workload: &str,
+    args: &[&str],
+    limit: Option<u64>,
+    seconds: u32,
+    env: &[(&str, &str)],
+) -> Result<Traced> {
     let exe = build_workload(workload)?;
     let memcg = Memcg::create(workload, limit)?;
     let dir = tempfile::tempdir()?;
-    let mut trace = Leaktrace::trace(&memcg, seconds, dir.path())?;
+    let mut trace = Leaktrace::trace_with_env(&memcg, seconds, dir.path(), env)?;
     let mut cmd = Command::new(&exe);
     cmd.args(args);
     let workload = memcg.spawn_in(cmd)?;
@@ -42,78 +54,57 @@ fn trace_workload(workload: &str, args: &[&str], limit: Option<u64>, seconds: u3
     Ok(Traced { report, workload, _memcg: memcg, _dir: dir })
 }
 
-#[test]
-fn heap_leak_is_attributed_to_the_leaking_function() -> Result<()> {
+/// Runs a shared scenario (tests/src/scenarios.rs) on the host and applies its checks.
+fn run_scenario(scenario: &Scenario, env: &[(&str, &str)]) -> Result<Traced> {
+    let limit = Some(scenario.limit_bytes);
+    let mut run = trace_workload_with_env(scenario.workload, scenario.args, limit, scenario.seconds, env)?;
+    (scenario.check)(&run.report)?;
+    if scenario.expect_oom_kill {
+        let pid = run.workload.id();
+        let status =
+            wait_timeout(&mut run.workload, Duration::from_secs(30))?.context("the workload was never killed")?;
+        ensure!(status.signal() == Some(libc::SIGKILL), "the workload ended with {status}, not SIGKILL");
+        let killed = first_oom_pid(&run.report);
+        ensure!(killed == Some(u64::from(pid)), "oom_kills[0] is pid {killed:?}, not the workload (pid {pid})");
+    }
+    Ok(run)
+}
+
+/// A scenario as a privileged test (skipped without root outside CI, one at a time), with `more` checks on its report.
+fn scenario_test(scenario: &Scenario, env: &[(&str, &str)], more: impl FnOnce(&Value) -> Result<()>) -> Result<()> {
     if !require_root() {
         return Ok(());
     }
     let _one_at_a_time = serial();
-    // 8 MiB/s for 7 s, then held until the memcg is removed.
-    let run = trace_workload("heap_leak", &["8", "7", "120"], Some(512 * MIB), 8)?;
-    let report = &run.report;
-    let top = items(&report["sites"]).first().context("no sites in the report")?;
-    ensure!(top["kind"] == "anon", "the top site is not anon:\n{}", summarize(report));
-    ensure!(has_frame(top, false, "leak_heap_blocks"), "the top site misses leak_heap_blocks:\n{}", summarize(report));
-    let coverage = report["attribution"]["anon"]["coverage"].as_f64();
-    ensure!(
-        coverage.is_some_and(|c| c >= 0.8),
-        "anon coverage {coverage:?} < 0.8 (attribution {}):\n{}",
-        report["attribution"]["anon"],
-        summarize(report)
-    );
-    Ok(())
+    more(&run_scenario(scenario, env)?.report)
+}
+
+#[test]
+fn heap_leak_is_attributed_to_the_leaking_function() -> Result<()> {
+    scenario_test(&scenarios::HEAP_LEAK, &[], |_| Ok(()))
 }
 
 #[test]
 fn kernel_objects_held_by_leaked_pipes_are_traced_to_the_syscall() -> Result<()> {
-    if !require_root() {
-        return Ok(());
-    }
-    let _one_at_a_time = serial();
-    let run = trace_workload("pipe_leak", &["200", "8", "120", "pipes"], Some(512 * MIB), 10)?;
-    let report = &run.report;
-    let found = items(&report["sites"]).iter().any(|site| {
-        matches!(site["kind"].as_str(), Some("slab" | "page"))
-            && has_frame(site, false, "leak_pipes")
-            && has_frame(site, true, "pipe")
-    });
-    ensure!(
-        found,
-        "no slab/page site with leak_pipes in user space and a pipe syscall path in the kernel:\n{}",
-        summarize(report)
-    );
-    // The kernel memory the cgroup gained (slab, or kmem on v1) is what the slab and kernel-page sites hold.
-    let coverage = report["attribution"]["slab"]["coverage"].as_f64();
-    ensure!(
-        coverage.is_some_and(|c| (0.7..=1.5).contains(&c)),
-        "kernel-memory coverage {coverage:?} outside 0.7..1.5:\n{}",
-        summarize(report)
-    );
-    Ok(())
+    scenario_test(&scenarios::PIPE_LEAK, &[], |_| Ok(()))
 }
 
 #[test]
 fn oom_kill_is_recorded_with_what_the_victim_held() -> Result<()> {
-    if !require_root() {
-        return Ok(());
-    }
-    let _one_at_a_time = serial();
-    // 16 MiB/s against a 48 MiB limit: killed after ~3 s; the workload gives up by itself after 30 s.
-    let mut run = trace_workload("oom_leak", &["16", "30"], Some(48 * MIB), 10)?;
-    let pid = run.workload.id();
-    let status = wait_timeout(&mut run.workload, Duration::from_secs(30))?.context("the workload was never killed")?;
-    ensure!(status.signal() == Some(libc::SIGKILL), "the workload ended with {status}, not SIGKILL");
-    let report = &run.report;
-    let kill = items(&report["oom_kills"])
-        .first()
-        .with_context(|| format!("no oom_kills in the report:\n{}", summarize(report)))?;
-    ensure!(kill["pid"] == pid, "oom_kills[0] is {kill}, not the workload (pid {pid})");
-    ensure!(
-        items(&kill["sites_before_kill"]).iter().any(|site| has_frame(site, false, "grow_until_killed")),
-        "no site before the kill names grow_until_killed: {}",
-        kill["sites_before_kill"]
-    );
-    Ok(())
+    scenario_test(&scenarios::OOM_KILL, &[], |_| Ok(()))
+}
+
+/// The fallback of kernels before the memcg tracepoints (anon pages told by gfp flags), run on this kernel with
+/// those tracepoints ignored: it must attribute the heap leak as the memcg-charge path does.
+#[test]
+fn heap_leak_is_attributed_by_gfp_flags_without_memcg_tracepoints() -> Result<()> {
+    let ignore = [("LEAKTRACE_IGNORE_EVENTS", "memcg:mod_memcg_lruvec_state,memcg:mod_memcg_state")];
+    scenario_test(&scenarios::HEAP_LEAK, &ignore, |report| {
+        let modes = &report["kernel"]["modes"];
+        ensure!(items(modes).iter().any(|m| m == "gfp-anon"), "modes {modes} lack gfp-anon");
+        ensure!(!items(modes).iter().any(|m| m == "memcg-anon-charges"), "modes {modes} still use memcg charges");
+        Ok(())
+    })
 }
 
 #[test]

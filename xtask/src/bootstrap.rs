@@ -13,8 +13,8 @@ use crate::{check, step};
 /// Debian packages: the eBPF compiler (`/usr/bin/cargo` and `/usr/bin/rustc` 1.96 with a prebuilt `core` for
 /// bpfel, which the rustup toolchain lacks), a C compiler for the test workloads, bpftool (the tests check that
 /// nothing stays attached), the real consumers the export tests check the outputs with (`go tool pprof` from
-/// golang-go for profile.pb.gz, headless Chromium for report.html), and Docker with busybox for the container tests
-/// (their image is a busybox rootfs).
+/// golang-go for profile.pb.gz, headless Chromium for report.html), Docker with busybox for the container tests
+/// (their image is a busybox rootfs), and what `vm-test` boots its guests with (QEMU, cpio).
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -26,6 +26,8 @@ const PACKAGES: &[&str] = &[
     "chromium",
     "docker.io",
     "busybox-static",
+    "qemu-system-x86",
+    "cpio",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.10.3";

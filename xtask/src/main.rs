@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own commands. Every one first runs `bootstrap` (cheap when nothing is missing), so
 //! `cargo xtask demo` and `cargo xtask test` work on a fresh Debian host.
 mod bootstrap;
+mod vm;
 
 use std::{
     env,
@@ -31,10 +32,16 @@ enum Cmd {
     /// Build target/release/leaktrace (the eBPF programs are embedded in it).
     Build,
     /// Build, then run the whole test suite against the release binary; arguments go to `cargo test` as given
-    /// (`cargo xtask test e2e -- --nocapture`).
+    /// (`cargo xtask test e2e -- --nocapture`). Without arguments the VM kernel matrix (`vm-test`) runs after it.
     Test {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
+    },
+    /// Build, then run the e2e leak scenarios in Debian kernels under QEMU (pure cgroup v2) and print a
+    /// kernel x scenario table. Kernels are downloaded once into ~/.cache/leaktrace/vm.
+    VmTest {
+        /// Only the kernels whose label contains one of these (bullseye, bookworm, trixie, trixie-backports).
+        kernels: Vec<String>,
     },
     /// Build, then run `leaktrace demo` as root; extra arguments (e.g. `--output DIR`) go to it.
     Demo {
@@ -72,9 +79,16 @@ fn run(command: Cmd) -> Result<()> {
             step("running the test suite (cargo test --workspace --release)");
             // The e2e tests run this binary; building it first means they never test a stale one.
             let mut cmd = cargo();
+            let whole_suite = args.is_empty();
             cmd.args(["test", "--workspace", "--release"]).args(args).env("LEAKTRACE_BIN", &bin);
-            check(&mut cmd)
+            check(&mut cmd)?;
+            if whole_suite {
+                step("running the VM kernel matrix (cargo xtask vm-test)");
+                vm::run(&bin, &[])?;
+            }
+            Ok(())
         }
+        Cmd::VmTest { kernels } => vm::run(&build()?, &kernels),
         Cmd::Demo { args } => {
             let bin = build()?;
             let mut cmd = if bootstrap::is_root() {

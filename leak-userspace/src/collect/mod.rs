@@ -34,6 +34,7 @@ pub struct Collector {
     target_rel: PathBuf,
     release: String,
     modes: Vec<String>,
+    degraded: Vec<String>,
     top: usize,
     start: Instant,
     start_wall: time::OffsetDateTime,
@@ -61,6 +62,7 @@ impl Collector {
             target_rel,
             release: read_release(),
             modes: discovery.modes.clone(),
+            degraded: discovery.degraded.clone(),
             top,
             start: Instant::now(),
             start_wall: time::OffsetDateTime::now_utc(),
@@ -243,7 +245,11 @@ impl Collector {
                 container: self.target.container.clone(),
                 cgroups: self.follower.cgroups().to_vec(),
             },
-            kernel: report::KernelInfo { release: self.release.clone(), modes: self.modes.clone() },
+            kernel: report::KernelInfo {
+                release: self.release.clone(),
+                modes: self.modes.clone(),
+                degraded: self.degraded.clone(),
+            },
             window: report::Window {
                 start: rfc3339(self.start_wall),
                 end: rfc3339(end),

@@ -23,6 +23,13 @@ impl Discovery {
     pub fn has_event(&self, category: &str, event: &str) -> bool {
         lookup(&self.events, category, event).is_some()
     }
+
+    /// Records that `modes` cannot be active after all (a program the kernel refused), and why.
+    pub fn lose(&mut self, modes: &[&str], why: String) {
+        let lost: Vec<String> = self.modes.iter().filter(|m| modes.contains(&m.as_str())).cloned().collect();
+        self.modes.retain(|m| !lost.contains(m));
+        self.degraded.push(if lost.is_empty() { why } else { format!("{why}; lost: {}", lost.join(", ")) });
+    }
 }
 
 type Events = BTreeMap<(&'static str, &'static str), EventFormat>;
@@ -69,7 +76,8 @@ const WANTED: &[Wanted] = &[
         fields: &[
             ("ptr", true, |c| &mut c.cache_alloc_ptr),
             ("bytes_alloc", true, |c| &mut c.cache_alloc_bytes_alloc),
-            ("name", true, |c| &mut c.cache_alloc_name),
+            // Kernels before 6.2 do not name the cache here.
+            ("name", false, |c| &mut c.cache_alloc_name),
         ],
     },
     Wanted { category: "kmem", event: "kmem_cache_free", fields: &[("ptr", true, |c| &mut c.cache_free_ptr)] },
@@ -106,14 +114,32 @@ const WANTED: &[Wanted] = &[
     },
 ];
 
+/// Events that older kernels (before 6.1) split off for NUMA-node allocations, with the layout of the event the same
+/// program reads: (event, its twin in WANTED). Without them those allocations would go unseen.
+pub const NODE_VARIANTS: &[(&str, &str)] =
+    &[("kmalloc_node", "kmalloc"), ("kmem_cache_alloc_node", "kmem_cache_alloc")];
+
+/// Tracepoints to treat as absent, `category:event` separated by commas: runs the fallback paths of older kernels on
+/// a kernel that has everything (the e2e tests compare both on one kernel).
+pub const IGNORE_EVENTS_ENV: &str = "LEAKTRACE_IGNORE_EVENTS";
+
+fn ignored(ignore: &str, category: &str, event: &str) -> bool {
+    ignore.split(',').any(|e| e.trim() == format!("{category}:{event}"))
+}
+
 pub fn discover() -> Result<Discovery> {
     let root = tracefs::tracefs_root()?;
     let btf = KernelBtf::load()?;
     let mut config = Config::unset();
     let mut events = BTreeMap::new();
     let mut degraded = Vec::new();
+    let ignore = std::env::var(IGNORE_EVENTS_ENV).unwrap_or_default();
 
     for w in WANTED {
+        if ignored(&ignore, w.category, w.event) {
+            degraded.push(format!("tracepoint {}:{} is ignored ({IGNORE_EVENTS_ENV})", w.category, w.event));
+            continue;
+        }
         let Some(format) = tracefs::read_format(&root, w.category, w.event)? else {
             degraded.push(format!("tracepoint {}:{} is absent", w.category, w.event));
             continue;
@@ -129,6 +155,19 @@ pub fn discover() -> Result<Discovery> {
         events.insert((w.category, w.event), format);
     }
 
+    for (variant, twin) in NODE_VARIANTS {
+        let (Some(format), Some(base)) = (tracefs::read_format(&root, "kmem", variant)?, lookup(&events, "kmem", twin))
+        else {
+            continue;
+        };
+        let same_layout = base.fields.iter().all(|f| format.field(&f.name).is_some_and(|v| v.offset == f.offset));
+        if same_layout {
+            events.insert(("kmem", variant), format);
+        } else {
+            degraded.push(format!("kmem:{variant} differs in layout from kmem:{twin}: its allocations go unseen"));
+        }
+    }
+
     config.item_anon_mapped = item(&btf, "node_stat_item", "NR_ANON_MAPPED");
     config.item_kmem = item(&btf, "memcg_stat_item", "MEMCG_KMEM");
     task_walk(&btf, &mut config)?;
@@ -136,10 +175,9 @@ pub fn discover() -> Result<Discovery> {
     config.oom_reaper_pid = oom_reaper_pid().unwrap_or(0);
 
     // The gfp bit that marks memory charged to a memcg, from the page allocation event's own flag table.
-    config.gfp_account = lookup(&events, "kmem", "mm_page_alloc")
-        .and_then(|f| tracefs::print_fmt_flag(&f.print_fmt, "__GFP_ACCOUNT"))
-        .and_then(|mask| u32::try_from(mask).ok())
-        .unwrap_or(0);
+    let page_alloc_fmt = lookup(&events, "kmem", "mm_page_alloc").map_or(String::new(), |f| f.print_fmt.clone());
+    let gfp = |flags: &[&str]| gfp_mask(&page_alloc_fmt, flags);
+    config.gfp_account = gfp(&["__GFP_ACCOUNT"]);
     let has = |c: &str, e: &str| lookup(&events, c, e).is_some();
     let mut modes = Vec::new();
     if has("kmem", "mm_page_alloc") && has("kmem", "mm_page_free") {
@@ -158,9 +196,31 @@ pub fn discover() -> Result<Discovery> {
     if has("memcg", "mod_memcg_lruvec_state") && config.item_anon_mapped != ITEM_NONE {
         modes.push("memcg-anon-charges".to_string());
     } else {
+        config.gfp_user = gfp(&["__GFP_HARDWALL", "__GFP_MOVABLE"]);
+        config.gfp_zero = gfp(&["__GFP_ZERO"]);
+        config.gfp_thp = gfp(&["__GFP_COMP", "__GFP_NOMEMALLOC"]);
+        if config.gfp_user != 0
+            && config.gfp_zero != 0
+            && config.gfp_account != 0
+            && config.page_alloc_gfp != OFFSET_NONE
+        {
+            modes.push("gfp-anon".to_string());
+            degraded.push(
+                "no memcg:mod_memcg_lruvec_state: anon pages are told by their gfp flags (zeroed user pages, huge \
+                 pages); copy-on-write copies after fork count as `other`"
+                    .to_string(),
+            );
+        } else {
+            config.gfp_user = 0;
+            degraded.push(
+                "no memcg:mod_memcg_lruvec_state and no usable gfp flags: anon pages are reported as `other` sites"
+                    .to_string(),
+            );
+        }
+    }
+    if has("kmem", "kmem_cache_alloc") && config.cache_alloc_name == OFFSET_NONE {
         degraded.push(
-            "no memcg:mod_memcg_lruvec_state (or NR_ANON_MAPPED in BTF): anon pages are reported as `page` sites"
-                .to_string(),
+            "kmem:kmem_cache_alloc has no cache name (before 6.2): slab sites of named caches are unnamed".into(),
         );
     }
     if has("memcg", "mod_memcg_state") && config.item_kmem != ITEM_NONE {
@@ -180,6 +240,12 @@ pub fn discover() -> Result<Discovery> {
         degraded.push("no oom_reaper thread found: its frees count as ordinary frees".into());
     }
     Ok(Discovery { config, events, modes, degraded })
+}
+
+/// The union of these gfp flags as the event's print format names them; 0 unless every one is named (in 32 bits).
+fn gfp_mask(print_fmt: &str, flags: &[&str]) -> u32 {
+    let masks: Option<Vec<u64>> = flags.iter().map(|flag| tracefs::print_fmt_flag(print_fmt, flag)).collect();
+    masks.and_then(|m| u32::try_from(m.iter().fold(0, |a, b| a | b)).ok()).unwrap_or(0)
 }
 
 fn item(btf: &KernelBtf, enum_name: &str, variant: &str) -> i32 {
@@ -222,6 +288,46 @@ fn oom_reaper_pid() -> Option<u32> {
 mod tests {
     use super::*;
     use crate::target::testing::host_has;
+
+    #[test]
+    fn ignored_events_are_named_exactly() {
+        let ignore = "memcg:mod_memcg_lruvec_state, memcg:mod_memcg_state";
+        assert!(ignored(ignore, "memcg", "mod_memcg_state"));
+        assert!(ignored(ignore, "memcg", "mod_memcg_lruvec_state"));
+        assert!(!ignored(ignore, "kmem", "kmalloc"));
+        assert!(!ignored("", "kmem", "kmalloc"));
+    }
+
+    #[test]
+    fn a_refused_program_costs_its_modes_and_says_why() {
+        let mut d = Discovery {
+            config: Config::unset(),
+            events: Events::new(),
+            modes: ["pages", "slab", "oom-victim-rss"].map(String::from).to_vec(),
+            degraded: vec![],
+        };
+        d.lose(&["oom-victim", "oom-victim-rss"], "oom:mark_victim is not traced: EPERM".into());
+        assert_eq!(d.modes, ["pages", "slab"]);
+        assert_eq!(d.degraded, ["oom:mark_victim is not traced: EPERM; lost: oom-victim-rss"]);
+        d.lose(&["memcg-kmem-charges"], "x".into());
+        assert_eq!(d.degraded[1], "x");
+    }
+
+    #[test]
+    fn gfp_masks_of_the_anon_fallback_come_from_the_print_format() {
+        let format = tracefs::parse_format(
+            "kmem",
+            "mm_page_alloc",
+            include_str!("../kernel/testdata/kmem_mm_page_alloc.format"),
+        )
+        .unwrap();
+        let user = gfp_mask(&format.print_fmt, &["__GFP_HARDWALL", "__GFP_MOVABLE"]);
+        let zero = gfp_mask(&format.print_fmt, &["__GFP_ZERO"]);
+        assert_eq!(user.count_ones(), 2, "{user:#x}");
+        assert!(zero.is_power_of_two() && user & zero == 0, "{zero:#x}");
+        assert_eq!(gfp_mask(&format.print_fmt, &["__GFP_ZERO", "__GFP_NO_SUCH_FLAG"]), 0, "all or nothing");
+        assert_eq!(gfp_mask("", &["__GFP_ZERO"]), 0);
+    }
 
     /// On the real kernel: every offset the programs use agrees with the tracefs format file it came from.
     #[test]

@@ -13,7 +13,7 @@ use aya::{
     programs::TracePoint,
     Ebpf, EbpfLoader,
 };
-use leak_common::{counter, SiteCounters, SiteKey, CACHE_NAME_LEN};
+use leak_common::{counter, SiteCounters, SiteKey, CACHE_NAME_LEN, STACK_OVERFLOW_BIT};
 
 pub use layout::{discover, Discovery};
 
@@ -23,23 +23,40 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// Outstanding allocations the kernel side can track at once (pages and slab objects together).
 pub const DEFAULT_LIVE_ENTRIES: u32 = 262_144;
 
-/// A program and the tracepoint it belongs on.
+/// A program, the tracepoint it belongs on, and the attribution modes that need it.
 pub struct Attachment {
     pub program: &'static str,
     pub category: &'static str,
     pub event: &'static str,
+    pub modes: &'static [&'static str],
 }
 
+const PAGES: &[&str] = &["pages", "gfp-anon", "memcg-anon-charges"];
+const SLAB: &[&str] = &["slab"];
+const VICTIM: &[&str] = &["oom-victim", "oom-victim-rss"];
+
 pub const ATTACHMENTS: &[Attachment] = &[
-    Attachment { program: "lt_page_alloc", category: "kmem", event: "mm_page_alloc" },
-    Attachment { program: "lt_page_free", category: "kmem", event: "mm_page_free" },
-    Attachment { program: "lt_kmalloc", category: "kmem", event: "kmalloc" },
-    Attachment { program: "lt_kfree", category: "kmem", event: "kfree" },
-    Attachment { program: "lt_cache_alloc", category: "kmem", event: "kmem_cache_alloc" },
-    Attachment { program: "lt_cache_free", category: "kmem", event: "kmem_cache_free" },
-    Attachment { program: "lt_memcg_lruvec", category: "memcg", event: "mod_memcg_lruvec_state" },
-    Attachment { program: "lt_memcg_state", category: "memcg", event: "mod_memcg_state" },
-    Attachment { program: "lt_mark_victim", category: "oom", event: "mark_victim" },
+    Attachment { program: "lt_page_alloc", category: "kmem", event: "mm_page_alloc", modes: PAGES },
+    Attachment { program: "lt_page_free", category: "kmem", event: "mm_page_free", modes: PAGES },
+    Attachment { program: "lt_kmalloc", category: "kmem", event: "kmalloc", modes: SLAB },
+    Attachment { program: "lt_kmalloc", category: "kmem", event: "kmalloc_node", modes: SLAB },
+    Attachment { program: "lt_kfree", category: "kmem", event: "kfree", modes: SLAB },
+    Attachment { program: "lt_cache_alloc", category: "kmem", event: "kmem_cache_alloc", modes: SLAB },
+    Attachment { program: "lt_cache_alloc", category: "kmem", event: "kmem_cache_alloc_node", modes: SLAB },
+    Attachment { program: "lt_cache_free", category: "kmem", event: "kmem_cache_free", modes: SLAB },
+    Attachment {
+        program: "lt_memcg_lruvec",
+        category: "memcg",
+        event: "mod_memcg_lruvec_state",
+        modes: &["memcg-anon-charges"],
+    },
+    Attachment {
+        program: "lt_memcg_state",
+        category: "memcg",
+        event: "mod_memcg_state",
+        modes: &["memcg-kmem-charges"],
+    },
+    Attachment { program: "lt_mark_victim", category: "oom", event: "mark_victim", modes: VICTIM },
 ];
 
 /// Loaded and attached programs. Dropping this detaches everything (the links are file descriptors, so even a
@@ -50,7 +67,7 @@ pub struct Probes {
 }
 
 impl Probes {
-    pub fn load(discovery: &Discovery, live_entries: u32) -> Result<Self> {
+    pub fn load(discovery: &mut Discovery, live_entries: u32) -> Result<Self> {
         if EBPF_OBJECT.is_empty() {
             bail!("this leaktrace was built without its eBPF programs (LEAKTRACE_SKIP_EBPF); rebuild it with `cargo xtask build`");
         }
@@ -60,15 +77,17 @@ impl Probes {
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow!("loading the eBPF programs failed: {e}"))?;
         let mut attached = Vec::new();
-        for a in ATTACHMENTS.iter().filter(|a| discovery.has_event(a.category, a.event)) {
-            let prog: &mut TracePoint = ebpf
-                .program_mut(a.program)
-                .ok_or_else(|| anyhow!("program {} missing from the eBPF object", a.program))?
-                .try_into()?;
-            prog.load().map_err(|e| anyhow!("the kernel refused program {}: {e}", a.program))?;
-            prog.attach(a.category, a.event)
-                .map_err(|e| anyhow!("attaching to {}:{} failed: {e}", a.category, a.event))?;
-            attached.push(a.program);
+        let present: Vec<&Attachment> =
+            ATTACHMENTS.iter().filter(|a| discovery.has_event(a.category, a.event)).collect();
+        for a in present {
+            // A kernel that refuses one program costs the modes that need it, not the whole trace.
+            match attach(&mut ebpf, a) {
+                Ok(()) => attached.push(a.program),
+                Err(e) => discovery.lose(a.modes, format!("{}:{} is not traced: {e:#}", a.category, a.event)),
+            }
+        }
+        if !discovery.modes.iter().any(|m| m == "pages" || m == "slab") {
+            bail!("this kernel refused the allocation programs: {}", discovery.degraded.join("; "));
         }
         Ok(Probes { ebpf, attached })
     }
@@ -131,8 +150,11 @@ impl Probes {
             .collect())
     }
 
-    pub fn stacks(&self) -> Result<StackTraceMap<&MapData>> {
-        Ok(StackTraceMap::try_from(self.map("STACKS")?)?)
+    pub fn stacks(&self) -> Result<Stacks<'_>> {
+        Ok(Stacks {
+            main: StackTraceMap::try_from(self.map("STACKS")?)?,
+            overflow: StackTraceMap::try_from(self.map("STACKS_OVERFLOW")?)?,
+        })
     }
 
     /// The OOM event ring buffer, handed out once to the event loop.
@@ -161,14 +183,34 @@ impl Probes {
     }
 }
 
+fn attach(ebpf: &mut Ebpf, a: &Attachment) -> Result<()> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(a.program)
+        .ok_or_else(|| anyhow!("program {} missing from the eBPF object", a.program))?
+        .try_into()?;
+    // Loaded once, attached once per event (kmalloc and kmalloc_node share a program).
+    if prog.fd().is_err() {
+        prog.load().map_err(|e| anyhow!("the kernel refused program {}: {e}", a.program))?;
+    }
+    prog.attach(a.category, a.event).map_err(|e| anyhow!("attaching to {}:{} failed: {e}", a.category, a.event))?;
+    Ok(())
+}
+
 fn fdinfo_value(info: &str, key: &str) -> Option<u64> {
     info.lines().find_map(|l| l.strip_prefix(key)?.trim_start().strip_prefix(':')?.trim().parse().ok())
 }
 
-impl crate::sites::StackSource for StackTraceMap<&MapData> {
+/// The two stack maps: ids with `STACK_OVERFLOW_BIT` live in the second.
+pub struct Stacks<'a> {
+    main: StackTraceMap<&'a MapData>,
+    overflow: StackTraceMap<&'a MapData>,
+}
+
+impl crate::sites::StackSource for Stacks<'_> {
     fn stack(&self, id: i32) -> Option<Vec<u64>> {
-        let id = u32::try_from(id).ok()?;
-        let trace = self.get(&id, 0).ok()?;
+        let map = if id & STACK_OVERFLOW_BIT != 0 { &self.overflow } else { &self.main };
+        let id = u32::try_from(id & !STACK_OVERFLOW_BIT).ok()?;
+        let trace = map.get(&id, 0).ok()?;
         Some(trace.frames().iter().map(|f| f.ip).collect())
     }
 }

@@ -1,7 +1,7 @@
 //! The serde model of report.json, schema "leaktrace.report/1" (see CONTRACT.md). Every field of the contract is
 //! here under its contract name; `Option`s serialize as `null` and are never omitted, so scripts can rely on every
 //! key being present. Extensions (`schema`, `collection`, `OomKill::trigger_*`, `sites_early`, `target.cgroups`, the
-//! runtime facts in `target.container`) only add keys.
+//! runtime facts in `target.container`, `kernel.degraded`) only add keys.
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -73,8 +73,12 @@ pub struct FollowedCgroup {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KernelInfo {
     pub release: String,
-    /// Which attribution paths were active.
+    /// Which attribution paths were active: `pages`, `slab`, `memcg-anon-charges` (anon pages told by the memcg's
+    /// NR_ANON_MAPPED charge), `gfp-anon` (the fallback before memcg tracepoints: anon pages told by gfp flags),
+    /// `memcg-kmem-charges`, `oom-victim-rss` / `oom-victim` (mark_victim with / without the victim's RSS).
     pub modes: Vec<String>,
+    /// Extension: one line per capability this kernel lacks, with what that costs in accuracy.
+    pub degraded: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

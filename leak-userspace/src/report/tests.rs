@@ -68,7 +68,7 @@ pub(crate) fn sample_report() -> Report {
                 cgroup_id: 1234,
             }],
         },
-        kernel: KernelInfo { release: "6.18.0".into(), modes: vec!["memcg-tracepoints".into()] },
+        kernel: KernelInfo { release: "6.18.0".into(), modes: vec!["memcg-tracepoints".into()], degraded: vec![] },
         window: Window { start: "2025-01-01T00:00:00Z".into(), end: "2025-01-01T00:00:10Z".into(), seconds: 10.0 },
         memory: Memory {
             limit_bytes: Some(128 << 20),
@@ -216,7 +216,7 @@ fn every_contract_key_has_its_type() {
     for c in v["target"]["cgroups"].as_array().unwrap() {
         keys(c, "target.cgroups[]", &[("t", F64), ("cgroup_path", Str), ("cgroup_id", U64)]);
     }
-    keys(&v["kernel"], "kernel", &[("release", Str), ("modes", Arr)]);
+    keys(&v["kernel"], "kernel", &[("release", Str), ("modes", Arr), ("degraded", Arr)]);
     keys(&v["window"], "window", &[("start", Str), ("end", Str), ("seconds", F64)]);
     keys(&v["memory"], "memory", &[("limit_bytes", Opt(&U64)), ("samples", Arr)]);
     for s in v["memory"]["samples"].as_array().unwrap() {
