@@ -19,6 +19,20 @@ pub fn human_bytes(n: i64) -> String {
     }
 }
 
+/// Bytes with a `+` for growth.
+pub fn signed(n: i64) -> String {
+    if n > 0 {
+        format!("+{}", human_bytes(n))
+    } else {
+        human_bytes(n)
+    }
+}
+
+/// A byte count as i64 for [`human_bytes`], saturating.
+pub fn clamp(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::human_bytes;

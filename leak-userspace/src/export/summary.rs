@@ -1,7 +1,7 @@
 //! The short text printed on the terminal when a trace ends: what grew, who holds it, what was lost.
 use std::fmt::Write;
 
-use super::human_bytes;
+use super::{clamp, human_bytes, signed};
 use crate::{
     attribution::growth,
     report::{Collection, Coverage, Report, Site},
@@ -98,18 +98,6 @@ fn site_line(site: &Site) -> String {
 fn coverage(c: &Coverage) -> String {
     let ratio = c.coverage.map_or("n/a".to_string(), |r| format!("{:.0}%", r * 100.0));
     format!("{} of {} ({ratio})", human_bytes(c.attributed_bytes), signed(c.growth_bytes))
-}
-
-fn signed(n: i64) -> String {
-    if n > 0 {
-        format!("+{}", human_bytes(n))
-    } else {
-        human_bytes(n)
-    }
-}
-
-fn clamp(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// The non-zero loss counters, named as in report.json.
