@@ -120,6 +120,7 @@ pub fn is_allocator(symbol: &str) -> bool {
     const PREFIXES: &[&str] = &[
         // page allocator and its callers on the fault path
         "__alloc_pages",
+        "__alloc_frozen_pages",
         "alloc_pages",
         "__folio_alloc",
         "folio_alloc",

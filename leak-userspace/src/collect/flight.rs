@@ -10,15 +10,12 @@ pub const SPANS: [f64; 3] = [10.0, 30.0, 60.0];
 /// One frame per this many seconds at most: finer steps add memory, not precision the spans need.
 const STEP: f64 = 1.0;
 
+#[derive(Default)]
 pub struct FlightRecorder {
     frames: VecDeque<(f64, HashMap<SiteKey, SiteCounters>)>,
 }
 
 impl FlightRecorder {
-    pub fn new() -> Self {
-        FlightRecorder { frames: VecDeque::new() }
-    }
-
     /// Records the counters as they stand at `t` (seconds since the window's start). Frames older than the longest
     /// span are dropped, keeping one at or before it so that span stays covered; so the ring holds at most
     /// `SPANS.max / STEP + 2` frames.
@@ -86,7 +83,7 @@ mod tests {
 
     #[test]
     fn growth_over_each_span() {
-        let mut fr = FlightRecorder::new();
+        let mut fr = FlightRecorder::default();
         // Site 1 grows 4 KiB a second throughout; site 2 held 1 MiB from the start and stopped growing.
         for s in 0..=100u64 {
             fr.record(s as f64, &[(key(1), counters(4096 * s, 0)), (key(2), counters(1 << 20, 0))]);
@@ -103,7 +100,7 @@ mod tests {
 
     #[test]
     fn young_trace_covers_what_it_has_and_new_sites_count_whole() {
-        let mut fr = FlightRecorder::new();
+        let mut fr = FlightRecorder::default();
         fr.record(0.0, &[]);
         fr.record(0.5, &[(key(1), counters(4096, 0))]); // too soon after the last frame: skipped
         fr.record(3.0, &[(key(1), counters(8192, 0))]);
@@ -115,6 +112,6 @@ mod tests {
         let (covered, d) = fr.growth(5.0, 2.0, &now).unwrap();
         assert_eq!(covered, 2.0);
         assert_eq!(d[0].1, counters(8192, 4096));
-        assert!(FlightRecorder::new().growth(1.0, 10.0, &now).is_none());
+        assert!(FlightRecorder::default().growth(1.0, 10.0, &now).is_none());
     }
 }

@@ -77,7 +77,7 @@ impl Collector {
             limit: None,
             oom_kills: Vec::new(),
             intervals: 0,
-            flight: FlightRecorder::new(),
+            flight: FlightRecorder::default(),
             first_seen: HashMap::new(),
         }
     }
@@ -189,10 +189,10 @@ impl Collector {
         Ok(true)
     }
 
-    /// Kills after which a process new to the cgroup appeared (before the next kill): the workload was restarted.
+    /// Kills after which the workload ran again: see [`count_restarts`].
     fn restarts(&self) -> u32 {
-        let kills: Vec<f64> = self.oom_kills.iter().map(|k| k.t).collect();
-        count_restarts(&kills, self.first_seen.values().copied())
+        let kills: Vec<(f64, u32)> = self.oom_kills.iter().map(|k| (k.t, k.pid)).collect();
+        count_restarts(&kills, &self.first_seen)
     }
 
     fn build_sites(
@@ -317,14 +317,16 @@ fn site_totals(raw: &[(SiteKey, SiteCounters)]) -> report::SiteTotals {
     t
 }
 
-/// Kills (their `t`) followed, before the next kill, by a process first seen after them.
-fn count_restarts(kills: &[f64], first_seen: impl Iterator<Item = f64> + Clone) -> u32 {
+/// Kills (`t`, victim pid) after which the workload ran again: a later kill took another process, or a process
+/// that no kill took was first seen after it. Victims are never their own restart, even when the tracer learned
+/// of them only after their death (from the sites they left).
+fn count_restarts(kills: &[(f64, u32)], first_seen: &HashMap<u32, f64>) -> u32 {
+    let victim = |pid: u32| kills.iter().any(|k| k.1 == pid);
     kills
         .iter()
         .enumerate()
-        .filter(|&(i, &k)| {
-            let next = kills.get(i + 1).copied().unwrap_or(f64::INFINITY);
-            first_seen.clone().any(|t| t > k && t <= next)
+        .filter(|&(i, &(t, pid))| {
+            kills[i + 1..].iter().any(|k| k.1 != pid) || first_seen.iter().any(|(&p, &seen)| seen > t && !victim(p))
         })
         .count() as u32
 }
@@ -390,10 +392,14 @@ mod tests {
 
     #[test]
     fn restarts_are_new_processes_after_a_kill() {
-        let seen = [0.0, 2.5, 2.6, 7.0];
-        assert_eq!(count_restarts(&[], seen.iter().copied()), 0);
-        assert_eq!(count_restarts(&[2.0, 5.0, 6.0], seen.iter().copied()), 2, "nothing new between 5 and 6");
-        assert_eq!(count_restarts(&[8.0], seen.iter().copied()), 0);
+        // pid 1: the shell loop; 10, 11, 12: the relaunched workload, each learned just after its own death.
+        let seen = HashMap::from([(1, 0.0), (10, 2.1), (11, 4.1), (12, 6.1)]);
+        assert_eq!(count_restarts(&[], &seen), 0);
+        assert_eq!(count_restarts(&[(2.0, 10), (4.0, 11), (6.0, 12)], &seen), 2, "nothing ran after the last kill");
+        let later = HashMap::from([(1, 0.0), (10, 2.1), (13, 9.0)]);
+        assert_eq!(count_restarts(&[(2.0, 10)], &later), 1, "pid 13 came after the kill");
+        let one = HashMap::from([(1, 0.0), (10, 2.1)]);
+        assert_eq!(count_restarts(&[(2.0, 10), (2.01, 10)], &one), 0, "the same victim reported twice");
     }
 
     #[test]

@@ -4,9 +4,9 @@
 //! Rules, in order, on the robust trends of [`growth`] (after the warm-up, never across an OOM kill):
 //! - too few samples and no kill: inconclusive;
 //! - the task count rises steadily together with memory: thread (or connection) leak;
-//! - kernel memory (slab / kmem) rises steadily and more than anon: kernel-side leak;
-//! - anon rises steadily: heap leak (also when it ends in OOM kills, in every life of a restart loop);
-//! - file rises steadily without anon growth and without kills: cache growth;
+//! - of anon, kernel memory (slab / kmem) and file, the one that rises steadily and most names the problem: heap
+//!   leak (also when it ends in OOM kills, in every life of a restart loop), kernel-side leak, or cache growth
+//!   (only without kills: the kernel reclaims cache before it kills);
 //! - OOM kills with no growth trend within a life: limit too low (the working set does not fit);
 //! - usage above 80 % of the limit for most of the window, flat: limit too low (cache growth when file memory,
 //!   which reclaim takes back, fills it);
@@ -91,13 +91,20 @@ impl<'a> Facts<'a> {
         let (anon, kernel, file, usage, tasks) =
             (self.grows("anon"), self.grows("kernel"), self.grows("file"), self.grows("usage"), self.grows("tasks"));
         let near = self.g.near_limit_share.unwrap_or(0.0);
+        // Among the categories that grow, the one that grows most names the problem: page cache brings its kernel
+        // metadata along (buffer heads, xarray nodes), a heap leak its page tables.
+        let largest = [("anon", anon), ("kernel", kernel), ("file", file && kills == 0)]
+            .into_iter()
+            .filter(|(_, grows)| *grows)
+            .max_by(|a, b| self.change(a.0).total_cmp(&self.change(b.0)))
+            .map(|(name, _)| name);
         if tasks && (usage || kernel || anon) {
             self.thread_leak()
-        } else if kernel && !(anon && self.change("anon") > self.change("kernel")) {
+        } else if largest == Some("kernel") {
             self.kernel_leak()
-        } else if anon {
+        } else if largest == Some("anon") {
             self.heap_leak()
-        } else if file && kills == 0 {
+        } else if largest == Some("file") {
             self.cache_growth(false)
         } else if kills > 0 {
             self.killed_without_trend()
@@ -168,6 +175,12 @@ impl<'a> Facts<'a> {
     fn cache_growth(&self, plateau: bool) -> (&'static str, f64, Vec<String>) {
         let mut ev = vec![self.line("file")];
         ev.push(format!("anon meanwhile: {}", self.line("anon")));
+        if self.grows("kernel") {
+            ev.push(format!(
+                "kernel memory grows along with it, less than the cache (its metadata, reclaimed with it): {}",
+                self.line("kernel")
+            ));
+        }
         if let Some(s) = self.r.memory.samples.last() {
             if let Some(file) = s.file {
                 ev.push(format!(
@@ -193,7 +206,10 @@ impl<'a> Facts<'a> {
         if !rss.is_empty() {
             ev.push(format!("victims' RSS at each kill: {}", rss.join(", ")));
         }
-        ev.push(format!("no steady growth within a life: {}", self.line("anon")));
+        ev.push(match self.trend("anon") {
+            Some(_) => format!("no steady growth within a life: {}", self.line("anon")),
+            None => "no growth trend within a life: every life was too short for one (fewer than 4 samples)".into(),
+        });
         ev.push("the workload builds the same working set each life and it does not fit: raise the limit (or shrink the working set); a leak fast enough to fill the limit within one sampling interval would look the same".into());
         let confidence = (0.4 + 0.15 * kills.len() as f64).min(0.85);
         ("limit-too-low", confidence, ev)
@@ -256,7 +272,8 @@ impl<'a> Facts<'a> {
         Some(format!(", allocations {}/s (median, ±{:.0}% between intervals)", human_bytes(mid as i64), spread * 100.0))
     }
 
-    /// Where the largest growing sites of these kinds sit.
+    /// Where the largest growing sites of these kinds sit: the kernel function (for kernel memory), the user call
+    /// chain, and whose code that is.
     fn top_sites(&self, kinds: &[&str]) -> Vec<String> {
         self.r
             .sites
@@ -264,12 +281,19 @@ impl<'a> Facts<'a> {
             .filter(|s| kinds.contains(&s.kind.as_str()) && s.outstanding_bytes > 0)
             .take(3)
             .map(|s| {
-                let name = app_frame(s).map_or("an unknown function", |f| f.label());
                 let cache = s.slab_cache.as_ref().map(|c| format!(" ({c})")).unwrap_or_default();
-                let caller = s.frames.iter().find(|f| !f.kernel && f.symbol.is_some()).filter(|_| s.kind != "anon");
-                let caller = caller.map(|f| format!(", called from {}", f.label())).unwrap_or_default();
+                let kernel = match named_frames(s, true).first() {
+                    Some(k) if s.kind != "anon" => format!(", in the kernel via {k}"),
+                    _ => String::new(),
+                };
+                let chain = named_frames(s, false);
+                let user = if chain.is_empty() {
+                    String::new()
+                } else {
+                    format!(", from {}", chain.iter().take(3).copied().collect::<Vec<_>>().join(" <- "))
+                };
                 format!(
-                    "site: {} {}{cache} outstanding from {name}{caller}, in {}",
+                    "site: {} {}{cache} outstanding{kernel}{user}; the memory sits in {}",
                     s.kind,
                     human_bytes(s.outstanding_bytes),
                     location(s)
@@ -322,7 +346,7 @@ impl<'a> Facts<'a> {
             self.g.near_limit_share.unwrap_or(0.0) * 100.0
         );
         if let Some(secs) = self.g.time_to_limit_seconds {
-            line += &format!("; the limit is reached in {secs:.0} s if the trend continues");
+            line += &format!("; the limit is reached in {secs:.1} s if the trend continues");
         }
         Some(line)
     }
@@ -351,6 +375,20 @@ impl<'a> Facts<'a> {
     }
 }
 
+/// The symbols of a site's frames on one side (kernel or user) past the allocator's own, leaf first, without
+/// repeats (inlined helpers show the same name twice).
+fn named_frames(site: &Site, kernel: bool) -> Vec<&str> {
+    let mut names: Vec<&str> = site
+        .frames
+        .iter()
+        .filter(|f| f.kernel == kernel)
+        .filter_map(|f| f.symbol.as_deref())
+        .filter(|s| !is_allocator(s))
+        .collect();
+    names.dedup();
+    names
+}
+
 /// Who the memory belongs to: application code, a language runtime, the C allocator, or the kernel.
 fn location(site: &Site) -> String {
     const RUNTIMES: &[&str] = &[
@@ -377,7 +415,9 @@ fn location(site: &Site) -> String {
         Some(f) if !f.kernel && !f.symbol.as_deref().is_some_and(is_allocator) => {
             let module = f.module.as_deref().unwrap_or("");
             let base = module.rsplit('/').next().unwrap_or(module);
-            if let Some(rt) = RUNTIMES.iter().find(|r| base.starts_with(*r)) {
+            if base.starts_with("libc.so") || base.starts_with("libc-") {
+                "the C library's system call wrappers (libc)".into()
+            } else if let Some(rt) = RUNTIMES.iter().find(|r| base.starts_with(*r)) {
                 format!("a language runtime ({rt}, {base})")
             } else if f.symbol.as_deref().is_some_and(|s| s.starts_with("runtime.")) {
                 "a language runtime (the Go runtime)".into()

@@ -70,7 +70,7 @@ fn heap_leak() {
     assert!(v.confidence >= 0.9, "{}", v.confidence);
     has(&v, "anon 23.0 MiB -> 49.0 MiB, +3.5 GiB/h (steadiness 1.00)");
     has(&v, "load: tasks 4 -> 4");
-    has(&v, "grow_cache, in application code (app)");
+    has(&v, "site: anon 64.0 MiB outstanding, from grow_cache <- main; the memory sits in application code (app)");
     has(&v, "0 OOM kills");
 }
 
@@ -106,7 +106,7 @@ fn kernel_leak_on_v1_kmem() {
     assert_eq!(v.class, "kernel-leak");
     has(&v, "kernel 4.5 MiB -> 17.5 MiB");
     has(&v, "anon meanwhile: anon 20.0 MiB -> 20.0 MiB");
-    has(&v, "site: slab 4.0 KiB (kmalloc-256)");
+    has(&v, "site: slab 4.0 KiB (kmalloc-256) outstanding; the memory sits in the kernel (no user stack)");
 }
 
 #[test]
@@ -152,6 +152,20 @@ fn cache_growth() {
     let v = judged(series(30, |i, s| s.file = Some(2 * MIB + 4 * i as u64 * MIB)), vec![], 0);
     assert_eq!(v.class, "cache-growth");
     has(&v, "file (page cache, reclaimable)");
+}
+
+#[test]
+fn cache_with_its_kernel_metadata_is_cache() {
+    let v = judged(
+        series(30, |i, s| {
+            s.file = Some(2 * MIB + 4 * i as u64 * MIB);
+            s.kernel = Some(3 * MIB + i as u64 * MIB / 4);
+        }),
+        vec![],
+        0,
+    );
+    assert_eq!(v.class, "cache-growth");
+    has(&v, "kernel memory grows along with it");
 }
 
 #[test]
@@ -212,6 +226,7 @@ fn repeated_kills_without_a_trend_in_a_life_are_limit_too_low() {
     assert_eq!(v.class, "limit-too-low");
     has(&v, "4 OOM kill(s), 4 restart(s)");
     has(&v, "victims' RSS at each kill: 60.0 MiB");
+    has(&v, "every life was too short");
 }
 
 #[test]
