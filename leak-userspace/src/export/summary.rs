@@ -79,7 +79,13 @@ fn write_summary(out: &mut String, r: &Report) -> std::fmt::Result {
             if let Some(top) = k.sites_before_kill.first() {
                 writeln!(out, "     top site before the kill: {}", site_line(top))?;
             }
+            // Spans that the trace's start cut to the same length show once.
+            let mut shown = f64::NAN;
             for g in &k.grew_before_kill {
+                if g.covered_seconds == shown {
+                    continue;
+                }
+                shown = g.covered_seconds;
                 if let Some(top) = g.sites.first() {
                     writeln!(out, "     grew most in the last {:.0} s: {}", g.covered_seconds, site_line(top))?;
                 }
@@ -169,6 +175,17 @@ mod tests {
         assert!(!text.contains(" 11. "));
         assert!(!text.contains("OOM"));
         assert!(!text.contains("not seen"));
+    }
+
+    #[test]
+    fn flight_recorder_spans_cut_to_the_same_length_show_once() {
+        let mut r = sample_report();
+        let span = r.oom_kills[0].grew_before_kill[0].clone();
+        r.oom_kills[0].grew_before_kill = [10.0, 30.0, 60.0]
+            .map(|seconds| crate::report::GrowthBeforeKill { seconds, covered_seconds: 9.5, ..span.clone() })
+            .to_vec();
+        let text = summary(&r);
+        assert_eq!(text.matches("grew most in the last 10 s").count(), 1, "{text}");
     }
 
     #[test]

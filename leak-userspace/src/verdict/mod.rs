@@ -7,7 +7,9 @@
 //! - of anon, kernel memory (slab / kmem) and file, the one that rises steadily and most names the problem: heap
 //!   leak (also when it ends in OOM kills, in every life of a restart loop), kernel-side leak, or cache growth
 //!   (only without kills: the kernel reclaims cache before it kills);
-//! - OOM kills with no growth trend within a life: limit too low (the working set does not fit);
+//! - one OOM kill ending a life too short for a trend, with the traced sites growing up to it: heap (or kernel)
+//!   leak, with less confidence;
+//! - repeated OOM kills with no growth trend within a life: limit too low (the working set does not fit);
 //! - usage above 80 % of the limit for most of the window, flat: limit too low (cache growth when file memory,
 //!   which reclaim takes back, fills it);
 //! - usage rises while no category does: inconclusive (the figures contradict each other);
@@ -106,6 +108,8 @@ impl<'a> Facts<'a> {
             self.heap_leak()
         } else if largest == Some("file") {
             self.cache_growth(false)
+        } else if kills == 1 && self.grew_before_kill().is_some() {
+            self.one_kill_after_growth()
         } else if kills > 0 {
             self.killed_without_trend()
         } else if near >= PLATEAU_SHARE {
@@ -154,7 +158,7 @@ impl<'a> Facts<'a> {
         }
         ev.push(format!("anon meanwhile: {}", self.line("anon")));
         ev.push(format!("tasks: {}", self.line("tasks")));
-        ev.extend(self.top_sites(&["slab", "page", "percpu"]));
+        ev.extend(self.top_sites(&self.r.sites, &["slab", "page", "percpu"]));
         ev.push(coverage_line("kernel memory", &self.r.attribution.slab));
         ev.extend(self.kills_line());
         ("kernel-leak", 0.5 + 0.45 * self.strength("kernel"), ev)
@@ -163,7 +167,7 @@ impl<'a> Facts<'a> {
     fn heap_leak(&self) -> (&'static str, f64, Vec<String>) {
         let mut ev = vec![self.line("anon")];
         ev.push(format!("load: {}{}", self.line("tasks"), self.allocation_rate().unwrap_or_default()));
-        ev.extend(self.top_sites(&["anon"]));
+        ev.extend(self.top_sites(&self.r.sites, &["anon"]));
         ev.extend(self.rss_line());
         ev.push(coverage_line("anon", &self.r.attribution.anon));
         ev.extend(self.interval_coverage());
@@ -196,6 +200,36 @@ impl<'a> Facts<'a> {
         ev.push("no OOM kill: the kernel reclaims the cache before it kills".into());
         let strength = if plateau { self.g.near_limit_share.unwrap_or(0.0) } else { self.strength("file") };
         ("cache-growth", 0.5 + 0.4 * strength, ev)
+    }
+
+    /// Anon and kernel-side bytes the sites gained in the flight recorder's first span before the last kill, when
+    /// that is more than noise.
+    fn grew_before_kill(&self) -> Option<(f64, i64, i64)> {
+        let span = self.r.oom_kills.last()?.grew_before_kill.first()?;
+        let sum = |kinds: &[&str]| -> i64 {
+            span.sites.iter().filter(|s| kinds.contains(&s.kind.as_str())).map(|s| s.outstanding_bytes).sum()
+        };
+        let (anon, kernel) = (sum(&["anon"]), sum(&["slab", "page", "percpu"]));
+        ((anon.max(kernel) as f64) >= self.min_bytes).then_some((span.covered_seconds, anon, kernel))
+    }
+
+    /// A single kill ending a life too short for a trend, with the traced sites growing up to it: a leak fast
+    /// enough to reach the limit within a few samples. Claimed with less confidence: one start-up that needs more
+    /// than the limit would look the same, and only repeated kills tell the two apart.
+    fn one_kill_after_growth(&self) -> (&'static str, f64, Vec<String>) {
+        let (covered, anon, kernel) = self.grew_before_kill().unwrap_or_default();
+        let heap = anon >= kernel;
+        let mut ev = vec![format!(
+            "one OOM kill after a life too short for a trend; in the {covered:.0} s before it the traced sites grew \
+             anon {} and kernel memory {}",
+            human_bytes(anon),
+            human_bytes(kernel)
+        )];
+        ev.extend(self.kills_line());
+        let grown = self.r.oom_kills.last().and_then(|k| k.grew_before_kill.first()).map_or(&[][..], |g| &g.sites);
+        ev.extend(self.top_sites(grown, if heap { &["anon"] } else { &["slab", "page", "percpu"] }));
+        ev.push("a single kill cannot rule out a start-up working set larger than the limit: trace a restart, or longer with a shorter --interval".into());
+        (if heap { "heap-leak" } else { "kernel-leak" }, 0.55, ev)
     }
 
     fn killed_without_trend(&self) -> (&'static str, f64, Vec<String>) {
@@ -274,9 +308,8 @@ impl<'a> Facts<'a> {
 
     /// Where the largest growing sites of these kinds sit: the kernel function (for kernel memory), the user call
     /// chain, and whose code that is.
-    fn top_sites(&self, kinds: &[&str]) -> Vec<String> {
-        self.r
-            .sites
+    fn top_sites(&self, sites: &[Site], kinds: &[&str]) -> Vec<String> {
+        sites
             .iter()
             .filter(|s| kinds.contains(&s.kind.as_str()) && s.outstanding_bytes > 0)
             .take(3)
@@ -357,12 +390,25 @@ impl<'a> Facts<'a> {
             return None;
         }
         let victims: Vec<String> = kills.iter().map(|k| format!("{} ({}) at {:.1} s", k.pid, k.comm, k.t)).collect();
-        Some(format!(
+        let mut line = format!(
             "{} OOM kill(s), {} restart(s) of the workload: {}",
             kills.len(),
             self.g.restarts,
             victims.join(", ")
-        ))
+        );
+        // The flight recorder's first span of the last kill: what was growing when the limit was hit.
+        let last = kills.last().and_then(|k| k.grew_before_kill.first());
+        if let Some((span, site)) = last.and_then(|g| Some((g, g.sites.first()?))) {
+            let name = named_frames(site, false).first().or(named_frames(site, true).first()).copied();
+            line += &format!(
+                "; in the {:.0} s before the last kill, {} {} grew by {}",
+                span.covered_seconds,
+                site.kind,
+                name.unwrap_or("(unnamed site)"),
+                human_bytes(site.outstanding_bytes)
+            );
+        }
+        Some(line)
     }
 
     /// Lines every verdict carries: the window-level reconciliation and the OOM counters.

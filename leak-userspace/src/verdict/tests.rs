@@ -243,6 +243,7 @@ fn restart_loop_of_a_leak_is_a_heap_leak() {
     );
     assert_eq!(v.class, "heap-leak");
     has(&v, "3 OOM kill(s), 3 restart(s)");
+    has(&v, "in the 10 s before the last kill, anon grow_cache grew by 64.0 MiB");
     has(&v, "+35.2 GiB/h");
 }
 
@@ -257,9 +258,19 @@ fn short_window_is_inconclusive() {
 
 #[test]
 fn a_kill_in_a_short_window_is_still_judged() {
-    let v = judged(series(3, |_, s| s.limit = Some(64 * MIB)), vec![kill(1.5, 1)], 1);
-    assert_eq!(v.class, "limit-too-low");
+    // The fixture's kill has the flight recorder showing grow_cache gaining 64 MiB before it.
+    let v = judged(series(3, |_, s| s.limit = Some(64 * MIB)), vec![kill(1.5, 1)], 0);
+    assert_eq!(v.class, "heap-leak");
     assert!(v.confidence < 0.6, "one kill is weak evidence: {}", v.confidence);
+    has(&v, "in the 10 s before it the traced sites grew anon 64.0 MiB and kernel memory 0 B");
+    has(&v, "cannot rule out a start-up working set");
+    has(&v, "site: anon 64.0 MiB outstanding, from grow_cache <- main");
+    // Without growth before it, one kill says only that the limit was hit.
+    let mut quiet = kill(1.5, 1);
+    quiet.grew_before_kill.clear();
+    let v = judged(series(3, |_, s| s.limit = Some(64 * MIB)), vec![quiet], 0);
+    assert_eq!(v.class, "limit-too-low");
+    assert!(v.confidence < 0.6, "{}", v.confidence);
 }
 
 #[test]
