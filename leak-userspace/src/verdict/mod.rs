@@ -145,6 +145,7 @@ impl<'a> Facts<'a> {
                 human_bytes((memory / tasks) as i64)
             ));
         }
+        ev.extend(self.top_sites(&self.r.sites, &["slab", "page", "percpu"]));
         ev.extend(self.kills_line());
         ("thread-leak", 0.5 + 0.45 * self.strength("tasks"), ev)
     }
@@ -462,7 +463,7 @@ fn location(site: &Site) -> String {
             let module = f.module.as_deref().unwrap_or("");
             let base = module.rsplit('/').next().unwrap_or(module);
             if base.starts_with("libc.so") || base.starts_with("libc-") {
-                "the C library's system call wrappers (libc)".into()
+                "the C library (libc)".into()
             } else if let Some(rt) = RUNTIMES.iter().find(|r| base.starts_with(*r)) {
                 format!("a language runtime ({rt}, {base})")
             } else if f.symbol.as_deref().is_some_and(|s| s.starts_with("runtime.")) {

@@ -348,4 +348,8 @@ fn where_the_growth_sits() {
         "the C allocator (no application frame above it)"
     );
     assert_eq!(location(&site(vec![f("handle", "/srv/app", false)])), "application code (app)");
+    assert_eq!(
+        location(&site(vec![f("allocate_stack", "/lib/x86_64-linux-gnu/libc.so.6", false)])),
+        "the C library (libc)"
+    );
 }
