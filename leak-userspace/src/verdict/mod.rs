@@ -54,7 +54,7 @@ struct Facts<'a> {
 impl<'a> Facts<'a> {
     fn new(r: &'a Report) -> Self {
         let peak = r.memory.samples.iter().map(|s| s.usage).max().unwrap_or(0);
-        let scale = r.growth.limit_share.and(r.memory.limit_bytes).unwrap_or(peak) as f64;
+        let scale = r.memory.limit_bytes.unwrap_or(peak) as f64;
         Facts { r, g: &r.growth, min_bytes: MIN_GROWTH.max(MIN_GROWTH_SHARE * scale) }
     }
 
@@ -412,13 +412,20 @@ impl<'a> Facts<'a> {
         Some(line)
     }
 
-    /// Lines every verdict carries: the window-level reconciliation and the OOM counters.
+    /// Lines every verdict carries: the OOM kills the tracer saw against the cgroup's own counter.
     fn common_evidence(&self) -> Vec<String> {
-        let mut ev = Vec::new();
-        if self.r.oom_kills.is_empty() {
-            ev.push("0 OOM kills in the window".into());
+        let seen = self.r.oom_kills.len() as u64;
+        let counted = crate::attribution::growth(&self.r.memory.samples, |s| s.oom_kill).unwrap_or(0).max(0) as u64;
+        if counted > seen {
+            vec![format!(
+                "the cgroup counted {counted} OOM kill(s) in the window, the tracer saw {seen}: kills are missing \
+                 from oom_kills (ring buffer drops, or a kernel without oom:mark_victim)"
+            )]
+        } else if seen == 0 {
+            vec!["0 OOM kills in the window".into()]
+        } else {
+            Vec::new()
         }
-        ev
     }
 }
 

@@ -353,3 +353,9 @@ fn where_the_growth_sits() {
         "the C library (libc)"
     );
 }
+
+#[test]
+fn kills_the_tracer_missed_are_said() {
+    let v = judged(series(30, |i, s| s.oom_kill = Some(if i > 20 { 2 } else { 0 })), vec![], 0);
+    has(&v, "the cgroup counted 2 OOM kill(s) in the window, the tracer saw 0");
+}
