@@ -10,9 +10,13 @@ pub const SPANS: [f64; 3] = [10.0, 30.0, 60.0];
 /// One frame per this many seconds at most: finer steps add memory, not precision the spans need.
 const STEP: f64 = 1.0;
 
+type Frame = (f64, HashMap<SiteKey, SiteCounters>);
+
 #[derive(Default)]
 pub struct FlightRecorder {
-    frames: VecDeque<(f64, HashMap<SiteKey, SiteCounters>)>,
+    frames: VecDeque<Frame>,
+    /// The last interval's counters, whatever the step: the OOM frees of earlier kills are counted up to it.
+    latest: Option<Frame>,
 }
 
 impl FlightRecorder {
@@ -20,10 +24,13 @@ impl FlightRecorder {
     /// span are dropped, keeping one at or before it so that span stays covered; so the ring holds at most
     /// `SPANS.max / STEP + 2` frames.
     pub fn record(&mut self, t: f64, raw: &[(SiteKey, SiteCounters)]) {
+        let frame: Frame = (t, raw.iter().copied().collect());
         if self.frames.back().is_some_and(|(last, _)| t - last < STEP) {
+            self.latest = Some(frame);
             return;
         }
-        self.frames.push_back((t, raw.iter().copied().collect()));
+        self.frames.push_back(frame.clone());
+        self.latest = Some(frame);
         let horizon = t - SPANS[SPANS.len() - 1];
         while self.frames.len() > 1 && self.frames[1].0 <= horizon {
             self.frames.pop_front();
@@ -31,8 +38,9 @@ impl FlightRecorder {
     }
 
     /// The growth of every site between the newest frame at or before `now - span` (the oldest frame when the
-    /// trace is younger than that) and `current`, with the seconds actually covered. Frees by an OOM victim are
-    /// left out by the caller's choice of counters (`Outstanding::BeforeOomKill` reads `free_*` only).
+    /// trace is younger than that) and `current`, with the seconds actually covered. `now` is an OOM kill: the
+    /// victim's own frees (made after it) are left out, earlier victims' frees count up to the last interval
+    /// before the kill, as `free_*` (what `Outstanding::BeforeOomKill` reads); `oom_freed_*` come back zero.
     pub fn growth(
         &self,
         now: f64,
@@ -40,11 +48,18 @@ impl FlightRecorder {
         current: &[(SiteKey, SiteCounters)],
     ) -> Option<(f64, Vec<(SiteKey, SiteCounters)>)> {
         let (t, base) = self.frames.iter().rev().find(|(t, _)| *t <= now - span).or_else(|| self.frames.front())?;
+        let before_kill = self.latest.as_ref().filter(|(lt, _)| *lt <= now).map(|(_, m)| m);
         let delta = current
             .iter()
             .map(|(key, cur)| {
                 let old = base.get(key).copied().unwrap_or_default();
-                (*key, difference(cur, &old))
+                let mut d = difference(cur, &old);
+                let earlier = before_kill.and_then(|m| m.get(key)).map(|l| difference(l, &old)).unwrap_or_default();
+                d.free_bytes = d.free_bytes.saturating_add(earlier.oom_freed_bytes);
+                d.free_count = d.free_count.saturating_add(earlier.oom_freed_count);
+                d.oom_freed_bytes = 0;
+                d.oom_freed_count = 0;
+                (*key, d)
             })
             .filter(|(_, d)| d.alloc_count > 0 || d.free_count > 0)
             .collect();
@@ -96,6 +111,29 @@ mod tests {
         assert_eq!(covered, 60.0);
         assert_eq!(d[0].1.alloc_bytes, 4096 * 60);
         assert!(fr.frames.len() <= 62, "bounded: {}", fr.frames.len());
+    }
+
+    #[test]
+    fn earlier_victims_frees_count_and_this_victims_do_not() {
+        let mut fr = FlightRecorder::default();
+        let c = |alloc: u64, oom: u64| SiteCounters {
+            alloc_bytes: alloc,
+            alloc_count: 1,
+            oom_freed_bytes: oom,
+            oom_freed_count: oom / 4096,
+            ..Default::default()
+        };
+        fr.record(0.0, &[(key(1), c(0, 0))]);
+        // A first life took 40 KiB and was killed at 1.5 s; the frame at 2.2 s (not kept in the ring: too soon
+        // after 2.0) still holds its OOM frees.
+        fr.record(1.0, &[(key(1), c(40960, 0))]);
+        fr.record(2.0, &[(key(1), c(40960, 40960))]);
+        fr.record(2.2, &[(key(1), c(45056, 40960))]);
+        // Second kill at 3.0: the counters read after it already hold the second victim's frees.
+        let now = [(key(1), c(81920, 81920))];
+        let (_, d) = fr.growth(3.0, 10.0, &now).unwrap();
+        assert_eq!(d[0].1.alloc_bytes - d[0].1.free_bytes, 40960, "the second life's 40 KiB");
+        assert_eq!(d[0].1.oom_freed_bytes, 0);
     }
 
     #[test]

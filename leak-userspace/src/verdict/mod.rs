@@ -283,7 +283,8 @@ impl<'a> Facts<'a> {
         } else {
             format!("{}/h", signed(t.rate_per_hour as i64))
         };
-        format!("{name} {} -> {}, {rate} (steadiness {:.2})", show(t.first), show(t.last), t.steadiness)
+        let within = if self.g.lives > 1 { " within lives" } else { "" };
+        format!("{name} {} -> {}, {rate}{within} (steadiness {:.2})", show(t.first), show(t.last), t.steadiness)
     }
 
     /// The per-interval allocation rate and how much it varies: flat load shows as a steady rate.
@@ -400,12 +401,14 @@ impl<'a> Facts<'a> {
         // The flight recorder's first span of the last kill: what was growing when the limit was hit.
         let last = kills.last().and_then(|k| k.grew_before_kill.first());
         if let Some((span, site)) = last.and_then(|g| Some((g, g.sites.first()?))) {
-            let name = named_frames(site, false).first().or(named_frames(site, true).first()).copied();
+            let user = named_frames(site, false);
+            let names = if user.is_empty() { named_frames(site, true) } else { user };
+            let name =
+                if names.is_empty() { "(unnamed site)".into() } else { names[..names.len().min(2)].join(" <- ") };
             line += &format!(
-                "; in the {:.0} s before the last kill, {} {} grew by {}",
+                "; in the {:.0} s before the last kill, {} {name} grew by {}",
                 span.covered_seconds,
                 site.kind,
-                name.unwrap_or("(unnamed site)"),
                 human_bytes(site.outstanding_bytes)
             );
         }

@@ -243,8 +243,8 @@ fn restart_loop_of_a_leak_is_a_heap_leak() {
     );
     assert_eq!(v.class, "heap-leak");
     has(&v, "3 OOM kill(s), 3 restart(s)");
-    has(&v, "in the 10 s before the last kill, anon grow_cache grew by 64.0 MiB");
-    has(&v, "+35.2 GiB/h");
+    has(&v, "in the 10 s before the last kill, anon grow_cache <- main grew by 64.0 MiB");
+    has(&v, "+35.2 GiB/h within lives");
 }
 
 #[test]
