@@ -359,3 +359,11 @@ fn kills_the_tracer_missed_are_said() {
     let v = judged(series(30, |i, s| s.oom_kill = Some(if i > 20 { 2 } else { 0 })), vec![], 0);
     has(&v, "the cgroup counted 2 OOM kill(s) in the window, the tracer saw 0");
 }
+
+#[test]
+fn page_sized_drift_does_not_shake_no_leak() {
+    // usage creeping down 4 KiB a sample: perfectly steady in rank, nothing in bytes.
+    let v = judged(series(30, |i, s| s.usage = 30 * MIB - 4096 * i as u64), vec![], 0);
+    assert_eq!(v.class, "no-leak");
+    assert!(v.confidence >= 0.89, "{}", v.confidence);
+}
