@@ -23,7 +23,7 @@ use crate::{
 const DEMO_LIMIT_BYTES: u64 = 64 << 20;
 /// The workload's leak rate.
 const CHUNK_BYTES: usize = 1 << 20;
-const CHUNKS_PER_SECOND: u64 = 24;
+const CHUNKS_PER_SECOND: u64 = 8;
 
 pub fn run(output: Option<PathBuf>, quiet: bool) -> Result<()> {
     session::require_root()?;
@@ -33,7 +33,7 @@ pub fn run(output: Option<PathBuf>, quiet: bool) -> Result<()> {
     let args = TraceArgs {
         duration: Some(40.0),
         output,
-        interval: 1.0,
+        interval: 0.5,
         top: 10,
         max_tracked: crate::probes::DEFAULT_LIVE_ENTRIES,
         quiet,

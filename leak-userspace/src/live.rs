@@ -221,7 +221,7 @@ mod tests {
     use crate::report::tests::{frame, site};
 
     fn sample(t: f64, usage: u64, anon: u64) -> Sample {
-        Sample { t, usage, anon: Some(anon), file: Some(1 << 20), slab: None, kernel: None, pids: Some(1) }
+        Sample { t, usage, anon: Some(anon), file: Some(1 << 20), pids: Some(1), ..Default::default() }
     }
 
     #[test]

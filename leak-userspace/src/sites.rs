@@ -116,10 +116,11 @@ pub fn app_frame(site: &Site) -> Option<&Frame> {
 }
 
 /// Allocator internals, kernel and C/C++/Rust runtime: they are how memory is obtained, not who wants it.
-fn is_allocator(symbol: &str) -> bool {
+pub fn is_allocator(symbol: &str) -> bool {
     const PREFIXES: &[&str] = &[
         // page allocator and its callers on the fault path
         "__alloc_pages",
+        "__alloc_frozen_pages",
         "alloc_pages",
         "__folio_alloc",
         "folio_alloc",

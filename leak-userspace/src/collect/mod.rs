@@ -1,6 +1,8 @@
 //! Collection: every interval, follow the target's subtree and processes, sample its memory files; at each OOM
-//! kill, take the picture of the sites before the SIGKILL; at the end, assemble the report.
+//! kill, take the picture of the sites before the SIGKILL and of what grew in the last minute (the flight
+//! recorder); at the end, assemble the report.
 pub mod early;
+pub mod flight;
 pub mod oom;
 
 use std::{
@@ -10,7 +12,7 @@ use std::{
 };
 
 use anyhow::Result;
-use leak_common::counter;
+use leak_common::{counter, kind, SiteCounters, SiteKey};
 
 use crate::{
     attribution,
@@ -22,9 +24,12 @@ use crate::{
     target::{self, Follower, Poll, Target},
     verdict,
 };
+use flight::FlightRecorder;
 
 /// How many sites report.json keeps (largest outstanding first); attribution counts every site.
 const REPORT_SITES: usize = 500;
+/// How many grown sites each flight-recorder span of an OOM kill keeps.
+const FLIGHT_SITES: usize = 10;
 
 pub struct Collector {
     target: Target,
@@ -51,6 +56,9 @@ pub struct Collector {
     oom_kills: Vec<report::OomKill>,
     intervals: u64,
     early: early::EarlySites,
+    flight: FlightRecorder,
+    /// When each process was first seen (seconds since the start): a process new after a kill is a restart.
+    first_seen: HashMap<u32, f64>,
 }
 
 impl Collector {
@@ -77,6 +85,8 @@ impl Collector {
             oom_kills: Vec::new(),
             intervals: 0,
             early: early::EarlySites::default(),
+            flight: FlightRecorder::default(),
+            first_seen: HashMap::new(),
         }
     }
 
@@ -141,17 +151,20 @@ impl Collector {
             self.learn_process(key.tgid);
         }
         self.early.offer(self.intervals, self.start.elapsed().as_secs_f64(), &raw);
-        self.sample();
+        self.flight.record(self.start.elapsed().as_secs_f64(), &raw);
+        self.sample(&raw);
         self.intervals += 1;
         Ok(true)
     }
 
-    fn sample(&mut self) {
+    /// Reads the memory files and the processes' RSS, with what the sites held at the same moment.
+    fn sample(&mut self, raw: &[(SiteKey, SiteCounters)]) {
         match memory::read_snapshot(&self.target) {
             Ok(snap) => {
                 self.limit = snap.limit;
                 let t = self.start.elapsed().as_secs_f64();
-                self.samples.push(sample_of(t, &snap));
+                let rss = memory::processes_rss(&target::member_pids(&self.target.path));
+                self.samples.push(sample_of(t, &snap, &rss, site_totals(raw)));
             }
             Err(e) => tracing::warn!("cannot read the memory files of {}: {e:#}", self.target.path.display()),
         }
@@ -165,6 +178,9 @@ impl Collector {
         }
         let first = first_mapping(pid);
         let new = self.known_pids.insert(pid);
+        if new {
+            self.first_seen.insert(pid, self.start.elapsed().as_secs_f64());
+        }
         if !new && (first.is_none() || first.as_ref() == self.first_mappings.get(&pid)) {
             return;
         }
@@ -192,6 +208,14 @@ impl Collector {
         self.comms.entry(notice.victim_pid).or_insert_with(|| notice.victim_comm.clone());
         let sites = self.build_sites(probes, &raw, Outstanding::BeforeOomKill, self.top)?;
         let t = notice.ktime_ns.saturating_sub(self.start_ktime_ns) as f64 / 1e9;
+        let mut grew_before_kill = Vec::new();
+        for span in flight::SPANS {
+            let Some((covered, delta)) = self.flight.growth(t, span, &raw) else { continue };
+            let mut grown = self.build_sites(probes, &delta, Outstanding::BeforeOomKill, usize::MAX)?;
+            grown.retain(|s| s.outstanding_bytes > 0);
+            grown.truncate(FLIGHT_SITES);
+            grew_before_kill.push(report::GrowthBeforeKill { seconds: span, covered_seconds: covered, sites: grown });
+        }
         self.oom_kills.push(report::OomKill {
             t,
             pid: notice.victim_pid,
@@ -200,8 +224,17 @@ impl Collector {
             sites_before_kill: sites,
             trigger_pid: notice.trigger_pid,
             trigger_comm: notice.trigger_comm,
+            rss_bytes: notice.rss_bytes,
+            grew_before_kill,
+            life: self.oom_kills.len() as u32 + 1,
         });
         Ok(true)
+    }
+
+    /// Kills after which the workload ran again: see [`count_restarts`].
+    fn restarts(&self) -> u32 {
+        let kills: Vec<(f64, u32)> = self.oom_kills.iter().map(|k| (k.t, k.pid)).collect();
+        count_restarts(&kills, &self.first_seen)
     }
 
     fn build_sites(
@@ -219,10 +252,10 @@ impl Collector {
     /// The last sample and the final picture of every site, assembled into the report.
     pub fn finish(mut self, probes: &Probes) -> Result<report::Report> {
         self.follower.refresh(&mut self.target);
-        if self.target.path.join("cgroup.procs").exists() {
-            self.sample();
-        }
         let raw = probes.sites()?;
+        if self.target.path.join("cgroup.procs").exists() {
+            self.sample(&raw);
+        }
         let mut sites = self.build_sites(probes, &raw, Outstanding::Live, usize::MAX)?;
         let c = probes.counters()?;
         let end = time::OffsetDateTime::now_utc();
@@ -236,6 +269,8 @@ impl Collector {
             }
             None => None,
         };
+        let kill_times: Vec<f64> = self.oom_kills.iter().map(|k| k.t).collect();
+        let growth = verdict::growth::analyse(&self.samples, &kill_times, self.limit, self.restarts());
         let mut report = report::Report {
             schema: report::SCHEMA.to_string(),
             target: report::TargetInfo {
@@ -261,6 +296,7 @@ impl Collector {
             oom_kills: self.oom_kills,
             sites_early,
             verdict: report::Verdict { class: "inconclusive".into(), confidence: 0.0, evidence: Vec::new() },
+            growth,
             collection: report::Collection {
                 stack_collisions_kernel: c[counter::KSTACK_COLLISION as usize],
                 stack_collisions_user: c[counter::USTACK_COLLISION as usize],
@@ -284,8 +320,67 @@ impl Collector {
     }
 }
 
-fn sample_of(t: f64, s: &MemorySnapshot) -> report::Sample {
-    report::Sample { t, usage: s.usage, anon: s.anon, file: s.file, slab: s.slab, kernel: s.kernel, pids: s.pids }
+fn sample_of(t: f64, s: &MemorySnapshot, rss: &memory::ProcessesRss, sites: report::SiteTotals) -> report::Sample {
+    report::Sample {
+        t,
+        usage: s.usage,
+        anon: s.anon,
+        file: s.file,
+        slab: s.slab,
+        kernel: s.kernel,
+        pids: s.pids,
+        limit: s.limit,
+        kernel_stack: s.kernel_stack,
+        pagetables: s.pagetables,
+        sock: s.sock,
+        shmem: s.shmem,
+        oom_kill: s.oom_kills,
+        oom: s.oom_events,
+        failcnt: s.failcnt,
+        processes: Some(rss.processes),
+        rss: Some(rss.rss),
+        rss_anon: Some(rss.rss_anon),
+        main_process: rss.main.as_ref().map(|(pid, comm, rss_anon, rss)| report::ProcessRss {
+            pid: *pid,
+            comm: comm.clone(),
+            rss_anon: *rss_anon,
+            rss: *rss,
+        }),
+        sites: Some(sites),
+    }
+}
+
+/// What the sites hold now, by kind (every free counted, an OOM victim's too: the memory files have lost it too).
+fn site_totals(raw: &[(SiteKey, SiteCounters)]) -> report::SiteTotals {
+    let mut t = report::SiteTotals::default();
+    for (key, c) in raw {
+        let held = (i128::from(c.alloc_bytes) - i128::from(c.free_bytes) - i128::from(c.oom_freed_bytes))
+            .clamp(i64::MIN.into(), i64::MAX.into()) as i64;
+        let slot = match key.kind {
+            kind::ANON => &mut t.anon,
+            kind::SLAB => &mut t.slab,
+            kind::PAGE => &mut t.page,
+            kind::PERCPU => &mut t.percpu,
+            _ => &mut t.other,
+        };
+        *slot = slot.saturating_add(held);
+        t.allocated_bytes = t.allocated_bytes.saturating_add(c.alloc_bytes);
+    }
+    t
+}
+
+/// Kills (`t`, victim pid) after which the workload ran again: a later kill took another process, or a process
+/// that no kill took was first seen after it. Victims are never their own restart, even when the tracer learned
+/// of them only after their death (from the sites they left).
+fn count_restarts(kills: &[(f64, u32)], first_seen: &HashMap<u32, f64>) -> u32 {
+    let victim = |pid: u32| kills.iter().any(|k| k.1 == pid);
+    kills
+        .iter()
+        .enumerate()
+        .filter(|&(i, &(t, pid))| {
+            kills[i + 1..].iter().any(|k| k.1 != pid) || first_seen.iter().any(|(&p, &seen)| seen > t && !victim(p))
+        })
+        .count() as u32
 }
 
 fn first_mapping(pid: u32) -> Option<String> {
@@ -345,6 +440,38 @@ mod tests {
             std::fs::write(base.path().join(d).join("cgroup.procs"), b"").unwrap();
         }
         assert_eq!(relative_to_hierarchy(&a), PathBuf::from("a/b"));
+    }
+
+    #[test]
+    fn restarts_are_new_processes_after_a_kill() {
+        // pid 1: the shell loop; 10, 11, 12: the relaunched workload, each learned just after its own death.
+        let seen = HashMap::from([(1, 0.0), (10, 2.1), (11, 4.1), (12, 6.1)]);
+        assert_eq!(count_restarts(&[], &seen), 0);
+        assert_eq!(count_restarts(&[(2.0, 10), (4.0, 11), (6.0, 12)], &seen), 2, "nothing ran after the last kill");
+        let later = HashMap::from([(1, 0.0), (10, 2.1), (13, 9.0)]);
+        assert_eq!(count_restarts(&[(2.0, 10)], &later), 1, "pid 13 came after the kill");
+        let one = HashMap::from([(1, 0.0), (10, 2.1)]);
+        assert_eq!(count_restarts(&[(2.0, 10), (2.01, 10)], &one), 0, "the same victim reported twice");
+    }
+
+    #[test]
+    fn site_totals_by_kind() {
+        let key = |kind| SiteKey { kind, ..Default::default() };
+        let c = |alloc, free, oom| SiteCounters {
+            alloc_bytes: alloc,
+            free_bytes: free,
+            oom_freed_bytes: oom,
+            ..Default::default()
+        };
+        let t = site_totals(&[
+            (key(kind::ANON), c(1000, 100, 400)),
+            (key(kind::ANON), c(50, 0, 0)),
+            (key(kind::SLAB), c(10, 30, 0)),
+            (key(kind::PAGE), c(4096, 0, 0)),
+            (key(99), c(7, 0, 0)),
+        ]);
+        assert_eq!((t.anon, t.slab, t.page, t.percpu, t.other), (550, -20, 4096, 0, 7));
+        assert_eq!(t.allocated_bytes, 1000 + 50 + 10 + 4096 + 7);
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub struct OomNotice {
     pub trigger_memcg: u64,
     /// None when this kernel's `oom:mark_victim` carries only the pid.
     pub anon_rss_bytes: Option<u64>,
+    /// anon + file + shmem RSS; None likewise.
+    pub rss_bytes: Option<u64>,
 }
 
 pub fn decode(bytes: &[u8]) -> Option<OomNotice> {
@@ -30,6 +32,9 @@ pub fn decode(bytes: &[u8]) -> Option<OomNotice> {
         trigger_comm: comm(&ev.trigger_comm),
         trigger_memcg: ev.trigger_memcg,
         anon_rss_bytes: (ev.has_rss != 0).then_some(ev.anon_rss_kb.saturating_mul(1024)),
+        rss_bytes: (ev.has_rss != 0).then_some(
+            ev.anon_rss_kb.saturating_add(ev.file_rss_kb).saturating_add(ev.shmem_rss_kb).saturating_mul(1024),
+        ),
     })
 }
 
@@ -90,8 +95,8 @@ mod tests {
             trigger_memcg: memcg,
             total_vm_kb: 1,
             anon_rss_kb: 2048,
-            file_rss_kb: 0,
-            shmem_rss_kb: 0,
+            file_rss_kb: 100,
+            shmem_rss_kb: 4,
             victim_comm: [0; COMM_LEN],
             trigger_comm: [0; COMM_LEN],
         };
@@ -126,7 +131,9 @@ mod tests {
         assert_eq!((n.victim_pid, n.trigger_pid, n.trigger_memcg), (100, 6, 5));
         assert_eq!((n.victim_comm.as_str(), n.trigger_comm.as_str()), ("leak", "app"));
         assert_eq!(n.anon_rss_bytes, Some(2048 * 1024));
+        assert_eq!(n.rss_bytes, Some(2152 * 1024));
         assert_eq!(decode(&event(100, 5, 0)).unwrap().anon_rss_bytes, None);
+        assert_eq!(decode(&event(100, 5, 0)).unwrap().rss_bytes, None);
         assert!(decode(&[0u8; 8]).is_none());
     }
 

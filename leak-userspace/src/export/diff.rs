@@ -11,9 +11,7 @@ use anyhow::{Context, Result};
 use super::{
     flamegraph::{self, differential_folded},
     folded::folded,
-    human_bytes,
-    summary::signed,
-    target_name,
+    human_bytes, signed, target_name,
 };
 use crate::{
     attribution::growth,

@@ -7,11 +7,7 @@ use std::fmt::Write;
 use anyhow::Result;
 use base64::Engine;
 
-use super::{
-    clamp, human_bytes,
-    summary::{losses, signed},
-    target_name, xml_escape as esc,
-};
+use super::{clamp, human_bytes, signed, summary::losses, target_name, xml_escape as esc};
 use crate::{
     attribution::growth,
     report::{Report, Sample, Site},

@@ -56,6 +56,15 @@ pub fn human_bytes(n: i64) -> String {
     }
 }
 
+/// Bytes with a `+` for growth.
+pub fn signed(n: i64) -> String {
+    if n > 0 {
+        format!("+{}", human_bytes(n))
+    } else {
+        human_bytes(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::human_bytes;

@@ -1,7 +1,8 @@
-//! The short text printed on the terminal when a trace ends: what grew, who holds it, what was lost.
+//! The short text printed on the terminal when a trace ends: the verdict and its strongest evidence first, then
+//! what grew, who holds it, what grew before each OOM kill, and what was lost.
 use std::fmt::Write;
 
-use super::{clamp, human_bytes};
+use super::{clamp, human_bytes, signed};
 use crate::{
     attribution::growth,
     report::{Collection, Coverage, Report, Site},
@@ -9,6 +10,8 @@ use crate::{
 };
 
 const TOP_SITES: usize = 10;
+/// Evidence lines shown under the verdict (report.json has them all).
+const TOP_EVIDENCE: usize = 4;
 
 pub fn summary(report: &Report) -> String {
     let mut out = String::new();
@@ -30,6 +33,10 @@ fn write_summary(out: &mut String, r: &Report) -> std::fmt::Result {
         }
     }
     writeln!(out)?;
+    writeln!(out, "verdict: {} (confidence {:.2})", r.verdict.class, r.verdict.confidence)?;
+    for line in r.verdict.evidence.iter().take(TOP_EVIDENCE) {
+        writeln!(out, "  - {line}")?;
+    }
     let limit = r.memory.limit_bytes.map_or("none".to_string(), |l| human_bytes(clamp(l)));
     writeln!(
         out,
@@ -77,6 +84,17 @@ fn write_summary(out: &mut String, r: &Report) -> std::fmt::Result {
             if let Some(top) = k.sites_before_kill.first() {
                 writeln!(out, "     top site before the kill: {}", site_line(top))?;
             }
+            // Spans that the trace's start cut to the same length show once.
+            let mut shown = f64::NAN;
+            for g in &k.grew_before_kill {
+                if g.covered_seconds == shown {
+                    continue;
+                }
+                shown = g.covered_seconds;
+                if let Some(top) = g.sites.first() {
+                    writeln!(out, "     grew most in the last {:.0} s: {}", g.covered_seconds, site_line(top))?;
+                }
+            }
         }
     }
 
@@ -84,7 +102,7 @@ fn write_summary(out: &mut String, r: &Report) -> std::fmt::Result {
     if !lost.is_empty() {
         writeln!(out, "not seen by the tracer (results may be incomplete): {}", lost.join(", "))?;
     }
-    writeln!(out, "verdict: {} (confidence {:.2})", r.verdict.class, r.verdict.confidence)
+    Ok(())
 }
 
 pub(crate) fn site_line(site: &Site) -> String {
@@ -102,15 +120,12 @@ pub(crate) fn site_line(site: &Site) -> String {
 
 fn coverage(c: &Coverage) -> String {
     let ratio = c.coverage.map_or("n/a".to_string(), |r| format!("{:.0}%", r * 100.0));
-    format!("{} of {} ({ratio})", human_bytes(c.attributed_bytes), signed(c.growth_bytes))
-}
-
-pub(super) fn signed(n: i64) -> String {
-    if n > 0 {
-        format!("+{}", human_bytes(n))
-    } else {
-        human_bytes(n)
-    }
+    format!(
+        "{} of {} ({ratio}, unexplained {})",
+        human_bytes(c.attributed_bytes),
+        signed(c.growth_bytes),
+        human_bytes(c.unexplained_bytes)
+    )
 }
 
 /// The non-zero loss counters, named as in report.json.
@@ -145,13 +160,14 @@ mod tests {
              2 times\n");
         has("(10.0 s, 2 samples), limit 128.0 MiB\n");
         has("growth: usage +70.0 MiB, anon +64.0 MiB, file 0 B, slab n/a, kernel 0 B\n");
-        has("attributed: anon 64.0 MiB of +64.0 MiB (100%), slab/kernel 0 B of 0 B (n/a)\n");
+        has("attributed: anon 64.0 MiB of +64.0 MiB (100%, unexplained 0 B), slab/kernel 0 B of 0 B (n/a, unexplained 0 B)\n");
         has("  1. anon                 64.0 MiB  grow_cache  [leaker]\n");
         has("  2. slab:kmalloc-256      4.0 KiB  kmem_cache_alloc  [leaker]\n");
         has("OOM kills: 1\n  t=9.5s victim pid 42 (leaker), triggered by pid 43 (worker)\n");
         has("     top site before the kill: anon");
+        has("     grew most in the last 10 s: anon                 64.0 MiB  grow_cache  [leaker]\n");
         has("not seen by the tracer (results may be incomplete): ringbuf_drops 3\n");
-        assert!(text.ends_with("verdict: inconclusive (confidence 0.00)\n"));
+        assert!(text.contains("restarted 2 times\nverdict: inconclusive (confidence 0.00)\n  - x\nwindow:"), "{text}");
     }
 
     #[test]
@@ -173,6 +189,17 @@ mod tests {
         let c = r.target.container.as_mut().unwrap();
         (c.runtime, c.name, c.restart_count) = ("containerd".into(), String::new(), None);
         assert!(summary(&r).lines().next().unwrap().ends_with("id 1234), containerd container (abababababab)"));
+    }
+
+    #[test]
+    fn flight_recorder_spans_cut_to_the_same_length_show_once() {
+        let mut r = sample_report();
+        let span = r.oom_kills[0].grew_before_kill[0].clone();
+        r.oom_kills[0].grew_before_kill = [10.0, 30.0, 60.0]
+            .map(|seconds| crate::report::GrowthBeforeKill { seconds, covered_seconds: 9.5, ..span.clone() })
+            .to_vec();
+        let text = summary(&r);
+        assert_eq!(text.matches("grew most in the last 10 s").count(), 1, "{text}");
     }
 
     #[test]

@@ -37,6 +37,53 @@ pub struct MemorySnapshot {
     pub failcnt: Option<u64>,
 }
 
+/// The resident memory of a set of processes, from /proc/<pid>/status.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProcessesRss {
+    pub processes: u64,
+    /// Sum of RssAnon + RssFile + RssShmem.
+    pub rss: u64,
+    pub rss_anon: u64,
+    /// The process with the largest RssAnon: pid, comm, RssAnon, RSS.
+    pub main: Option<(u32, String, u64, u64)>,
+}
+
+/// Reads /proc/<pid>/status of each pid; processes that are gone (or kernel threads, without Rss lines) count as
+/// processes and add nothing.
+pub fn processes_rss(pids: &[u32]) -> ProcessesRss {
+    let mut out = ProcessesRss { processes: pids.len() as u64, ..Default::default() };
+    for &pid in pids {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { continue };
+        let (comm, anon, rss) = status_rss(&text);
+        out.rss += rss;
+        out.rss_anon += anon;
+        if out.main.as_ref().is_none_or(|m| anon > m.2) {
+            out.main = Some((pid, comm, anon, rss));
+        }
+    }
+    out
+}
+
+/// Name, RssAnon and RssAnon + RssFile + RssShmem (bytes) of a /proc/<pid>/status text.
+pub fn status_rss(text: &str) -> (String, u64, u64) {
+    let mut name = String::new();
+    let (mut anon, mut rss) = (0, 0);
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else { continue };
+        let kb = || value.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap_or(0) * 1024;
+        match key {
+            "Name" => name = value.trim().to_string(),
+            "RssAnon" => {
+                anon = kb();
+                rss += anon;
+            }
+            "RssFile" | "RssShmem" => rss += kb(),
+            _ => {}
+        }
+    }
+    (name, anon, rss)
+}
+
 /// Parses `key value` lines (memory.stat, memory.events, memory.oom_control). Lines of any other shape are skipped.
 pub fn parse_stat(text: &str) -> BTreeMap<String, u64> {
     text.lines()

@@ -167,3 +167,20 @@ fn real_memcg_on_this_host() {
     assert_eq!(s.oom_kills, Some(0));
     assert!(s.failcnt.is_some() && s.file.is_some() && s.kernel.is_some(), "{s:?}");
 }
+
+#[test]
+fn status_rss_sums_the_three_parts() {
+    let text =
+        "Name:\theap_leak\nVmRSS:\t  70000 kB\nRssAnon:\t   65536 kB\nRssFile:\t    1024 kB\nRssShmem:\t       4 kB\n";
+    assert_eq!(status_rss(text), ("heap_leak".to_string(), 65536 * 1024, (65536 + 1024 + 4) * 1024));
+    assert_eq!(status_rss("Name:\tkworker\n"), ("kworker".to_string(), 0, 0), "kernel threads have no Rss lines");
+}
+
+#[test]
+fn rss_of_this_process_and_a_gone_one() {
+    let me = std::process::id();
+    let r = processes_rss(&[me, u32::MAX - 1]);
+    assert_eq!(r.processes, 2);
+    assert!(r.rss_anon > 0 && r.rss >= r.rss_anon);
+    assert_eq!(r.main.unwrap().0, me);
+}

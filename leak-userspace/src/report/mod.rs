@@ -1,7 +1,8 @@
 //! The serde model of report.json, schema "leaktrace.report/1" (see CONTRACT.md). Every field of the contract is
 //! here under its contract name; `Option`s serialize as `null` and are never omitted, so scripts can rely on every
-//! key being present. Extensions (`schema`, `collection`, `OomKill::trigger_*`, `sites_early`, `target.cgroups`, the
-//! runtime facts in `target.container`, `kernel.degraded`) only add keys.
+//! key being present. Extensions (`schema`, `collection`, `growth`, `sites_early`, `target.cgroups`, the runtime facts
+//! in `target.container`, `kernel.degraded`, `OomKill::trigger_*` and the other fields marked "extension" below)
+//! only add keys.
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -26,6 +27,9 @@ pub struct Report {
     /// grew since is the growth flame graph.
     pub sites_early: Option<EarlySites>,
     pub verdict: Verdict,
+    /// Extension: robust growth rates per category after the warm-up, the limit in use, time to the limit, and the
+    /// OOM restarts: the trends the verdict is argued from.
+    pub growth: Growth,
     /// What the tracer could not see, and what it cost: the numbers that say how far to trust the rest.
     pub collection: Collection,
 }
@@ -96,8 +100,10 @@ pub struct Memory {
 }
 
 /// One reading of the cgroup's memory files; `t` in seconds since the window's start, the rest in bytes
-/// (`pids`: a count). `None`: this kernel or cgroup version does not report it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// (`pids`, `processes`: counts). `None`: this kernel or cgroup version does not report it. v1 and v2 are
+/// normalised to the v2 vocabulary (v1: `anon` = rss, `file` = cache, `kernel` = memory.kmem.usage_in_bytes, no
+/// `slab`). Everything after `pids` is an extension.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     pub t: f64,
     pub usage: u64,
@@ -105,13 +111,61 @@ pub struct Sample {
     pub file: Option<u64>,
     pub slab: Option<u64>,
     pub kernel: Option<u64>,
+    /// Tasks (threads) in the subtree.
     pub pids: Option<u64>,
+    /// The effective limit at this moment (it can be changed while tracing).
+    pub limit: Option<u64>,
+    pub kernel_stack: Option<u64>,
+    pub pagetables: Option<u64>,
+    pub sock: Option<u64>,
+    pub shmem: Option<u64>,
+    /// Cumulative OOM kills in the cgroup (v1 memory.oom_control `oom_kill`, v2 memory.events `oom_kill`).
+    pub oom_kill: Option<u64>,
+    /// Cumulative OOM situations (v2 memory.events `oom`; v1 has no such counter).
+    pub oom: Option<u64>,
+    /// Cumulative times the limit was hit (v1 memory.failcnt, v2 memory.events `max`).
+    pub failcnt: Option<u64>,
+    /// Processes in the subtree.
+    pub processes: Option<u64>,
+    /// Sum over the processes of /proc/<pid>/status RssAnon + RssFile + RssShmem, and of RssAnon alone.
+    pub rss: Option<u64>,
+    pub rss_anon: Option<u64>,
+    /// The process with the largest RssAnon.
+    pub main_process: Option<ProcessRss>,
+    /// What the traced sites held at this moment (net outstanding bytes since the trace began, per kind), so each
+    /// interval's growth can be reconciled with the memory files.
+    pub sites: Option<SiteTotals>,
+}
+
+/// Extension: one process's resident memory, from /proc/<pid>/status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessRss {
+    pub pid: u32,
+    pub comm: String,
+    pub rss_anon: u64,
+    /// RssAnon + RssFile + RssShmem.
+    pub rss: u64,
+}
+
+/// Extension: net outstanding bytes of every traced site by kind (same kinds as `sites[].kind`), and the bytes
+/// allocated in total (the load the workload puts on the allocators).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct SiteTotals {
+    pub anon: i64,
+    pub slab: i64,
+    pub page: i64,
+    pub percpu: i64,
+    pub other: i64,
+    pub allocated_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attribution {
     pub anon: Coverage,
     pub slab: Coverage,
+    /// Extension: the same reconciliation for every interval between two samples (`t0`..`t1`), from the site
+    /// totals recorded with each sample. Empty when the samples carry no site totals.
+    pub intervals: Vec<IntervalCoverage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -119,6 +173,18 @@ pub struct Coverage {
     pub growth_bytes: i64,
     pub attributed_bytes: i64,
     pub coverage: Option<f64>,
+    /// Extension: `growth_bytes - attributed_bytes`, the growth no traced site explains (negative: the sites hold
+    /// more than the cgroup grew).
+    pub unexplained_bytes: i64,
+}
+
+/// Extension: one interval's reconciliation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IntervalCoverage {
+    pub t0: f64,
+    pub t1: f64,
+    pub anon: Coverage,
+    pub slab: Coverage,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -171,6 +237,65 @@ pub struct OomKill {
     /// The task that ran into the limit: often not the victim.
     pub trigger_pid: u32,
     pub trigger_comm: String,
+    /// Extension: the victim's anon + file + shmem RSS from the kill event (`None` where the kernel gives only the
+    /// pid).
+    pub rss_bytes: Option<u64>,
+    /// Extension, the flight recorder: which sites grew in the 10, 30 and 60 seconds before the kill.
+    pub grew_before_kill: Vec<GrowthBeforeKill>,
+    /// Extension: which life of the workload this kill ended (1 = the first in the window; a restart policy that
+    /// relaunches the workload makes later kills 2, 3, ...).
+    pub life: u32,
+}
+
+/// Extension: the sites that grew in a span before an OOM kill; each site's `outstanding_bytes` and
+/// `outstanding_allocs` are the growth within the span, `alloc_bytes` and `alloc_count` what it allocated in it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GrowthBeforeKill {
+    /// The span asked for (10, 30, 60).
+    pub seconds: f64,
+    /// The span the recorder could cover (shorter when the trace began less than `seconds` before the kill).
+    pub covered_seconds: f64,
+    /// Sites that grew in the span, largest growth first.
+    pub sites: Vec<Site>,
+}
+
+/// Extension: how each category of memory moves after the warm-up, robustly (Theil-Sen slope: the median of the
+/// slopes between every pair of samples of the same life, so neither noise nor an OOM kill's drop bends it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Growth {
+    /// Samples before this `t` are the warm-up and are not used for trends.
+    pub warmup_seconds: f64,
+    /// Samples used (after the warm-up).
+    pub samples: u64,
+    /// Lives of the workload in the window: OOM kills split the series, and trends never span a kill.
+    pub lives: u32,
+    /// OOM kills after which a new process appeared in the cgroup.
+    pub restarts: u32,
+    /// usage, anon, file, kernel (slab where the cgroup has no kernel figure), kernel_stack, sock, shmem, tasks.
+    pub trends: Vec<Trend>,
+    /// Last usage / limit.
+    pub limit_share: Option<f64>,
+    /// Share of post-warm-up samples whose usage was above 80 % of the limit.
+    pub near_limit_share: Option<f64>,
+    /// Seconds until usage reaches the limit if the usage trend continues (null: no limit or no growth).
+    pub time_to_limit_seconds: Option<f64>,
+}
+
+/// Extension: one category's trend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trend {
+    pub name: String,
+    /// "bytes", or "tasks" for `tasks`.
+    pub unit: String,
+    /// Robust slope in units per hour.
+    pub rate_per_hour: f64,
+    /// Kendall's tau over the same pairs, -1..1: how steadily the category moves (1: every later sample is
+    /// higher); near 0 for a flat or noisy series.
+    pub steadiness: f64,
+    /// Slope times the time covered by the lives: the growth the trend accounts for.
+    pub change: f64,
+    pub first: Option<u64>,
+    pub last: Option<u64>,
 }
 
 /// `sites` at `t` seconds into the window, same shape and order as `Report::sites`.

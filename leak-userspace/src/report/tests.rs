@@ -30,7 +30,25 @@ pub(crate) fn site(kind: &str, outstanding: i64, frames: Vec<Frame>) -> Site {
 }
 
 fn sample(t: f64, usage: u64, anon: u64) -> Sample {
-    Sample { t, usage, anon: Some(anon), file: Some(1 << 20), slab: None, kernel: Some(2 << 20), pids: Some(1) }
+    Sample {
+        t,
+        usage,
+        anon: Some(anon),
+        file: Some(1 << 20),
+        slab: None,
+        kernel: Some(2 << 20),
+        pids: Some(1),
+        limit: Some(128 << 20),
+        shmem: Some(0),
+        oom_kill: Some(0),
+        failcnt: Some(0),
+        processes: Some(1),
+        rss: Some(anon),
+        rss_anon: Some(anon),
+        main_process: Some(ProcessRss { pid: 42, comm: "leaker".into(), rss_anon: anon, rss: anon }),
+        sites: Some(SiteTotals { anon: anon as i64 - (8 << 20), allocated_bytes: anon, ..Default::default() }),
+        ..Default::default()
+    }
 }
 
 /// A small but complete report, shared by the tests of the modules that read reports.
@@ -75,8 +93,14 @@ pub(crate) fn sample_report() -> Report {
             samples: vec![sample(0.0, 10 << 20, 8 << 20), sample(10.0, 80 << 20, 72 << 20)],
         },
         attribution: Attribution {
-            anon: Coverage { growth_bytes: 64 << 20, attributed_bytes: 64 << 20, coverage: Some(1.0) },
-            slab: Coverage { growth_bytes: 0, attributed_bytes: 0, coverage: None },
+            anon: Coverage {
+                growth_bytes: 64 << 20,
+                attributed_bytes: 64 << 20,
+                coverage: Some(1.0),
+                unexplained_bytes: 0,
+            },
+            slab: Coverage { growth_bytes: 0, attributed_bytes: 0, coverage: None, unexplained_bytes: 0 },
+            intervals: Vec::new(),
         },
         sites: vec![
             heap.clone(),
@@ -90,9 +114,30 @@ pub(crate) fn sample_report() -> Report {
             sites_before_kill: vec![heap.clone()],
             trigger_pid: 43,
             trigger_comm: "worker".into(),
+            rss_bytes: None,
+            grew_before_kill: vec![GrowthBeforeKill { seconds: 10.0, covered_seconds: 9.5, sites: vec![heap.clone()] }],
+            life: 1,
         }],
         sites_early: Some(EarlySites { t: 3.0, sites: vec![Site { outstanding_bytes: 16 << 20, ..heap }] }),
         verdict: Verdict { class: "inconclusive".into(), confidence: 0.0, evidence: vec!["x".into()] },
+        growth: Growth {
+            warmup_seconds: 1.0,
+            samples: 1,
+            lives: 2,
+            restarts: 0,
+            trends: vec![Trend {
+                name: "anon".into(),
+                unit: "bytes".into(),
+                rate_per_hour: 23.0 * 1024.0 * 1024.0 * 1024.0,
+                steadiness: 1.0,
+                change: 64.0 * 1024.0 * 1024.0,
+                first: Some(8 << 20),
+                last: Some(72 << 20),
+            }],
+            limit_share: Some(0.625),
+            near_limit_share: Some(0.0),
+            time_to_limit_seconds: Some(6.9),
+        },
         collection: Collection { ringbuf_drops: 3, tracer_cpu_seconds: 0.5, ..Default::default() },
     }
 }
@@ -304,4 +349,75 @@ fn write_into_missing_directory_fails_cleanly() {
 fn frame_label_falls_back_to_address() {
     assert_eq!(Frame::unknown(0x10, false).label(), "0x10");
     assert_eq!(frame(Some("f"), 0x10, true).label(), "f");
+}
+
+#[test]
+fn diagnosis_extension_keys_have_their_types() {
+    use Ty::*;
+    let v = serde_json::to_value(sample_report()).unwrap();
+    let o = Opt(&U64);
+    for s in v["memory"]["samples"].as_array().unwrap() {
+        keys(
+            s,
+            "samples[]",
+            &[
+                ("limit", o),
+                ("kernel_stack", o),
+                ("pagetables", o),
+                ("sock", o),
+                ("shmem", o),
+                ("oom_kill", o),
+                ("oom", o),
+                ("failcnt", o),
+                ("processes", o),
+                ("rss", o),
+                ("rss_anon", o),
+                ("main_process", Opt(&Obj)),
+                ("sites", Opt(&Obj)),
+            ],
+        );
+        keys(&s["main_process"], "main_process", &[("pid", U64), ("comm", Str), ("rss_anon", U64), ("rss", U64)]);
+        keys(
+            &s["sites"],
+            "samples[].sites",
+            &[("anon", I64), ("slab", I64), ("page", I64), ("percpu", I64), ("other", I64), ("allocated_bytes", U64)],
+        );
+        assert!(s["pagetables"].is_null());
+    }
+    for cat in ["anon", "slab"] {
+        keys(&v["attribution"][cat], cat, &[("unexplained_bytes", I64)]);
+    }
+    keys(&v["attribution"], "attribution", &[("intervals", Arr)]);
+    let k = &v["oom_kills"][0];
+    keys(k, "oom_kills[]", &[("rss_bytes", Opt(&U64)), ("grew_before_kill", Arr), ("life", U64)]);
+    let g = &k["grew_before_kill"][0];
+    keys(g, "grew_before_kill[]", &[("seconds", F64), ("covered_seconds", F64), ("sites", Arr)]);
+    check_site(&g["sites"][0], "grew_before_kill[].sites[]");
+    keys(
+        &v["growth"],
+        "growth",
+        &[
+            ("warmup_seconds", F64),
+            ("samples", U64),
+            ("lives", U64),
+            ("restarts", U64),
+            ("trends", Arr),
+            ("limit_share", Opt(&F64)),
+            ("near_limit_share", Opt(&F64)),
+            ("time_to_limit_seconds", Opt(&F64)),
+        ],
+    );
+    keys(
+        &v["growth"]["trends"][0],
+        "growth.trends[]",
+        &[
+            ("name", Str),
+            ("unit", Str),
+            ("rate_per_hour", F64),
+            ("steadiness", F64),
+            ("change", F64),
+            ("first", o),
+            ("last", o),
+        ],
+    );
 }

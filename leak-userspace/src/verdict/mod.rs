@@ -1,0 +1,517 @@
+//! The verdict: what kind of memory problem the window shows, argued the way an SRE would from memory.stat, the
+//! task count, process RSS and the OOM kills, with every evidence line quoting its numbers.
+//!
+//! Rules, in order, on the robust trends of [`growth`] (after the warm-up, never across an OOM kill):
+//! - too few samples and no kill: inconclusive;
+//! - the task count rises steadily together with memory: thread (or connection) leak;
+//! - of anon, kernel memory (slab / kmem) and file, the one that rises steadily and most names the problem: heap
+//!   leak (also when it ends in OOM kills, in every life of a restart loop), kernel-side leak, or cache growth
+//!   (only without kills: the kernel reclaims cache before it kills);
+//! - one OOM kill ending a life too short for a trend, with the traced sites growing up to it: heap (or kernel)
+//!   leak, with less confidence;
+//! - repeated OOM kills with no growth trend within a life: limit too low (the working set does not fit);
+//! - usage above 80 % of the limit for most of the window, flat: limit too low (cache growth when file memory,
+//!   which reclaim takes back, fills it);
+//! - usage rises while no category does: inconclusive (the figures contradict each other);
+//! - otherwise: no leak.
+pub mod growth;
+
+use crate::{
+    export::{clamp, human_bytes, signed},
+    report::{Coverage, Growth, Report, Site, Trend, Verdict},
+    sites::{app_frame, is_allocator},
+};
+
+/// A byte category grows when its trend accounts for at least this much, and for at least `MIN_GROWTH_SHARE` of
+/// the limit (of the peak usage without a limit): less is noise at this scale.
+const MIN_GROWTH: f64 = 2.0 * 1024.0 * 1024.0;
+const MIN_GROWTH_SHARE: f64 = 0.01;
+/// A task count grows when it gains at least this many tasks.
+const MIN_TASKS: f64 = 5.0;
+/// Kendall's tau a trend needs to count as steady.
+const STEADY: f64 = 0.5;
+/// Post-warm-up samples below which no trend is claimed.
+const MIN_SAMPLES: u64 = 5;
+/// Samples at which a trend's confidence stops growing with the sample count.
+const FULL_SAMPLES: f64 = 20.0;
+/// Share of the window spent near the limit that makes a plateau.
+const PLATEAU_SHARE: f64 = 0.8;
+
+pub fn judge(r: &Report) -> Verdict {
+    let f = Facts::new(r);
+    let (class, confidence, mut evidence) = f.classify();
+    evidence.extend(f.common_evidence());
+    Verdict { class: class.into(), confidence: (confidence * 100.0).round() / 100.0, evidence }
+}
+
+struct Facts<'a> {
+    r: &'a Report,
+    g: &'a Growth,
+    /// Bytes below which a change is noise.
+    min_bytes: f64,
+}
+
+impl<'a> Facts<'a> {
+    fn new(r: &'a Report) -> Self {
+        let peak = r.memory.samples.iter().map(|s| s.usage).max().unwrap_or(0);
+        let scale = r.memory.limit_bytes.unwrap_or(peak) as f64;
+        Facts { r, g: &r.growth, min_bytes: MIN_GROWTH.max(MIN_GROWTH_SHARE * scale) }
+    }
+
+    fn trend(&self, name: &str) -> Option<&Trend> {
+        self.g.trends.iter().find(|t| t.name == name)
+    }
+
+    fn grows(&self, name: &str) -> bool {
+        let min = if name == "tasks" { MIN_TASKS } else { self.min_bytes };
+        self.trend(name).is_some_and(|t| t.steadiness >= STEADY && t.change >= min)
+    }
+
+    fn change(&self, name: &str) -> f64 {
+        self.trend(name).map_or(0.0, |t| t.change)
+    }
+
+    /// How much a trend is worth: its steadiness scaled by how many samples back it.
+    fn strength(&self, name: &str) -> f64 {
+        let tau = self.trend(name).map_or(0.0, |t| t.steadiness.abs());
+        tau * (self.g.samples as f64 / FULL_SAMPLES).min(1.0)
+    }
+
+    fn classify(&self) -> (&'static str, f64, Vec<String>) {
+        let kills = self.r.oom_kills.len();
+        if self.g.samples < MIN_SAMPLES && kills == 0 {
+            return (
+                "inconclusive",
+                0.0,
+                vec![format!(
+                    "window too short: {} sample(s) after a warm-up of {:.1} s, {MIN_SAMPLES} needed for a trend; \
+                     trace longer or with a shorter --interval",
+                    self.g.samples, self.g.warmup_seconds
+                )],
+            );
+        }
+        let (anon, kernel, file, usage, tasks) =
+            (self.grows("anon"), self.grows("kernel"), self.grows("file"), self.grows("usage"), self.grows("tasks"));
+        let near = self.g.near_limit_share.unwrap_or(0.0);
+        // Among the categories that grow, the one that grows most names the problem: page cache brings its kernel
+        // metadata along (buffer heads, xarray nodes), a heap leak its page tables.
+        let largest = [("anon", anon), ("kernel", kernel), ("file", file && kills == 0)]
+            .into_iter()
+            .filter(|(_, grows)| *grows)
+            .max_by(|a, b| self.change(a.0).total_cmp(&self.change(b.0)))
+            .map(|(name, _)| name);
+        if tasks && (usage || kernel || anon) {
+            self.thread_leak()
+        } else if largest == Some("kernel") {
+            self.kernel_leak()
+        } else if largest == Some("anon") {
+            self.heap_leak()
+        } else if largest == Some("file") {
+            self.cache_growth(false)
+        } else if kills == 1 && self.grew_before_kill().is_some() {
+            self.one_kill_after_growth()
+        } else if kills > 0 {
+            self.killed_without_trend()
+        } else if near >= PLATEAU_SHARE {
+            let last = self.r.memory.samples.last();
+            let file_share = last.and_then(|s| Some(s.file? as f64 / s.usage.max(1) as f64)).unwrap_or(0.0);
+            if file_share >= 0.5 {
+                self.cache_growth(true)
+            } else {
+                self.plateau_near_limit()
+            }
+        } else if usage {
+            let mut ev =
+                vec![format!("{}, but none of anon, file or kernel memory grows steadily", self.line("usage"))];
+            ev.push("the figures contradict each other (memory outside the categories, or a breakdown this kernel does not report): no class is claimed".into());
+            ("inconclusive", 0.0, ev)
+        } else {
+            self.no_leak()
+        }
+    }
+
+    fn thread_leak(&self) -> (&'static str, f64, Vec<String>) {
+        let mut ev = vec![self.line("tasks")];
+        let tasks = self.change("tasks");
+        for name in ["kernel", "kernel_stack", "anon"] {
+            if self.trend(name).is_some() {
+                ev.push(self.line(name));
+            }
+        }
+        let memory = self.change("usage");
+        if tasks > 0.0 && memory > 0.0 {
+            ev.push(format!(
+                "about {} of memory per added task (kernel stack, task structures, thread stack pages)",
+                human_bytes((memory / tasks) as i64)
+            ));
+        }
+        ev.extend(self.top_sites(&self.r.sites, &["slab", "page", "percpu"]));
+        ev.extend(self.kills_line());
+        ("thread-leak", 0.5 + 0.45 * self.strength("tasks"), ev)
+    }
+
+    fn kernel_leak(&self) -> (&'static str, f64, Vec<String>) {
+        let mut ev = vec![self.line("kernel")];
+        for name in ["kernel_stack", "sock"] {
+            if self.grows(name) {
+                ev.push(self.line(name));
+            }
+        }
+        ev.push(format!("anon meanwhile: {}", self.line("anon")));
+        ev.push(format!("tasks: {}", self.line("tasks")));
+        ev.extend(self.top_sites(&self.r.sites, &["slab", "page", "percpu"]));
+        ev.push(coverage_line("kernel memory", &self.r.attribution.slab));
+        ev.extend(self.kills_line());
+        ("kernel-leak", 0.5 + 0.45 * self.strength("kernel"), ev)
+    }
+
+    fn heap_leak(&self) -> (&'static str, f64, Vec<String>) {
+        let mut ev = vec![self.line("anon")];
+        ev.push(format!("load: {}{}", self.line("tasks"), self.allocation_rate().unwrap_or_default()));
+        ev.extend(self.top_sites(&self.r.sites, &["anon"]));
+        ev.extend(self.rss_line());
+        ev.push(coverage_line("anon", &self.r.attribution.anon));
+        ev.extend(self.interval_coverage());
+        ev.extend(self.limit_line());
+        ev.extend(self.kills_line());
+        ("heap-leak", 0.5 + 0.45 * self.strength("anon"), ev)
+    }
+
+    fn cache_growth(&self, plateau: bool) -> (&'static str, f64, Vec<String>) {
+        let mut ev = vec![self.line("file")];
+        ev.push(format!("anon meanwhile: {}", self.line("anon")));
+        if self.grows("kernel") {
+            ev.push(format!(
+                "kernel memory grows along with it, less than the cache (its metadata, reclaimed with it): {}",
+                self.line("kernel")
+            ));
+        }
+        if let Some(s) = self.r.memory.samples.last() {
+            if let Some(file) = s.file {
+                ev.push(format!(
+                    "file (page cache, reclaimable) is {:.0}% of the usage {}",
+                    100.0 * file as f64 / s.usage.max(1) as f64,
+                    human_bytes(clamp(s.usage))
+                ));
+            }
+        }
+        if plateau {
+            ev.extend(self.limit_line());
+        }
+        ev.push("no OOM kill: the kernel reclaims the cache before it kills".into());
+        let strength = if plateau { self.g.near_limit_share.unwrap_or(0.0) } else { self.strength("file") };
+        ("cache-growth", 0.5 + 0.4 * strength, ev)
+    }
+
+    /// Anon and kernel-side bytes the sites gained in the flight recorder's first span before the last kill, when
+    /// that is more than noise.
+    fn grew_before_kill(&self) -> Option<(f64, i64, i64)> {
+        let span = self.r.oom_kills.last()?.grew_before_kill.first()?;
+        let sum = |kinds: &[&str]| -> i64 {
+            span.sites.iter().filter(|s| kinds.contains(&s.kind.as_str())).map(|s| s.outstanding_bytes).sum()
+        };
+        let (anon, kernel) = (sum(&["anon"]), sum(&["slab", "page", "percpu"]));
+        ((anon.max(kernel) as f64) >= self.min_bytes).then_some((span.covered_seconds, anon, kernel))
+    }
+
+    /// A single kill ending a life too short for a trend, with the traced sites growing up to it: a leak fast
+    /// enough to reach the limit within a few samples. Claimed with less confidence: one start-up that needs more
+    /// than the limit would look the same, and only repeated kills tell the two apart.
+    fn one_kill_after_growth(&self) -> (&'static str, f64, Vec<String>) {
+        let (covered, anon, kernel) = self.grew_before_kill().unwrap_or_default();
+        let heap = anon >= kernel;
+        let mut ev = vec![format!(
+            "one OOM kill after a life too short for a trend; in the {covered:.0} s before it the traced sites grew \
+             anon {} and kernel memory {}",
+            human_bytes(anon),
+            human_bytes(kernel)
+        )];
+        ev.extend(self.kills_line());
+        let grown = self.r.oom_kills.last().and_then(|k| k.grew_before_kill.first()).map_or(&[][..], |g| &g.sites);
+        ev.extend(self.top_sites(grown, if heap { &["anon"] } else { &["slab", "page", "percpu"] }));
+        ev.push("a single kill cannot rule out a start-up working set larger than the limit: trace a restart, or longer with a shorter --interval".into());
+        (if heap { "heap-leak" } else { "kernel-leak" }, 0.55, ev)
+    }
+
+    fn killed_without_trend(&self) -> (&'static str, f64, Vec<String>) {
+        let kills = &self.r.oom_kills;
+        let mut ev: Vec<String> = self.kills_line().into_iter().collect();
+        let rss: Vec<String> =
+            kills.iter().filter_map(|k| k.rss_bytes.or(k.anon_rss_bytes)).map(|b| human_bytes(clamp(b))).collect();
+        if !rss.is_empty() {
+            ev.push(format!("victims' RSS at each kill: {}", rss.join(", ")));
+        }
+        ev.push(match self.trend("anon") {
+            Some(_) => format!("no steady growth within a life: {}", self.line("anon")),
+            None => "no growth trend within a life: every life was too short for one (fewer than 4 samples)".into(),
+        });
+        ev.push("the workload builds the same working set each life and it does not fit: raise the limit (or shrink the working set); a leak fast enough to fill the limit within one sampling interval would look the same".into());
+        let confidence = (0.4 + 0.15 * kills.len() as f64).min(0.85);
+        ("limit-too-low", confidence, ev)
+    }
+
+    fn plateau_near_limit(&self) -> (&'static str, f64, Vec<String>) {
+        let mut ev: Vec<String> = self.limit_line().into_iter().collect();
+        ev.push(format!("usage flat: {}", self.line("usage")));
+        ev.push(format!("anon: {}", self.line("anon")));
+        ev.push("the working set fits only just: raise the limit before a burst pushes it over".into());
+        let near = self.g.near_limit_share.unwrap_or(0.0);
+        ("limit-too-low", 0.5 + 0.4 * near * (self.g.samples as f64 / FULL_SAMPLES).min(1.0), ev)
+    }
+
+    fn no_leak(&self) -> (&'static str, f64, Vec<String>) {
+        let ev = ["usage", "anon", "file", "kernel", "tasks"]
+            .into_iter()
+            .filter(|n| self.trend(n).is_some())
+            .map(|n| format!("flat after warm-up: {}", self.line(n)))
+            .collect::<Vec<_>>();
+        // A steady drift counts against "flat" only when it moves a quarter of the growth threshold: page-sized
+        // wobbles are steady in rank (tau) but not in bytes.
+        let worst = ["usage", "anon", "kernel"]
+            .iter()
+            .filter(|n| self.change(n).abs() >= self.min_bytes / 4.0)
+            .map(|n| self.strength(n))
+            .fold(0.0, f64::max);
+        let confidence = 0.5 + 0.4 * (self.g.samples as f64 / FULL_SAMPLES).min(1.0) * (1.0 - worst);
+        ("no-leak", confidence, ev)
+    }
+
+    /// "anon 12.0 MiB -> 68.0 MiB, +201.6 MiB/h (steadiness 0.98)".
+    fn line(&self, name: &str) -> String {
+        let Some(t) = self.trend(name) else { return format!("{name} not reported") };
+        let show = |v: Option<u64>| match (v, t.unit.as_str()) {
+            (None, _) => "?".to_string(),
+            (Some(v), "tasks") => v.to_string(),
+            (Some(v), _) => human_bytes(clamp(v)),
+        };
+        let rate = if t.unit == "tasks" {
+            format!("{:+.0} tasks/h", t.rate_per_hour)
+        } else {
+            format!("{}/h", signed(t.rate_per_hour as i64))
+        };
+        let within = if self.g.lives > 1 { " within lives" } else { "" };
+        format!("{name} {} -> {}, {rate}{within} (steadiness {:.2})", show(t.first), show(t.last), t.steadiness)
+    }
+
+    /// The per-interval allocation rate and how much it varies: flat load shows as a steady rate.
+    fn allocation_rate(&self) -> Option<String> {
+        let from = self.g.warmup_seconds;
+        let s: Vec<_> = self.r.memory.samples.iter().filter(|s| s.t >= from).collect();
+        let mut rates: Vec<f64> = s
+            .windows(2)
+            .filter_map(|w| {
+                let (a, b) = (w[0].sites?, w[1].sites?);
+                let dt = w[1].t - w[0].t;
+                (dt > 0.0).then(|| b.allocated_bytes.saturating_sub(a.allocated_bytes) as f64 / dt)
+            })
+            .collect();
+        if rates.len() < 3 {
+            return None;
+        }
+        let mid = median(&mut rates);
+        let mut dev: Vec<f64> = rates.iter().map(|r| (r - mid).abs()).collect();
+        let spread = median(&mut dev) / mid.max(1.0);
+        Some(format!(", allocations {}/s (median, ±{:.0}% between intervals)", human_bytes(mid as i64), spread * 100.0))
+    }
+
+    /// Where the largest growing sites of these kinds sit: the kernel function (for kernel memory), the user call
+    /// chain, and whose code that is.
+    fn top_sites(&self, sites: &[Site], kinds: &[&str]) -> Vec<String> {
+        sites
+            .iter()
+            .filter(|s| kinds.contains(&s.kind.as_str()) && s.outstanding_bytes > 0)
+            .take(3)
+            .map(|s| {
+                let cache = s.slab_cache.as_ref().map(|c| format!(" ({c})")).unwrap_or_default();
+                let kernel = match named_frames(s, true).first() {
+                    Some(k) if s.kind != "anon" => format!(", in the kernel via {k}"),
+                    _ => String::new(),
+                };
+                let chain = named_frames(s, false);
+                let user = if chain.is_empty() {
+                    String::new()
+                } else {
+                    format!(", from {}", chain.iter().take(3).copied().collect::<Vec<_>>().join(" <- "))
+                };
+                format!(
+                    "site: {} {}{cache} outstanding{kernel}{user}; the memory sits in {}",
+                    s.kind,
+                    human_bytes(s.outstanding_bytes),
+                    location(s)
+                )
+            })
+            .collect()
+    }
+
+    /// Whether the processes' RSS carries the anon growth, and which process holds the most.
+    fn rss_line(&self) -> Option<String> {
+        let rss = self.trend("rss_anon")?;
+        let anon = self.change("anon");
+        let share = if anon > 0.0 { rss.change / anon } else { 0.0 };
+        let main = self.r.memory.samples.iter().rev().find_map(|s| s.main_process.as_ref());
+        let who = main.map_or(String::new(), |p| {
+            format!("; largest: pid {} ({}) RssAnon {}", p.pid, p.comm, human_bytes(clamp(p.rss_anon)))
+        });
+        let verdict = if share >= 0.7 {
+            "the processes' own heap carries the growth"
+        } else {
+            "the growth is not in the processes' RSS (shmem/tmpfs, a sidecar that exited, or kernel-held pages)"
+        };
+        Some(format!(
+            "processes' RssAnon {}/h = {:.0}% of the anon trend{who}: {verdict}",
+            signed(rss.rate_per_hour as i64),
+            share * 100.0
+        ))
+    }
+
+    /// The per-interval reconciliation: the median share of each growing interval the sites explain.
+    fn interval_coverage(&self) -> Option<String> {
+        let mut shares: Vec<f64> =
+            self.r.attribution.intervals.iter().filter_map(|i| i.anon.coverage).filter(|c| c.is_finite()).collect();
+        let n = shares.len();
+        (n >= 3).then(|| {
+            format!(
+                "per interval, sites explain a median {:.0}% of the anon growth ({n} intervals with growth)",
+                median(&mut shares) * 100.0
+            )
+        })
+    }
+
+    fn limit_line(&self) -> Option<String> {
+        let limit = self.r.memory.limit_bytes?;
+        let mut line = format!(
+            "usage at {:.0}% of the {} limit, above {:.0}% of it in {:.0}% of the samples after warm-up",
+            self.g.limit_share.unwrap_or(0.0) * 100.0,
+            human_bytes(clamp(limit)),
+            growth::NEAR_LIMIT * 100.0,
+            self.g.near_limit_share.unwrap_or(0.0) * 100.0
+        );
+        if let Some(secs) = self.g.time_to_limit_seconds {
+            line += &format!("; the limit is reached in {secs:.1} s if the trend continues");
+        }
+        Some(line)
+    }
+
+    fn kills_line(&self) -> Option<String> {
+        let kills = &self.r.oom_kills;
+        if kills.is_empty() {
+            return None;
+        }
+        let victims: Vec<String> = kills.iter().map(|k| format!("{} ({}) at {:.1} s", k.pid, k.comm, k.t)).collect();
+        let mut line = format!(
+            "{} OOM kill(s), {} restart(s) of the workload: {}",
+            kills.len(),
+            self.g.restarts,
+            victims.join(", ")
+        );
+        // The flight recorder's first span of the last kill: what was growing when the limit was hit.
+        let last = kills.last().and_then(|k| k.grew_before_kill.first());
+        if let Some((span, site)) = last.and_then(|g| Some((g, g.sites.first()?))) {
+            let user = named_frames(site, false);
+            let names = if user.is_empty() { named_frames(site, true) } else { user };
+            let name =
+                if names.is_empty() { "(unnamed site)".into() } else { names[..names.len().min(2)].join(" <- ") };
+            line += &format!(
+                "; in the {:.0} s before the last kill, {} {name} grew by {}",
+                span.covered_seconds,
+                site.kind,
+                human_bytes(site.outstanding_bytes)
+            );
+        }
+        Some(line)
+    }
+
+    /// Lines every verdict carries: the OOM kills the tracer saw against the cgroup's own counter.
+    fn common_evidence(&self) -> Vec<String> {
+        let seen = self.r.oom_kills.len() as u64;
+        let counted = crate::attribution::growth(&self.r.memory.samples, |s| s.oom_kill).unwrap_or(0).max(0) as u64;
+        if counted > seen {
+            vec![format!(
+                "the cgroup counted {counted} OOM kill(s) in the window, the tracer saw {seen}: kills are missing \
+                 from oom_kills (ring buffer drops, or a kernel without oom:mark_victim)"
+            )]
+        } else if seen == 0 {
+            vec!["0 OOM kills in the window".into()]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// The symbols of a site's frames on one side (kernel or user) past the allocator's own, leaf first, without
+/// repeats (inlined helpers show the same name twice).
+fn named_frames(site: &Site, kernel: bool) -> Vec<&str> {
+    let mut names: Vec<&str> = site
+        .frames
+        .iter()
+        .filter(|f| f.kernel == kernel)
+        .filter_map(|f| f.symbol.as_deref())
+        .filter(|s| !is_allocator(s))
+        .collect();
+    names.dedup();
+    names
+}
+
+/// Who the memory belongs to: application code, a language runtime, the C allocator, or the kernel.
+fn location(site: &Site) -> String {
+    const RUNTIMES: &[&str] = &[
+        "libjvm",
+        "libpython",
+        "python",
+        "libnode",
+        "node",
+        "libruby",
+        "ruby",
+        "libperl",
+        "perl",
+        "libphp",
+        "php",
+        "libcoreclr",
+        "libmono",
+        "beam.smp",
+    ];
+    let user: Vec<_> = site.frames.iter().filter(|f| !f.kernel).collect();
+    if user.is_empty() {
+        return "the kernel (no user stack)".into();
+    }
+    match app_frame(site) {
+        Some(f) if !f.kernel && !f.symbol.as_deref().is_some_and(is_allocator) => {
+            let module = f.module.as_deref().unwrap_or("");
+            let base = module.rsplit('/').next().unwrap_or(module);
+            if base.starts_with("libc.so") || base.starts_with("libc-") {
+                "the C library (libc)".into()
+            } else if let Some(rt) = RUNTIMES.iter().find(|r| base.starts_with(*r)) {
+                format!("a language runtime ({rt}, {base})")
+            } else if f.symbol.as_deref().is_some_and(|s| s.starts_with("runtime.")) {
+                "a language runtime (the Go runtime)".into()
+            } else {
+                format!("application code ({})", if base.is_empty() { "?" } else { base })
+            }
+        }
+        _ if user.iter().any(|f| f.symbol.is_some()) => "the C allocator (no application frame above it)".into(),
+        _ => "user code without symbols".into(),
+    }
+}
+
+fn coverage_line(what: &str, c: &Coverage) -> String {
+    let ratio = c.coverage.map_or("n/a".to_string(), |r| format!("{:.0}%", r * 100.0));
+    format!(
+        "{what} grew {} over the window; traced sites explain {} ({ratio}), unexplained {}",
+        human_bytes(c.growth_bytes),
+        human_bytes(c.attributed_bytes),
+        human_bytes(c.unexplained_bytes)
+    )
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,369 @@
+//! The classifier on synthetic series: every class, and the edges (short windows, noisy plateaus, a leak that is
+//! also near the limit, a restart loop).
+use super::*;
+use crate::report::{Frame, ProcessRss, SiteTotals};
+use crate::{
+    attribution,
+    report::{tests::sample_report, OomKill, Sample},
+};
+
+const MIB: u64 = 1 << 20;
+
+/// A deterministic jitter in -0.5..0.5.
+fn jitter(i: usize) -> f64 {
+    let x = (i as u64).wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    ((x >> 33) as f64 / (1u64 << 31) as f64) - 0.5
+}
+
+/// `n` samples one second apart; `f` fills in each from its index.
+fn series(n: usize, f: impl Fn(usize, &mut Sample)) -> Vec<Sample> {
+    (0..n)
+        .map(|i| {
+            let mut s = Sample {
+                t: i as f64,
+                usage: 0,
+                anon: Some(20 * MIB),
+                file: Some(2 * MIB),
+                kernel: Some(3 * MIB),
+                pids: Some(4),
+                limit: Some(512 * MIB),
+                ..Default::default()
+            };
+            f(i, &mut s);
+            if s.usage == 0 {
+                s.usage = s.anon.unwrap_or(0) + s.file.unwrap_or(0) + s.kernel.unwrap_or(0);
+            }
+            s
+        })
+        .collect()
+}
+
+fn kill(t: f64, life: u32) -> OomKill {
+    let mut k = sample_report().oom_kills[0].clone();
+    k.t = t;
+    k.life = life;
+    k.rss_bytes = Some(60 * MIB);
+    k
+}
+
+fn judged(samples: Vec<Sample>, kills: Vec<OomKill>, restarts: u32) -> Verdict {
+    let mut r = sample_report();
+    r.memory.limit_bytes = samples.last().and_then(|s| s.limit);
+    r.attribution = attribution::attribute(&samples, &r.sites);
+    let times: Vec<f64> = kills.iter().map(|k| k.t).collect();
+    r.growth = growth::analyse(&samples, &times, r.memory.limit_bytes, restarts);
+    r.memory.samples = samples;
+    r.oom_kills = kills;
+    let v = judge(&r);
+    eprintln!("{} {:.2}\n  {}", v.class, v.confidence, v.evidence.join("\n  "));
+    v
+}
+
+fn has(v: &Verdict, needle: &str) {
+    assert!(v.evidence.iter().any(|e| e.contains(needle)), "no evidence line with {needle:?}: {:#?}", v.evidence);
+}
+
+#[test]
+fn heap_leak() {
+    let v = judged(series(30, |i, s| s.anon = Some(20 * MIB + i as u64 * MIB)), vec![], 0);
+    assert_eq!(v.class, "heap-leak");
+    assert!(v.confidence >= 0.9, "{}", v.confidence);
+    has(&v, "anon 23.0 MiB -> 49.0 MiB, +3.5 GiB/h (steadiness 1.00)");
+    has(&v, "load: tasks 4 -> 4");
+    has(&v, "site: anon 64.0 MiB outstanding, from grow_cache <- main; the memory sits in application code (app)");
+    has(&v, "0 OOM kills");
+}
+
+#[test]
+fn noisy_heap_leak_is_still_one() {
+    let v = judged(
+        series(40, |i, s| s.anon = Some(20 * MIB + i as u64 * MIB / 2 + (jitter(i) * 2.0 * MIB as f64) as u64)),
+        vec![],
+        0,
+    );
+    assert_eq!(v.class, "heap-leak");
+    assert!(v.confidence > 0.6 && v.confidence < 0.95, "{}", v.confidence);
+}
+
+#[test]
+fn leak_near_the_limit_is_a_leak_with_its_time_to_limit() {
+    let v = judged(
+        series(30, |i, s| {
+            s.limit = Some(100 * MIB);
+            s.anon = Some(60 * MIB + i as u64 * MIB);
+        }),
+        vec![],
+        0,
+    );
+    assert_eq!(v.class, "heap-leak");
+    has(&v, "limit is reached in");
+    has(&v, "of the 100.0 MiB limit");
+}
+
+#[test]
+fn kernel_leak_on_v1_kmem() {
+    let v = judged(series(30, |i, s| s.kernel = Some(3 * MIB + i as u64 * MIB / 2)), vec![], 0);
+    assert_eq!(v.class, "kernel-leak");
+    has(&v, "kernel 4.5 MiB -> 17.5 MiB");
+    has(&v, "anon meanwhile: anon 20.0 MiB -> 20.0 MiB");
+    has(&v, "site: slab 4.0 KiB (kmalloc-256) outstanding; the memory sits in the kernel (no user stack)");
+}
+
+#[test]
+fn kernel_leak_on_v2_slab_and_sock() {
+    let v = judged(
+        series(30, |i, s| {
+            s.slab = Some(MIB + i as u64 * MIB / 2);
+            s.sock = Some(i as u64 * MIB / 4);
+            s.kernel = Some(3 * MIB + i as u64 * 3 * MIB / 4);
+        }),
+        vec![],
+        0,
+    );
+    assert_eq!(v.class, "kernel-leak");
+    has(&v, "sock ");
+}
+
+#[test]
+fn thread_leak() {
+    let v = judged(
+        series(30, |i, s| {
+            s.pids = Some(4 + 10 * i as u64);
+            s.kernel = Some(3 * MIB + i as u64 * 300 * 1024);
+            s.kernel_stack = Some(i as u64 * 160 * 1024);
+            s.anon = Some(20 * MIB + i as u64 * 100 * 1024);
+        }),
+        vec![],
+        0,
+    );
+    assert_eq!(v.class, "thread-leak");
+    has(&v, "tasks 34 -> 294, +36000 tasks/h");
+    has(&v, "of memory per added task");
+}
+
+#[test]
+fn tasks_rising_without_memory_is_not_a_thread_leak() {
+    let v = judged(series(30, |i, s| s.pids = Some(4 + i as u64)), vec![], 0);
+    assert_eq!(v.class, "no-leak");
+}
+
+#[test]
+fn cache_growth() {
+    let v = judged(series(30, |i, s| s.file = Some(2 * MIB + 4 * i as u64 * MIB)), vec![], 0);
+    assert_eq!(v.class, "cache-growth");
+    has(&v, "file (page cache, reclaimable)");
+}
+
+#[test]
+fn cache_with_its_kernel_metadata_is_cache() {
+    let v = judged(
+        series(30, |i, s| {
+            s.file = Some(2 * MIB + 4 * i as u64 * MIB);
+            s.kernel = Some(3 * MIB + i as u64 * MIB / 4);
+        }),
+        vec![],
+        0,
+    );
+    assert_eq!(v.class, "cache-growth");
+    has(&v, "kernel memory grows along with it");
+}
+
+#[test]
+fn cache_filling_the_limit_is_cache() {
+    let v = judged(
+        series(30, |i, s| {
+            s.limit = Some(128 * MIB);
+            s.file = Some(100 * MIB + (jitter(i) * MIB as f64) as u64);
+        }),
+        vec![],
+        0,
+    );
+    assert_eq!(v.class, "cache-growth");
+}
+
+#[test]
+fn noisy_plateau_near_the_limit_is_limit_too_low() {
+    let v = judged(
+        series(30, |i, s| {
+            s.limit = Some(64 * MIB);
+            s.anon = Some(54 * MIB + (jitter(i) * 3.0 * MIB as f64) as u64);
+        }),
+        vec![],
+        0,
+    );
+    assert_eq!(v.class, "limit-too-low");
+    assert!(v.confidence >= 0.8, "{}", v.confidence);
+    has(&v, "in 100% of the samples after warm-up");
+}
+
+#[test]
+fn noisy_plateau_far_from_the_limit_is_no_leak() {
+    let v = judged(series(30, |i, s| s.anon = Some(40 * MIB + (jitter(i) * 4.0 * MIB as f64) as u64)), vec![], 0);
+    assert_eq!(v.class, "no-leak");
+    has(&v, "flat after warm-up: anon");
+}
+
+#[test]
+fn start_up_growth_is_warm_up() {
+    // 40 MiB allocated in the first 2 s of 40, then flat.
+    let v = judged(series(40, |i, s| s.anon = Some(20 * MIB * (i.min(2) as u64 + 1))), vec![], 0);
+    assert_eq!(v.class, "no-leak");
+    assert!(v.confidence >= 0.8);
+}
+
+#[test]
+fn repeated_kills_without_a_trend_in_a_life_are_limit_too_low() {
+    // Each life is killed within three samples of its start, at the same size: too short for a trend.
+    let kills: Vec<OomKill> = (0..4).map(|i| kill(2.5 + 3.0 * i as f64, i + 1)).collect();
+    let v = judged(
+        series(14, |i, s| {
+            s.limit = Some(64 * MIB);
+            s.anon = Some(if i % 3 == 2 { 60 * MIB } else { MIB });
+        }),
+        kills,
+        4,
+    );
+    assert_eq!(v.class, "limit-too-low");
+    has(&v, "4 OOM kill(s), 4 restart(s)");
+    has(&v, "victims' RSS at each kill: 60.0 MiB");
+    has(&v, "every life was too short");
+}
+
+#[test]
+fn restart_loop_of_a_leak_is_a_heap_leak() {
+    // Lives of 5 s climbing 10 MiB/s to the 64 MiB limit, killed, relaunched.
+    let kills: Vec<OomKill> = (0..3).map(|i| kill(5.5 + 6.0 * i as f64, i + 1)).collect();
+    let v = judged(
+        series(24, |i, s| {
+            s.limit = Some(64 * MIB);
+            s.anon = Some(4 * MIB + (i % 6) as u64 * 10 * MIB);
+        }),
+        kills,
+        3,
+    );
+    assert_eq!(v.class, "heap-leak");
+    has(&v, "3 OOM kill(s), 3 restart(s)");
+    has(&v, "in the 10 s before the last kill, anon grow_cache <- main grew by 64.0 MiB");
+    has(&v, "+35.2 GiB/h within lives");
+}
+
+#[test]
+fn short_window_is_inconclusive() {
+    let v = judged(series(4, |i, s| s.anon = Some(20 * MIB + i as u64 * 10 * MIB)), vec![], 0);
+    assert_eq!(v.class, "inconclusive");
+    assert_eq!(v.confidence, 0.0);
+    has(&v, "window too short: 3 sample(s)");
+    assert_eq!(judged(Vec::new(), vec![], 0).class, "inconclusive");
+}
+
+#[test]
+fn a_kill_in_a_short_window_is_still_judged() {
+    // The fixture's kill has the flight recorder showing grow_cache gaining 64 MiB before it.
+    let v = judged(series(3, |_, s| s.limit = Some(64 * MIB)), vec![kill(1.5, 1)], 0);
+    assert_eq!(v.class, "heap-leak");
+    assert!(v.confidence < 0.6, "one kill is weak evidence: {}", v.confidence);
+    has(&v, "in the 10 s before it the traced sites grew anon 64.0 MiB and kernel memory 0 B");
+    has(&v, "cannot rule out a start-up working set");
+    has(&v, "site: anon 64.0 MiB outstanding, from grow_cache <- main");
+    // Without growth before it, one kill says only that the limit was hit.
+    let mut quiet = kill(1.5, 1);
+    quiet.grew_before_kill.clear();
+    let v = judged(series(3, |_, s| s.limit = Some(64 * MIB)), vec![quiet], 0);
+    assert_eq!(v.class, "limit-too-low");
+    assert!(v.confidence < 0.6, "{}", v.confidence);
+}
+
+#[test]
+fn contradicting_figures_are_inconclusive() {
+    let v = judged(
+        series(30, |i, s| {
+            s.usage = 40 * MIB + i as u64 * MIB;
+        }),
+        vec![],
+        0,
+    );
+    assert_eq!(v.class, "inconclusive");
+    has(&v, "contradict");
+}
+
+#[test]
+fn rss_tells_whether_the_processes_carry_the_growth() {
+    let samples = |rss_per_step: u64| {
+        series(30, move |i, s| {
+            s.anon = Some(20 * MIB + i as u64 * MIB);
+            s.rss_anon = Some(10 * MIB + i as u64 * rss_per_step);
+            s.main_process = Some(ProcessRss { pid: 7, comm: "app".into(), rss_anon: 1, rss: 1 });
+        })
+    };
+    let v = judged(samples(MIB), vec![], 0);
+    has(&v, "= 100% of the anon trend; largest: pid 7 (app)");
+    has(&v, "the processes' own heap carries the growth");
+    let v = judged(samples(0), vec![], 0);
+    has(&v, "the growth is not in the processes' RSS");
+}
+
+#[test]
+fn per_interval_reconciliation_is_quoted() {
+    let v = judged(
+        series(30, |i, s| {
+            s.anon = Some(20 * MIB + i as u64 * MIB);
+            s.sites = Some(SiteTotals {
+                anon: (i as u64 * MIB * 3 / 4) as i64,
+                allocated_bytes: i as u64 * MIB,
+                ..Default::default()
+            });
+        }),
+        vec![],
+        0,
+    );
+    has(&v, "per interval, sites explain a median 75% of the anon growth (29 intervals with growth)");
+    has(&v, "allocations 1.0 MiB/s (median, ±0% between intervals)");
+}
+
+#[test]
+fn where_the_growth_sits() {
+    let site = |frames| crate::report::tests::site("anon", 1, frames);
+    let f = |sym: &str, module: &str, kernel| Frame {
+        symbol: Some(sym.into()),
+        module: Some(module.into()),
+        address: "0x1".into(),
+        file: None,
+        line: None,
+        kernel,
+    };
+    assert_eq!(location(&site(vec![f("do_pipe2", "kernel", true)])), "the kernel (no user stack)");
+    assert_eq!(
+        location(&site(vec![
+            f("malloc", "/lib/libc.so.6", false),
+            f("PyObject_Malloc", "/usr/lib/libpython3.11.so.1.0", false)
+        ])),
+        "a language runtime (libpython, libpython3.11.so.1.0)"
+    );
+    assert_eq!(
+        location(&site(vec![f("runtime.mallocgc", "/app/server", false)])),
+        "a language runtime (the Go runtime)"
+    );
+    assert_eq!(
+        location(&site(vec![f("malloc", "/lib/libc.so.6", false)])),
+        "the C allocator (no application frame above it)"
+    );
+    assert_eq!(location(&site(vec![f("handle", "/srv/app", false)])), "application code (app)");
+    assert_eq!(
+        location(&site(vec![f("allocate_stack", "/lib/x86_64-linux-gnu/libc.so.6", false)])),
+        "the C library (libc)"
+    );
+}
+
+#[test]
+fn kills_the_tracer_missed_are_said() {
+    let v = judged(series(30, |i, s| s.oom_kill = Some(if i > 20 { 2 } else { 0 })), vec![], 0);
+    has(&v, "the cgroup counted 2 OOM kill(s) in the window, the tracer saw 0");
+}
+
+#[test]
+fn page_sized_drift_does_not_shake_no_leak() {
+    // usage creeping down 4 KiB a sample: perfectly steady in rank, nothing in bytes.
+    let v = judged(series(30, |i, s| s.usage = 30 * MIB - 4096 * i as u64), vec![], 0);
+    assert_eq!(v.class, "no-leak");
+    assert!(v.confidence >= 0.89, "{}", v.confidence);
+}
