@@ -49,6 +49,30 @@ pub struct TraceArgs {
     /// Print only errors and the final summary.
     #[arg(long)]
     pub quiet: bool,
+
+    /// Sample allocations by size: one of s bytes is kept with probability about s/BYTES (BYTES a power of two),
+    /// and every byte and count in the report is scaled back to an unbiased estimate.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_SAMPLE_BYTES, value_parser = sample_bytes)]
+    pub sample_bytes: u64,
+
+    /// Record every allocation of the target with its stacks: exact figures, at a higher cost to the target.
+    #[arg(long, conflicts_with = "sample_bytes")]
+    pub record_all: bool,
+}
+
+/// 64 KiB: a page is kept 1 in 16 and a slab object far less often, so churn costs little, while a leak of
+/// 1 MiB/s still yields 16 samples every second.
+pub const DEFAULT_SAMPLE_BYTES: u64 = 64 << 10;
+
+impl TraceArgs {
+    /// log2 of the sampling rate for the kernel side (`Config::sample_rate_shift`); 0 records everything.
+    pub fn sample_rate_shift(&self) -> u32 {
+        if self.record_all {
+            0
+        } else {
+            self.sample_bytes.trailing_zeros()
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,6 +94,13 @@ fn positive_secs(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 && v <= 366.0 * 86400.0 => Ok(v),
         _ => Err(format!("`{s}` is not a number of seconds between 0 and one year")),
+    }
+}
+
+fn sample_bytes(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(v) if v.is_power_of_two() && (2..=1 << 30).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a power of two between 2 and 1 GiB")),
     }
 }
 
@@ -95,6 +126,17 @@ mod tests {
     }
 
     #[test]
+    fn sampling_rate_reaches_the_kernel_as_a_shift() {
+        let parse = |extra: &[&str]| {
+            let args = ["leaktrace", "--cgroup", "x"].iter().chain(extra).copied();
+            Cli::try_parse_from(args).unwrap().trace.sample_rate_shift()
+        };
+        assert_eq!(parse(&[]), DEFAULT_SAMPLE_BYTES.trailing_zeros());
+        assert_eq!(parse(&["--sample-bytes", "65536"]), 16);
+        assert_eq!(parse(&["--record-all"]), 0);
+    }
+
+    #[test]
     fn demo_needs_no_cgroup() {
         let cli = Cli::try_parse_from(["leaktrace", "demo", "--output", "/tmp/x"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Demo { .. })));
@@ -107,6 +149,8 @@ mod tests {
             &["leaktrace", "--cgroup", "x", "--duration", "nan"],
             &["leaktrace", "--cgroup", "x", "--interval", "0"],
             &["leaktrace", "--cgroup", "x", "--max-tracked", "10"],
+            &["leaktrace", "--cgroup", "x", "--sample-bytes", "1000"],
+            &["leaktrace", "--cgroup", "x", "--sample-bytes", "65536", "--record-all"],
             &["leaktrace"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");

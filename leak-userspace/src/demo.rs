@@ -34,6 +34,8 @@ pub fn run(output: Option<PathBuf>, quiet: bool) -> Result<()> {
         top: 10,
         max_tracked: crate::probes::DEFAULT_LIVE_ENTRIES,
         quiet,
+        sample_bytes: crate::cli::DEFAULT_SAMPLE_BYTES,
+        record_all: false,
     };
     let mut child: Option<Child> = None;
     let cgroup_path = cgroup.path.clone();

@@ -58,7 +58,8 @@ pub fn require_root() -> Result<()> {
 pub fn trace(target: Target, args: &TraceArgs, hooks: Hooks<'_>) -> Result<PathBuf> {
     require_root()?;
     let dir = output::prepare(args.output.as_deref())?;
-    let discovery = probes::discover()?;
+    let mut discovery = probes::discover()?;
+    discovery.config.sample_rate_shift = args.sample_rate_shift();
     let mut probes = Probes::load(&discovery, args.max_tracked)?;
     let mut collector = Collector::new(target, &discovery, args.top);
     // The first sample is the baseline that growth is measured from.

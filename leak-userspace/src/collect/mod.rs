@@ -31,6 +31,7 @@ pub struct Collector {
     target_rel: PathBuf,
     release: String,
     modes: Vec<String>,
+    sample_rate_shift: u32,
     top: usize,
     start: Instant,
     start_wall: time::OffsetDateTime,
@@ -56,6 +57,7 @@ impl Collector {
             target_rel,
             release: read_release(),
             modes: discovery.modes.clone(),
+            sample_rate_shift: discovery.config.sample_rate_shift,
             top,
             start: Instant::now(),
             start_wall: time::OffsetDateTime::now_utc(),
@@ -225,6 +227,7 @@ impl Collector {
                 tracer_cpu_seconds: usage.0,
                 tracer_peak_rss_bytes: usage.1,
             },
+            sampling: report::Sampling::from_shift(self.sample_rate_shift, c[counter::ALLOC_EVENTS as usize]),
         };
         report.verdict = verdict::judge(&report);
         Ok(report)

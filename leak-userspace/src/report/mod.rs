@@ -24,6 +24,29 @@ pub struct Report {
     pub verdict: Verdict,
     /// What the tracer could not see, and what it cost: the numbers that say how far to trust the rest.
     pub collection: Collection,
+    /// How allocations were recorded, so the reader knows whether site figures are exact or estimates.
+    pub sampling: Sampling,
+}
+
+/// `mode` "bytes": an allocation of s bytes was kept with probability p = 2^-k, the smallest power of two not
+/// below s / `rate_bytes` (always when s >= `rate_bytes`), and counted 1/p times: every byte and count in `sites`
+/// is then an unbiased estimate, exact for allocations of `rate_bytes` or more. `mode` "all" (`--record-all`):
+/// every allocation was recorded, `rate_bytes` is null. `kept_allocs`: allocations actually recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    pub mode: String,
+    pub rate_bytes: Option<u64>,
+    pub kept_allocs: u64,
+}
+
+impl Sampling {
+    /// From the kernel side's `Config::sample_rate_shift` (0: everything recorded).
+    pub fn from_shift(shift: u32, kept_allocs: u64) -> Self {
+        match shift {
+            0 => Sampling { mode: "all".into(), rate_bytes: None, kept_allocs },
+            s => Sampling { mode: "bytes".into(), rate_bytes: Some(1 << s), kept_allocs },
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -78,6 +78,7 @@ pub(crate) fn sample_report() -> Report {
         }],
         verdict: Verdict { class: "inconclusive".into(), confidence: 0.0, evidence: vec!["x".into()] },
         collection: Collection { ringbuf_drops: 3, tracer_cpu_seconds: 0.5, ..Default::default() },
+        sampling: Sampling::from_shift(18, 1234),
     }
 }
 
@@ -174,6 +175,7 @@ fn every_contract_key_has_its_type() {
             ("oom_kills", Arr),
             ("verdict", Obj),
             ("collection", Obj),
+            ("sampling", Obj),
         ],
     );
     keys(
@@ -239,6 +241,7 @@ fn every_contract_key_has_its_type() {
         check(&c[key], U64, &format!("collection.{key}"));
     }
     check(&c["tracer_cpu_seconds"], F64, "collection.tracer_cpu_seconds");
+    keys(&v["sampling"], "sampling", &[("mode", Str), ("rate_bytes", Opt(&U64)), ("kept_allocs", U64)]);
 }
 
 #[test]
