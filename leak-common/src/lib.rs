@@ -109,6 +109,9 @@ pub struct PendingPage {
     pub live_key: u64,
 }
 
+/// `PendingPage::live_key` of a page the sampler skipped: its anon charge is expected, not a missed page.
+pub const PENDING_UNSAMPLED: u64 = u64::MAX;
+
 pub const COMM_LEN: usize = 16;
 
 /// Sent through the ring buffer at `oom:mark_victim`.

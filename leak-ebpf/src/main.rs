@@ -23,7 +23,7 @@ use aya_ebpf::{
 };
 use leak_common::{
     counter, kind, Config, LiveAlloc, OomEvent, PendingPage, SiteCounters, SiteKey, CACHE_KMALLOC_BIT, CACHE_NAME_LEN,
-    COMM_LEN, FNV_OFFSET, LIVE_PFN_BIT, OFFSET_NONE,
+    COMM_LEN, FNV_OFFSET, LIVE_PFN_BIT, OFFSET_NONE, PENDING_UNSAMPLED,
 };
 
 /// Kernel layout facts discovered by userspace (tracefs formats, BTF) and written here before load.
@@ -258,10 +258,11 @@ fn page_alloc(ctx: &TracePointContext) -> Option<()> {
     let order: u32 = field(ctx, cfg(&CONFIG.page_alloc_order))?;
     let bytes = (cfg(&CONFIG.page_size) as u64) << (order & 31);
     let Some(shift) = sample_weight(bytes) else {
-        // An anon charge after this page must not be taken for one of an earlier (sampled) page of the same
-        // fault, such as its page table.
+        // The anon charge that may follow belongs to this page: it must neither be taken for an earlier (sampled)
+        // page of the same fault, such as its page table, nor count as a charge the tracer missed.
         if let Some(p) = PENDING.get_ptr_mut(0) {
-            unsafe { (*p).live_key = 0 };
+            let tid = bpf_get_current_pid_tgid() as u32;
+            unsafe { *p = PendingPage { tid, _pad: 0, live_key: PENDING_UNSAMPLED } };
         }
         return None;
     };
@@ -416,6 +417,9 @@ fn memcg_lruvec(ctx: &TracePointContext) -> Option<()> {
     let key = unsafe {
         let p = *pending;
         (*pending).live_key = 0;
+        if p.tid == tid && p.live_key == PENDING_UNSAMPLED {
+            return None;
+        }
         if p.tid != tid || p.live_key == 0 {
             count(counter::ANON_CHARGE_UNMATCHED, val as u64);
             return None;

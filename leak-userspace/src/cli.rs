@@ -42,9 +42,10 @@ pub struct TraceArgs {
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub top: usize,
 
-    /// How many outstanding allocations the kernel side can track at once (pages and slab objects).
-    #[arg(long, value_name = "N", default_value_t = crate::probes::DEFAULT_LIVE_ENTRIES, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
-    pub max_tracked: u32,
+    /// How many outstanding allocations the kernel side can track at once (pages and slab objects; default 65536
+    /// when sampling, which holds GiBs of sampled leaks, 262144 with --record-all).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    pub max_tracked: Option<u32>,
 
     /// Print only errors and the final summary.
     #[arg(long)]
@@ -64,7 +65,16 @@ pub struct TraceArgs {
 /// 1 MiB/s still yields 16 samples every second.
 pub const DEFAULT_SAMPLE_BYTES: u64 = 64 << 10;
 
+/// Sampled, one entry stands for ~64 KiB of outstanding memory or more: 4 GiB of leaks and then some.
+const SAMPLED_LIVE_ENTRIES: u32 = 65_536;
+
 impl TraceArgs {
+    /// The size of the kernel's table of outstanding allocations: what was asked for, else sized to the mode.
+    pub fn live_entries(&self) -> u32 {
+        let default = if self.record_all { crate::probes::DEFAULT_LIVE_ENTRIES } else { SAMPLED_LIVE_ENTRIES };
+        self.max_tracked.unwrap_or(default)
+    }
+
     /// log2 of the sampling rate for the kernel side (`Config::sample_rate_shift`); 0 records everything.
     pub fn sample_rate_shift(&self) -> u32 {
         if self.record_all {

@@ -32,7 +32,7 @@ pub fn run(output: Option<PathBuf>, quiet: bool) -> Result<()> {
         output,
         interval: 1.0,
         top: 10,
-        max_tracked: crate::probes::DEFAULT_LIVE_ENTRIES,
+        max_tracked: None,
         quiet,
         sample_bytes: crate::cli::DEFAULT_SAMPLE_BYTES,
         record_all: false,

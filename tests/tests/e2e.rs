@@ -26,10 +26,21 @@ struct Traced {
 
 /// Attaches leaktrace to a fresh memcg, starts `workload args` in it, traces for `seconds` and reads the report.
 fn trace_workload(workload: &str, args: &[&str], limit: Option<u64>, seconds: u32) -> Result<Traced> {
+    trace_workload_with(workload, args, limit, seconds, &[])
+}
+
+/// As `trace_workload`, with more leaktrace arguments.
+fn trace_workload_with(
+    workload: &str,
+    args: &[&str],
+    limit: Option<u64>,
+    seconds: u32,
+    leaktrace_args: &[&str],
+) -> Result<Traced> {
     let exe = build_workload(workload)?;
     let memcg = Memcg::create(workload, limit)?;
     let dir = tempfile::tempdir()?;
-    let mut trace = Leaktrace::trace(&memcg, seconds, dir.path())?;
+    let mut trace = Leaktrace::trace_with(&memcg, seconds, dir.path(), leaktrace_args)?;
     let mut cmd = Command::new(&exe);
     cmd.args(args);
     let workload = memcg.spawn_in(cmd)?;
@@ -42,6 +53,17 @@ fn trace_workload(workload: &str, args: &[&str], limit: Option<u64>, seconds: u3
     Ok(Traced { report, workload, _memcg: memcg, _dir: dir })
 }
 
+/// The default mode samples: the allocations it kept are a small share of those its scaled counts estimate, and
+/// the figures the test then checks are estimates.
+fn ensure_sampled(report: &Value) -> Result<()> {
+    let sampling = &report["sampling"];
+    ensure!(sampling["mode"] == "bytes" && sampling["rate_bytes"].as_u64().is_some(), "not sampled: {sampling}");
+    let kept = sampling["kept_allocs"].as_u64().context("no sampling.kept_allocs")?;
+    let estimated: u64 = items(&report["sites"]).iter().filter_map(|s| s["alloc_count"].as_u64()).sum();
+    ensure!(kept > 0 && kept * 4 < estimated, "kept {kept} allocations of an estimated {estimated}: no sampling?");
+    Ok(())
+}
+
 #[test]
 fn heap_leak_is_attributed_to_the_leaking_function() -> Result<()> {
     if !require_root() {
@@ -51,6 +73,7 @@ fn heap_leak_is_attributed_to_the_leaking_function() -> Result<()> {
     // 8 MiB/s for 7 s, then held until the memcg is removed.
     let run = trace_workload("heap_leak", &["8", "7", "120"], Some(512 * MIB), 8)?;
     let report = &run.report;
+    ensure_sampled(report)?;
     let top = items(&report["sites"]).first().context("no sites in the report")?;
     ensure!(top["kind"] == "anon", "the top site is not anon:\n{}", summarize(report));
     ensure!(has_frame(top, false, "leak_heap_blocks"), "the top site misses leak_heap_blocks:\n{}", summarize(report));
@@ -72,6 +95,7 @@ fn kernel_objects_held_by_leaked_pipes_are_traced_to_the_syscall() -> Result<()>
     let _one_at_a_time = serial();
     let run = trace_workload("pipe_leak", &["200", "8", "120", "pipes"], Some(512 * MIB), 10)?;
     let report = &run.report;
+    ensure_sampled(report)?;
     let found = items(&report["sites"]).iter().any(|site| {
         matches!(site["kind"].as_str(), Some("slab" | "page"))
             && has_frame(site, false, "leak_pipes")
@@ -122,9 +146,14 @@ fn churn_without_growth_is_not_reported_as_outstanding() -> Result<()> {
         return Ok(());
     }
     let _one_at_a_time = serial();
-    // 100 MiB/s allocated and freed, for longer than the trace: hundreds of MiB pass, none stays.
-    let run = trace_workload("churn", &["100", "12", "0"], Some(512 * MIB), 7)?;
+    // 100 MiB/s allocated and freed, for longer than the trace: hundreds of MiB pass, none stays. Every event is
+    // recorded here: this is the one check of --record-all, whose counts are exact.
+    let run = trace_workload_with("churn", &["100", "12", "0"], Some(512 * MIB), 7, &["--record-all"])?;
     let report = &run.report;
+    ensure!(report["sampling"]["mode"] == "all", "--record-all did not record all: {}", report["sampling"]);
+    let kept = report["sampling"]["kept_allocs"].as_u64().unwrap_or(0);
+    let counted: u64 = items(&report["sites"]).iter().filter_map(|s| s["alloc_count"].as_u64()).sum();
+    ensure!(kept >= counted, "sites count {counted} allocations, more than the {kept} recorded");
     let sites = items(&report["sites"]);
     let allocated: u64 = sites.iter().filter_map(|s| s["alloc_bytes"].as_u64()).sum();
     ensure!(

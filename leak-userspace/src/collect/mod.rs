@@ -185,6 +185,7 @@ impl Collector {
         let c = probes.counters()?;
         let end = time::OffsetDateTime::now_utc();
         let usage = resource_usage();
+        let programs = probes.program_stats();
         let attribution = attribution::attribute(&self.samples, &sites);
         sites.truncate(REPORT_SITES);
         let mut report = report::Report {
@@ -222,10 +223,11 @@ impl Collector {
                 alloc_events: c[counter::ALLOC_EVENTS as usize],
                 free_events: c[counter::FREE_EVENTS as usize],
                 oom_events: c[counter::OOM_EVENTS as usize],
-                recursion_misses: probes.recursion_misses(),
+                recursion_misses: programs.iter().map(|p| p.recursion_misses).sum(),
                 intervals: self.intervals,
                 tracer_cpu_seconds: usage.0,
                 tracer_peak_rss_bytes: usage.1,
+                programs,
             },
             sampling: report::Sampling::from_shift(self.sample_rate_shift, c[counter::ALLOC_EVENTS as usize]),
         };

@@ -188,6 +188,17 @@ pub struct Collection {
     pub intervals: u64,
     pub tracer_cpu_seconds: f64,
     pub tracer_peak_rss_bytes: u64,
+    /// Per eBPF program: `run_count` and `run_time_ns` (0 unless `kernel.bpf_stats_enabled` was 1: the kernel
+    /// only counts then), and its share of `recursion_misses`.
+    pub programs: Vec<ProgramStats>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProgramStats {
+    pub program: String,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+    pub recursion_misses: u64,
 }
 
 /// Writes `report.json` into `dir` atomically, mode 0600.

@@ -241,6 +241,7 @@ fn every_contract_key_has_its_type() {
         check(&c[key], U64, &format!("collection.{key}"));
     }
     check(&c["tracer_cpu_seconds"], F64, "collection.tracer_cpu_seconds");
+    check(&c["programs"], Arr, "collection.programs");
     keys(&v["sampling"], "sampling", &[("mode", Str), ("rate_bytes", Opt(&U64)), ("kept_allocs", U64)]);
 }
 
