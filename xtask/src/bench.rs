@@ -553,13 +553,24 @@ fn assemble(
                     "met": measured <= tg.limit })
         })
         .collect();
-    let profile: Vec<Value> = profile
-        .iter()
-        .map(|p| {
-            json!({ "workload": WORKLOADS[p.workload].name, "mode": p.tracer.name(), "program": p.program,
-                    "runs_per_s": p.runs_per_s, "ns_per_run": p.ns_per_run, "ns_per_op": p.ns_per_op })
-        })
-        .collect();
+    // Each (workload, mode) closes with an "all programs" row: the events handled per second and their BPF cost.
+    let mut groups: BTreeMap<(usize, Tracer), Vec<&ProgramStat>> = BTreeMap::new();
+    for p in profile {
+        groups.entry((p.workload, p.tracer)).or_default().push(p);
+    }
+    let mut rows = Vec::new();
+    for ((wi, tracer), stats) in groups {
+        let row = |program: &str, runs_per_s: f64, ns_per_run: f64, ns_per_op: f64| {
+            json!({ "workload": WORKLOADS[wi].name, "mode": tracer.name(), "program": program,
+                    "runs_per_s": runs_per_s, "ns_per_run": ns_per_run, "ns_per_op": ns_per_op })
+        };
+        rows.extend(stats.iter().map(|p| row(&p.program, p.runs_per_s, p.ns_per_run, p.ns_per_op)));
+        let runs: f64 = stats.iter().map(|p| p.runs_per_s).sum();
+        let ns: f64 = stats.iter().map(|p| p.runs_per_s * p.ns_per_run).sum();
+        let per_op: f64 = stats.iter().map(|p| p.ns_per_op).sum();
+        rows.push(row("all programs", runs, if runs > 0.0 { ns / runs } else { 0.0 }, per_op));
+    }
+    let profile = rows;
     json!({
         "machine": machine(),
         "settings": { "rounds": rounds, "seconds_per_run": seconds, "loadavg_before": load[0], "loadavg_after": load[1] },
@@ -633,8 +644,10 @@ fn markdown(r: &Value) -> String {
         out.push('\n');
     }
     out.push_str("\nSlowdown: untraced ops/s over traced ops/s, median of per-round ratios (min–max over rounds).\n");
-    out.push_str("Dropped: events leaktrace saw but could not keep (full maps, stack errors); recursion misses: runs the \
-                  kernel skipped on any event of the machine while a tracing program was busy on that CPU.\n\n");
+    out.push_str(
+        "Dropped: events leaktrace saw but could not keep (full maps, stack errors); recursion misses: runs the \
+                  kernel skipped on any event of the machine while a tracing program was busy on that CPU.\n\n",
+    );
     let _ = writeln!(
         out,
         "| workload | mode | start to attached ms | tracer CPU s | peak RSS MiB | kernel maps MiB | kept events/s | \
@@ -744,7 +757,16 @@ mod tests {
             };
             results.insert((wi, Tracer::Default), Series { ops_per_s: vec![95.0, 90.0, 100.0], costs: vec![cost] });
         }
-        let r = assemble(&results, &[], 3, 1.0, [1.0, 2.0]);
+        let stat = |program: &str, runs_per_s, ns_per_run, ns_per_op| ProgramStat {
+            workload: 0,
+            tracer: Tracer::Default,
+            program: program.into(),
+            runs_per_s,
+            ns_per_run,
+            ns_per_op,
+        };
+        let profile = [stat("lt_a", 1000.0, 50.0, 2.0), stat("lt_b", 3000.0, 10.0, 1.0)];
+        let r = assemble(&results, &profile, 3, 1.0, [1.0, 2.0]);
         let page = &r["workloads"][0]["configs"]["leaktrace default"];
         let median_ratio = page["slowdown_median"].as_f64().unwrap();
         assert!((median_ratio - 100.0 / 95.0).abs() < 1e-9, "ratios 1.0526, 1.0, 1.1: median {median_ratio}");
@@ -752,6 +774,11 @@ mod tests {
         assert!(table.contains("| page churn | 100 (±10%) | 1.05x (1.00–1.10) | n/a | n/a |"), "{table}");
         assert!(table.contains("| start to attached (median) | 150.00ms | 200ms | yes |"), "{table}");
         assert!(table.contains("| default: malloc churn | 1.05x | 1.01x | **no** |"), "{table}");
-        assert!(table.contains("| page churn | leaktrace default | 150 | 0.10 | 20.0 | 10.0 | 10 | 0 | 3 |"), "{table}");
+        assert!(
+            table.contains("| page churn | leaktrace default | 150 | 0.10 | 20.0 | 10.0 | 10 | 0 | 3 |"),
+            "{table}"
+        );
+        // 1000 runs at 50 ns and 3000 at 10 ns: 4000 runs/s at 20 ns on average.
+        assert!(table.contains("| page churn | leaktrace default | all programs | 4000 | 20 | 3 |"), "{table}");
     }
 }
