@@ -1,6 +1,6 @@
 //! The serde model of report.json, schema "leaktrace.report/1" (see CONTRACT.md). Every field of the contract is
 //! here under its contract name; `Option`s serialize as `null` and are never omitted, so scripts can rely on every
-//! key being present. Extensions (`schema`, `collection`, `OomKill::trigger_*`) only add keys.
+//! key being present. Extensions (`schema`, `collection`, `sampling`, `OomKill::trigger_*`) only add keys.
 use std::path::Path;
 
 use anyhow::{Context, Result};
