@@ -249,14 +249,12 @@ impl TracedLeaktrace {
     }
 }
 
-/// Events the kernel side saw but could not keep. Runs the kernel's recursion guard skipped are counted apart:
-/// they are skipped on every event of the machine while any tracing BPF program (anyone's) is preempted or
+/// Events the kernel side saw but could not keep. Stack errors are not among them (the allocation is kept, without
+/// that stack: e.g. a user stack while the process exits), and runs the kernel's recursion guard skipped are
+/// counted apart: they happen on any event of the machine while any tracing BPF program (anyone's) is preempted or
 /// interrupted on that CPU, and most of them concern other cgroups.
 fn dropped(collection: &Value) -> u64 {
-    ["live_map_full", "site_map_full", "ringbuf_drops", "stack_errors"]
-        .iter()
-        .map(|k| collection[k].as_u64().unwrap_or(0))
-        .sum()
+    ["live_map_full", "site_map_full", "ringbuf_drops"].iter().map(|k| collection[k].as_u64().unwrap_or(0)).sum()
 }
 
 struct Bpftrace {
@@ -645,7 +643,7 @@ fn markdown(r: &Value) -> String {
     }
     out.push_str("\nSlowdown: untraced ops/s over traced ops/s, median of per-round ratios (min–max over rounds).\n");
     out.push_str(
-        "Dropped: events leaktrace saw but could not keep (full maps, stack errors); recursion misses: runs the \
+        "Dropped: events leaktrace saw but could not keep (full maps, ring buffer); recursion misses: runs the \
                   kernel skipped on any event of the machine while a tracing program was busy on that CPU.\n\n",
     );
     let _ = writeln!(
