@@ -60,8 +60,43 @@ pub const STACK_OVERFLOW_BIT: i32 = 1 << 30;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LiveAlloc {
     pub site: SiteKey,
-    pub _pad: u32,
+    /// The allocation stands for `1 << weight_shift` allocations (it was sampled with probability
+    /// `2^-weight_shift`); `bytes` is already scaled by that weight.
+    pub weight_shift: u32,
     pub bytes: u64,
+}
+
+/// The sampling weight (log2 of 1/p) of an allocation of `bytes` when about one byte in `2^rate_shift` is sampled
+/// (`rate_shift` 0: every allocation is kept). The probability is the smallest power of two not below
+/// `bytes / 2^rate_shift`: `p = 2^-k` with `k = rate_shift - ceil(log2 bytes)`, clamped to 0..=31, so a page
+/// (4 KiB) under a 64 KiB rate is kept with p = 1/16 and anything of the rate's size or larger always.
+/// Scaling each kept allocation by `1/p` makes every sum an unbiased (Horvitz-Thompson) estimate.
+#[inline(always)]
+pub fn sample_shift(bytes: u64, rate_shift: u32) -> u32 {
+    if rate_shift == 0 || bytes == 0 {
+        return 0;
+    }
+    let ceil_log2 = bit_len(bytes - 1);
+    if ceil_log2 >= rate_shift {
+        0
+    } else {
+        (rate_shift - ceil_log2).min(31)
+    }
+}
+
+/// Number of significant bits (0 for 0). Written out because the BPF target has no count-leading-zeros.
+#[inline(always)]
+pub fn bit_len(mut v: u64) -> u32 {
+    let mut n = 0;
+    let mut step = 32;
+    while step > 0 {
+        if v >> step != 0 {
+            v >>= step;
+            n += step;
+        }
+        step >>= 1;
+    }
+    n + v as u32
 }
 
 /// Page frame numbers are small and kernel pointers have the top bits set, but tag pages anyway so the two key
@@ -77,6 +112,9 @@ pub struct PendingPage {
     pub _pad: u32,
     pub live_key: u64,
 }
+
+/// `PendingPage::live_key` of a page the sampler skipped: its anon charge is expected, not a missed page.
+pub const PENDING_UNSAMPLED: u64 = u64::MAX;
 
 pub const COMM_LEN: usize = 16;
 
@@ -192,6 +230,8 @@ pub struct Config {
     /// The `oom_reaper` kernel thread: its frees are frees caused by an OOM kill.
     pub oom_reaper_pid: u32,
     pub page_size: u32,
+    /// log2 of the sampling rate in bytes (see `sample_shift`); 0 records every allocation.
+    pub sample_rate_shift: u32,
 }
 
 impl Config {
@@ -234,6 +274,7 @@ impl Config {
             kn_id: OFFSET_NONE,
             oom_reaper_pid: 0,
             page_size: 4096,
+            sample_rate_shift: 0,
         }
     }
 }
@@ -255,6 +296,34 @@ pub fn cache_name_hash(name: &[u8]) -> u32 {
         i += 1;
     }
     (h & !CACHE_KMALLOC_BIT).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bit_len_matches_leading_zeros() {
+        for v in [0u64, 1, 2, 3, 4095, 4096, 4097, 65535, 1 << 40, u64::MAX] {
+            assert_eq!(bit_len(v), 64 - v.leading_zeros(), "{v}");
+        }
+    }
+
+    #[test]
+    fn sample_shift_keeps_at_least_bytes_over_rate() {
+        // 64 KiB rate: a page is kept 1 in 16, a 100-byte object 1 in 512 (>= 100/65536), big ones always.
+        assert_eq!(sample_shift(4096, 16), 4);
+        assert_eq!(sample_shift(100, 16), 9);
+        assert_eq!(sample_shift(65536, 16), 0);
+        assert_eq!(sample_shift(1 << 20, 16), 0);
+        assert_eq!(sample_shift(1, 40), 31, "clamped to what a u32 random can decide");
+        assert_eq!(sample_shift(4096, 0), 0, "rate 0 records everything");
+        for bytes in 1..5000u64 {
+            let k = sample_shift(bytes, 16);
+            let p = 1.0 / (1u64 << k) as f64;
+            assert!(p >= bytes as f64 / 65536.0 && p < 2.0 * bytes as f64 / 65536.0 + 1e-12, "{bytes}: p {p}");
+        }
+    }
 }
 
 #[cfg(feature = "user")]

@@ -4,14 +4,17 @@
 //! subtree; frees are matched by address whoever runs them (RCU callbacks, reclaim, other tasks). Charges seen on
 //! the `memcg:*` tracepoints are filtered by the charged memcg's id. Every record lands in per-CPU maps because
 //! bpfel has no atomic read-modify-write; userspace sums the CPUs.
+//!
+//! By default allocations are sampled by size before any other work (`sample_weight`): a kept allocation carries
+//! its weight 1/p into every counter, so sums stay unbiased, and the free of one never kept ends at a LIVE miss.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_str_bytes,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_prandom_u32, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
     },
     macros::{map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
@@ -20,7 +23,7 @@ use aya_ebpf::{
 };
 use leak_common::{
     counter, kind, Config, LiveAlloc, OomEvent, PendingPage, SiteCounters, SiteKey, CACHE_KMALLOC_BIT, CACHE_NAME_LEN,
-    COMM_LEN, FNV_OFFSET, LIVE_PFN_BIT, OFFSET_NONE, STACK_OVERFLOW_BIT,
+    COMM_LEN, FNV_OFFSET, LIVE_PFN_BIT, OFFSET_NONE, PENDING_UNSAMPLED, STACK_OVERFLOW_BIT,
 };
 
 /// Kernel layout facts discovered by userspace (tracefs formats, BTF) and written here before load.
@@ -148,16 +151,29 @@ fn stack_id(ctx: &TracePointContext, flags: u64, collision: u32) -> i32 {
     }
 }
 
+/// Whether to keep an allocation of `bytes`, and its weight (log2 of 1/p) when kept. Decided before anything else
+/// about the event: a random number is far cheaper than the memcg walk, and most small objects and pages of a
+/// churning workload stop here.
 #[inline(always)]
-fn add_alloc(site: &SiteKey, bytes: u64) -> bool {
+fn sample_weight(bytes: u64) -> Option<u32> {
+    let shift = leak_common::sample_shift(bytes, cfg(&CONFIG.sample_rate_shift));
+    if shift != 0 && unsafe { bpf_get_prandom_u32() } & ((1u32 << shift) - 1) != 0 {
+        return None;
+    }
+    Some(shift)
+}
+
+/// `bytes` and `allocs` are estimates: already scaled by the sampling weight.
+#[inline(always)]
+fn add_alloc(site: &SiteKey, bytes: u64, allocs: u64) -> bool {
     if let Some(c) = SITES.get_ptr_mut(site) {
         unsafe {
             (*c).alloc_bytes = (*c).alloc_bytes.wrapping_add(bytes);
-            (*c).alloc_count = (*c).alloc_count.wrapping_add(1);
+            (*c).alloc_count = (*c).alloc_count.wrapping_add(allocs);
         }
         return true;
     }
-    let c = SiteCounters { alloc_bytes: bytes, alloc_count: 1, ..SiteCounters::default() };
+    let c = SiteCounters { alloc_bytes: bytes, alloc_count: allocs, ..SiteCounters::default() };
     if SITES.insert(site, &c, 0).is_err() {
         count(counter::SITE_MAP_FULL, 1);
         return false;
@@ -167,45 +183,48 @@ fn add_alloc(site: &SiteKey, bytes: u64) -> bool {
 
 /// Takes an allocation back from a site's totals (the page turned out to be anon and moves to its anon site).
 #[inline(always)]
-fn sub_alloc(site: &SiteKey, bytes: u64) {
+fn sub_alloc(site: &SiteKey, bytes: u64, allocs: u64) {
     if let Some(c) = SITES.get_ptr_mut(site) {
         unsafe {
             (*c).alloc_bytes = (*c).alloc_bytes.wrapping_sub(bytes);
-            (*c).alloc_count = (*c).alloc_count.wrapping_sub(1);
+            (*c).alloc_count = (*c).alloc_count.wrapping_sub(allocs);
         }
     }
 }
 
 #[inline(always)]
-fn credit_free(site: &SiteKey, bytes: u64, by_oom: bool) {
-    if let Some(c) = SITES.get_ptr_mut(site) {
+fn credit_free(rec: &LiveAlloc, by_oom: bool) {
+    let (bytes, allocs) = (rec.bytes, 1u64 << rec.weight_shift);
+    if let Some(c) = SITES.get_ptr_mut(&rec.site) {
         unsafe {
             if by_oom {
                 (*c).oom_freed_bytes = (*c).oom_freed_bytes.wrapping_add(bytes);
-                (*c).oom_freed_count = (*c).oom_freed_count.wrapping_add(1);
+                (*c).oom_freed_count = (*c).oom_freed_count.wrapping_add(allocs);
             } else {
                 (*c).free_bytes = (*c).free_bytes.wrapping_add(bytes);
-                (*c).free_count = (*c).free_count.wrapping_add(1);
+                (*c).free_count = (*c).free_count.wrapping_add(allocs);
             }
         }
     }
 }
 
+/// Records a kept allocation of `bytes` sampled with weight `shift` (see `sample_weight`).
 #[inline(always)]
-fn record_alloc(key: u64, site: &SiteKey, bytes: u64) -> bool {
+fn record_alloc(key: u64, site: &SiteKey, bytes: u64, shift: u32) -> bool {
     // An allocation at an address we still track means its free was missed (e.g. dropped by the kernel's
     // recursion guard): close the old record rather than let it look leaked forever.
     if let Some(old) = unsafe { LIVE.get(&key) } {
         let old = *old;
-        credit_free(&old.site, old.bytes, false);
+        credit_free(&old, false);
         count(counter::IMPLICIT_FREE, 1);
     }
-    if !add_alloc(site, bytes) {
+    let (bytes, weight) = (bytes << shift, 1u64 << shift);
+    if !add_alloc(site, bytes, weight) {
         return false;
     }
-    let rec = LiveAlloc { site: *site, _pad: 0, bytes };
+    let rec = LiveAlloc { site: *site, weight_shift: shift, bytes };
     if LIVE.insert(&key, &rec, 0).is_err() {
-        sub_alloc(site, bytes);
+        sub_alloc(site, bytes, weight);
         count(counter::LIVE_MAP_FULL, 1);
         return false;
     }
@@ -222,6 +241,7 @@ fn freed_by_oom() -> bool {
     tgid == cfg(&CONFIG.oom_reaper_pid) || unsafe { VICTIMS.get(&tid).is_some() || VICTIMS.get(&tgid).is_some() }
 }
 
+/// Only sampled allocations are in LIVE: the free of any other one ends at this lookup's miss.
 #[inline(always)]
 fn record_free(key: u64) {
     let rec = match unsafe { LIVE.get(&key) } {
@@ -229,7 +249,7 @@ fn record_free(key: u64) {
         None => return,
     };
     let _ = LIVE.remove(&key);
-    credit_free(&rec.site, rec.bytes, freed_by_oom());
+    credit_free(&rec, freed_by_oom());
     count(counter::FREE_EVENTS, 1);
 }
 
@@ -244,6 +264,17 @@ fn page_alloc(ctx: &TracePointContext) -> Option<()> {
     if pfn == u64::MAX {
         return None; // failed allocation
     }
+    let order: u32 = field(ctx, cfg(&CONFIG.page_alloc_order))?;
+    let bytes = (cfg(&CONFIG.page_size) as u64) << (order & 31);
+    let Some(shift) = sample_weight(bytes) else {
+        // The anon charge that may follow belongs to this page: it must neither be taken for an earlier (sampled)
+        // page of the same fault, such as its page table, nor count as a charge the tracer missed.
+        if let Some(p) = PENDING.get_ptr_mut(0) {
+            let tid = bpf_get_current_pid_tgid() as u32;
+            unsafe { *p = PendingPage { tid, _pad: 0, live_key: PENDING_UNSAMPLED } };
+        }
+        return None;
+    };
     if !target_task() {
         return None;
     }
@@ -259,10 +290,8 @@ fn page_alloc(ctx: &TracePointContext) -> Option<()> {
         kind::OTHER
     };
     let site = site_here(ctx, kind, 0);
-    let order: u32 = field(ctx, cfg(&CONFIG.page_alloc_order))?;
-    let bytes = (cfg(&CONFIG.page_size) as u64) << (order & 31);
     let key = pfn | LIVE_PFN_BIT;
-    if record_alloc(key, &site, bytes) {
+    if record_alloc(key, &site, bytes, shift) {
         if let Some(p) = PENDING.get_ptr_mut(0) {
             unsafe { *p = PendingPage { tid: bpf_get_current_pid_tgid() as u32, _pad: 0, live_key: key } };
         }
@@ -301,12 +330,13 @@ fn kmalloc(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     let bytes: u64 = field(ctx, cfg(&CONFIG.kmalloc_bytes_alloc))?;
-    let class = CACHE_KMALLOC_BIT | (bytes as u32 & !CACHE_KMALLOC_BIT);
+    let shift = sample_weight(bytes)?;
     if !target_task() {
         return None;
     }
+    let class = CACHE_KMALLOC_BIT | (bytes as u32 & !CACHE_KMALLOC_BIT);
     let site = site_here(ctx, kind::SLAB, class);
-    record_alloc(ptr, &site, bytes);
+    record_alloc(ptr, &site, bytes, shift);
     Some(())
 }
 
@@ -318,13 +348,17 @@ pub fn lt_cache_alloc(ctx: TracePointContext) -> u32 {
 
 fn cache_alloc(ctx: &TracePointContext) -> Option<()> {
     let ptr: u64 = field(ctx, cfg(&CONFIG.cache_alloc_ptr))?;
-    if ptr == 0 || !target_task() {
+    if ptr == 0 {
         return None;
     }
     let bytes: u64 = field(ctx, cfg(&CONFIG.cache_alloc_bytes_alloc))?;
+    let shift = sample_weight(bytes)?;
+    if !target_task() {
+        return None;
+    }
     let cache = cache_name_id(ctx).unwrap_or(0);
     let site = site_here(ctx, kind::SLAB, cache);
-    record_alloc(ptr, &site, bytes);
+    record_alloc(ptr, &site, bytes, shift);
     Some(())
 }
 
@@ -409,6 +443,9 @@ fn memcg_lruvec(ctx: &TracePointContext) -> Option<()> {
     let key = unsafe {
         let p = *pending;
         (*pending).live_key = 0;
+        if p.tid == tid && p.live_key == PENDING_UNSAMPLED {
+            return None;
+        }
         if p.tid != tid || p.live_key == 0 {
             count(counter::ANON_CHARGE_UNMATCHED, val as u64);
             return None;
@@ -423,8 +460,9 @@ fn memcg_lruvec(ctx: &TracePointContext) -> Option<()> {
         let old = (*rec).site;
         let mut anon = old;
         anon.kind = kind::ANON;
-        if add_alloc(&anon, (*rec).bytes) {
-            sub_alloc(&old, (*rec).bytes);
+        let weight = 1u64 << (*rec).weight_shift;
+        if add_alloc(&anon, (*rec).bytes, weight) {
+            sub_alloc(&old, (*rec).bytes, weight);
             (*rec).site = anon;
         }
     }

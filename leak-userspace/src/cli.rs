@@ -44,13 +44,47 @@ pub struct TraceArgs {
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub top: usize,
 
-    /// How many outstanding allocations the kernel side can track at once (pages and slab objects).
-    #[arg(long, value_name = "N", default_value_t = crate::probes::DEFAULT_LIVE_ENTRIES, value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
-    pub max_tracked: u32,
+    /// How many outstanding allocations the kernel side can track at once (pages and slab objects; default 65536
+    /// when sampling, which holds GiBs of sampled leaks, 262144 with --record-all).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    pub max_tracked: Option<u32>,
 
     /// Print only errors and the final summary.
     #[arg(long)]
     pub quiet: bool,
+
+    /// Sample allocations by size: one of s bytes is kept with probability about s/BYTES (BYTES a power of two),
+    /// and every byte and count in the report is scaled back to an unbiased estimate.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_SAMPLE_BYTES, value_parser = sample_bytes)]
+    pub sample_bytes: u64,
+
+    /// Record every allocation of the target with its stacks: exact figures, at a higher cost to the target.
+    #[arg(long, conflicts_with = "sample_bytes")]
+    pub record_all: bool,
+}
+
+/// 64 KiB: a page is kept 1 in 16 and a slab object far less often, so churn costs little, while a leak of
+/// 1 MiB/s still yields 16 samples every second.
+pub const DEFAULT_SAMPLE_BYTES: u64 = 64 << 10;
+
+/// Sampled, one entry stands for ~64 KiB of outstanding memory or more: 4 GiB of leaks and then some.
+const SAMPLED_LIVE_ENTRIES: u32 = 65_536;
+
+impl TraceArgs {
+    /// The size of the kernel's table of outstanding allocations: what was asked for, else sized to the mode.
+    pub fn live_entries(&self) -> u32 {
+        let default = if self.record_all { crate::probes::DEFAULT_LIVE_ENTRIES } else { SAMPLED_LIVE_ENTRIES };
+        self.max_tracked.unwrap_or(default)
+    }
+
+    /// log2 of the sampling rate for the kernel side (`Config::sample_rate_shift`); 0 records everything.
+    pub fn sample_rate_shift(&self) -> u32 {
+        if self.record_all {
+            0
+        } else {
+            self.sample_bytes.trailing_zeros()
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,6 +139,13 @@ fn positive_secs(s: &str) -> Result<f64, String> {
     }
 }
 
+fn sample_bytes(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(v) if v.is_power_of_two() && (2..=1 << 30).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a power of two between 2 and 1 GiB")),
+    }
+}
+
 fn interval_secs(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && (0.1..=3600.0).contains(&v) => Ok(v),
@@ -124,6 +165,17 @@ mod tests {
         assert_eq!(cli.trace.duration, Some(5.0));
         assert_eq!(cli.trace.interval, 0.5);
         assert!(cli.command.is_none());
+    }
+
+    #[test]
+    fn sampling_rate_reaches_the_kernel_as_a_shift() {
+        let parse = |extra: &[&str]| {
+            let args = ["leaktrace", "--cgroup", "x"].iter().chain(extra).copied();
+            Cli::try_parse_from(args).unwrap().trace.sample_rate_shift()
+        };
+        assert_eq!(parse(&[]), DEFAULT_SAMPLE_BYTES.trailing_zeros());
+        assert_eq!(parse(&["--sample-bytes", "65536"]), 16);
+        assert_eq!(parse(&["--record-all"]), 0);
     }
 
     #[test]
@@ -166,6 +218,8 @@ mod tests {
             &["leaktrace", "--cgroup", "x", "--duration", "nan"],
             &["leaktrace", "--cgroup", "x", "--interval", "0"],
             &["leaktrace", "--cgroup", "x", "--max-tracked", "10"],
+            &["leaktrace", "--cgroup", "x", "--sample-bytes", "1000"],
+            &["leaktrace", "--cgroup", "x", "--sample-bytes", "65536", "--record-all"],
             &["leaktrace"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");

@@ -35,8 +35,10 @@ pub fn run(output: Option<PathBuf>, quiet: bool) -> Result<()> {
         output,
         interval: 0.5,
         top: 10,
-        max_tracked: crate::probes::DEFAULT_LIVE_ENTRIES,
+        max_tracked: None,
         quiet,
+        sample_bytes: crate::cli::DEFAULT_SAMPLE_BYTES,
+        record_all: false,
     };
     let mut child: Option<Child> = None;
     let cgroup_path = cgroup.path.clone();

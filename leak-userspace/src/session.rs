@@ -68,7 +68,8 @@ pub fn trace(target: Target, args: &TraceArgs, hooks: Hooks<'_>) -> Result<PathB
     require_root()?;
     let dir = output::prepare(args.output.as_deref())?;
     let mut discovery = probes::discover()?;
-    let mut probes = Probes::load(&mut discovery, args.max_tracked)?;
+    discovery.config.sample_rate_shift = args.sample_rate_shift();
+    let mut probes = Probes::load(&mut discovery, args.live_entries())?;
     let mut collector = Collector::new(target, &discovery, args.top);
     // The first sample is the baseline that growth is measured from.
     collector.tick(&mut probes)?;

@@ -254,11 +254,21 @@ pub struct Leaktrace {
 
 impl Leaktrace {
     pub fn spawn<S: AsRef<OsStr>>(args: &[S]) -> Result<Leaktrace> {
-        Leaktrace::spawn_with_env(args, &[])
+        Leaktrace::start(args, &[], true)
     }
 
     /// `spawn` with extra environment variables (e.g. DOCKER_HOST for a test's own daemon).
     pub fn spawn_with_env<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &OsStr)]) -> Result<Leaktrace> {
+        Leaktrace::start(args, env, true)
+    }
+
+    /// As `spawn`; with `echo` false leaktrace's lines are collected without being copied to stderr (the benchmark
+    /// starts it hundreds of times).
+    pub fn spawn_echoing<S: AsRef<OsStr>>(args: &[S], echo: bool) -> Result<Leaktrace> {
+        Leaktrace::start(args, &[], echo)
+    }
+
+    fn start<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &OsStr)], echo: bool) -> Result<Leaktrace> {
         let mut child = Command::new(leaktrace_bin()?)
             .args(args)
             .envs(env.iter().copied())
@@ -271,33 +281,40 @@ impl Leaktrace {
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let readers = vec![
-            collect(child.stdout.take().expect("piped"), stdout.clone(), tx.clone()),
-            collect(child.stderr.take().expect("piped"), stderr.clone(), tx),
+            collect(child.stdout.take().expect("piped"), stdout.clone(), tx.clone(), echo),
+            collect(child.stderr.take().expect("piped"), stderr.clone(), tx, echo),
         ];
         Ok(Leaktrace { child, stdout, stderr, readers, attached })
     }
 
     /// Starts tracing `memcg` for `seconds` (1 s interval) into `output` and returns once the programs are attached.
     pub fn trace(memcg: &Memcg, seconds: u32, output: &Path) -> Result<Leaktrace> {
-        Leaktrace::trace_with_env(memcg, seconds, output, &[])
+        Leaktrace::trace_with(memcg, seconds, output, &[], &[])
     }
 
-    /// `trace` with extra environment variables for leaktrace.
-    pub fn trace_with_env(memcg: &Memcg, seconds: u32, output: &Path, env: &[(&str, &str)]) -> Result<Leaktrace> {
+    /// As `trace`, with more leaktrace arguments (`--record-all`) and environment variables
+    /// (`LEAKTRACE_IGNORE_EVENTS`).
+    pub fn trace_with(
+        memcg: &Memcg,
+        seconds: u32,
+        output: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Leaktrace> {
+        let seconds = seconds.to_string();
+        let mut args = vec![
+            OsStr::new("--cgroup"),
+            memcg.path().as_os_str(),
+            OsStr::new("--duration"),
+            OsStr::new(&seconds),
+            OsStr::new("--interval"),
+            OsStr::new("1"),
+            OsStr::new("--output"),
+            output.as_os_str(),
+        ];
+        args.extend(extra.iter().map(OsStr::new));
         let env: Vec<(&str, &OsStr)> = env.iter().map(|&(k, v)| (k, OsStr::new(v))).collect();
-        let mut trace = Leaktrace::spawn_with_env(
-            &[
-                OsStr::new("--cgroup"),
-                memcg.path().as_os_str(),
-                OsStr::new("--duration"),
-                OsStr::new(&seconds.to_string()),
-                OsStr::new("--interval"),
-                OsStr::new("1"),
-                OsStr::new("--output"),
-                output.as_os_str(),
-            ],
-            &env,
-        )?;
+        let mut trace = Leaktrace::spawn_with_env(&args, &env)?;
         trace.wait_attached(Duration::from_secs(10))?;
         Ok(trace)
     }
@@ -341,6 +358,16 @@ impl Leaktrace {
         Ok(self.output(status))
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Asks leaktrace to stop (SIGINT, as Ctrl-C): it writes its outputs and exits; `wait` collects it.
+    pub fn interrupt(&self) {
+        // SAFETY: plain syscall on our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+    }
+
     fn output(&mut self, status: ExitStatus) -> Output {
         for reader in self.readers.drain(..) {
             let _ = reader.join();
@@ -359,14 +386,22 @@ impl Drop for Leaktrace {
     }
 }
 
-/// Copies `from` into `into` line by line, echoing each line and signalling the first one that says "attached".
-fn collect(from: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>, attached: mpsc::Sender<()>) -> JoinHandle<()> {
+/// Copies `from` into `into` line by line, echoing each line (if `echo`) and signalling the first one that says
+/// "attached".
+fn collect(
+    from: impl Read + Send + 'static,
+    into: Arc<Mutex<Vec<u8>>>,
+    attached: mpsc::Sender<()>,
+    echo: bool,
+) -> JoinHandle<()> {
     thread::spawn(move || {
         let mut reader = BufReader::new(from);
         let mut line = Vec::new();
         while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
             let text = String::from_utf8_lossy(&line);
-            eprint!("  | {text}");
+            if echo {
+                eprint!("  | {text}");
+            }
             if text.contains("attached") {
                 let _ = attached.send(());
             }

@@ -25,23 +25,20 @@ struct Traced {
     _dir: tempfile::TempDir,
 }
 
-/// Attaches leaktrace to a fresh memcg, starts `workload args` in it, traces for `seconds` and reads the report.
-fn trace_workload(workload: &str, args: &[&str], limit: Option<u64>, seconds: u32) -> Result<Traced> {
-    trace_workload_with_env(workload, args, limit, seconds, &[])
-}
-
-/// `trace_workload` with extra environment variables for leaktrace.
-fn trace_workload_with_env(
+/// Attaches leaktrace (with more arguments and environment variables) to a fresh memcg, starts `workload args` in
+/// it, traces for `seconds` and reads the report.
+fn trace_workload_with(
     workload: &str,
     args: &[&str],
     limit: Option<u64>,
     seconds: u32,
+    leaktrace_args: &[&str],
     env: &[(&str, &str)],
 ) -> Result<Traced> {
     let exe = build_workload(workload)?;
     let memcg = Memcg::create(workload, limit)?;
     let dir = tempfile::tempdir()?;
-    let mut trace = Leaktrace::trace_with_env(&memcg, seconds, dir.path(), env)?;
+    let mut trace = Leaktrace::trace_with(&memcg, seconds, dir.path(), leaktrace_args, env)?;
     let mut cmd = Command::new(&exe);
     cmd.args(args);
     let workload = memcg.spawn_in(cmd)?;
@@ -54,10 +51,21 @@ fn trace_workload_with_env(
     Ok(Traced { report, workload, _memcg: memcg, _dir: dir })
 }
 
+/// The default mode samples: the allocations it kept are a small share of those its scaled counts estimate, and
+/// the figures the test then checks are estimates.
+fn ensure_sampled(report: &Value) -> Result<()> {
+    let sampling = &report["sampling"];
+    ensure!(sampling["mode"] == "bytes" && sampling["rate_bytes"].as_u64().is_some(), "not sampled: {sampling}");
+    let kept = sampling["kept_allocs"].as_u64().context("no sampling.kept_allocs")?;
+    let estimated: u64 = items(&report["sites"]).iter().filter_map(|s| s["alloc_count"].as_u64()).sum();
+    ensure!(kept > 0 && kept * 4 < estimated, "kept {kept} allocations of an estimated {estimated}: no sampling?");
+    Ok(())
+}
+
 /// Runs a shared scenario (tests/src/scenarios.rs) on the host and applies its checks.
 fn run_scenario(scenario: &Scenario, env: &[(&str, &str)]) -> Result<Traced> {
     let limit = Some(scenario.limit_bytes);
-    let mut run = trace_workload_with_env(scenario.workload, scenario.args, limit, scenario.seconds, env)?;
+    let mut run = trace_workload_with(scenario.workload, scenario.args, limit, scenario.seconds, &[], env)?;
     (scenario.check)(&run.report)?;
     if scenario.expect_oom_kill {
         let pid = run.workload.id();
@@ -81,12 +89,12 @@ fn scenario_test(scenario: &Scenario, env: &[(&str, &str)], more: impl FnOnce(&V
 
 #[test]
 fn heap_leak_is_attributed_to_the_leaking_function() -> Result<()> {
-    scenario_test(&scenarios::HEAP_LEAK, &[], |_| Ok(()))
+    scenario_test(&scenarios::HEAP_LEAK, &[], ensure_sampled)
 }
 
 #[test]
 fn kernel_objects_held_by_leaked_pipes_are_traced_to_the_syscall() -> Result<()> {
-    scenario_test(&scenarios::PIPE_LEAK, &[], |_| Ok(()))
+    scenario_test(&scenarios::PIPE_LEAK, &[], ensure_sampled)
 }
 
 #[test]
@@ -113,9 +121,14 @@ fn churn_without_growth_is_not_reported_as_outstanding() -> Result<()> {
         return Ok(());
     }
     let _one_at_a_time = serial();
-    // 100 MiB/s allocated and freed, for longer than the trace: hundreds of MiB pass, none stays.
-    let run = trace_workload("churn", &["100", "12", "0"], Some(512 * MIB), 7)?;
+    // 100 MiB/s allocated and freed, for longer than the trace: hundreds of MiB pass, none stays. Every event is
+    // recorded here: this is the one check of --record-all, whose counts are exact.
+    let run = trace_workload_with("churn", &["100", "12", "0"], Some(512 * MIB), 7, &["--record-all"], &[])?;
     let report = &run.report;
+    ensure!(report["sampling"]["mode"] == "all", "--record-all did not record all: {}", report["sampling"]);
+    let kept = report["sampling"]["kept_allocs"].as_u64().unwrap_or(0);
+    let counted: u64 = items(&report["sites"]).iter().filter_map(|s| s["alloc_count"].as_u64()).sum();
+    ensure!(kept >= counted, "sites count {counted} allocations, more than the {kept} recorded");
     let sites = items(&report["sites"]);
     let allocated: u64 = sites.iter().filter_map(|s| s["alloc_bytes"].as_u64()).sum();
     ensure!(

@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's own commands. Every one first runs `bootstrap` (cheap when nothing is missing), so
 //! `cargo xtask demo` and `cargo xtask test` work on a fresh Debian host.
+mod bench;
 mod bootstrap;
 mod vm;
 
@@ -48,6 +49,13 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Build, then measure what tracing costs churn workloads (untraced, leaktrace default and --record-all, a
+    /// bpftrace script); prints markdown tables and writes bench/results.json. Needs root; takes ~10 minutes.
+    Bench {
+        /// Fewer and shorter runs, no profiling pass (~4 minutes).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -89,6 +97,10 @@ fn run(command: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::VmTest { kernels } => vm::run(&build()?, &kernels),
+        Cmd::Bench { quick } => {
+            let leaktrace = build()?;
+            bench::run(&bench::Options { quick, leaktrace, out_dir: bench::repo_bench_dir() })
+        }
         Cmd::Demo { args } => {
             let bin = build()?;
             let mut cmd = if bootstrap::is_root() {
@@ -113,7 +125,7 @@ fn build() -> Result<PathBuf> {
     Ok(bin)
 }
 
-fn repo_root() -> &'static Path {
+pub(crate) fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives one level below the repository root")
 }
 

@@ -40,6 +40,7 @@ pub struct Collector {
     release: String,
     modes: Vec<String>,
     degraded: Vec<String>,
+    sample_rate_shift: u32,
     top: usize,
     start: Instant,
     start_wall: time::OffsetDateTime,
@@ -71,6 +72,7 @@ impl Collector {
             release: read_release(),
             modes: discovery.modes.clone(),
             degraded: discovery.degraded.clone(),
+            sample_rate_shift: discovery.config.sample_rate_shift,
             top,
             start: Instant::now(),
             start_wall: time::OffsetDateTime::now_utc(),
@@ -260,6 +262,7 @@ impl Collector {
         let c = probes.counters()?;
         let end = time::OffsetDateTime::now_utc();
         let usage = resource_usage();
+        let programs = probes.program_stats();
         let attribution = attribution::attribute(&self.samples, &sites);
         sites.truncate(REPORT_SITES);
         let early = std::mem::take(&mut self.early);
@@ -309,11 +312,13 @@ impl Collector {
                 alloc_events: c[counter::ALLOC_EVENTS as usize],
                 free_events: c[counter::FREE_EVENTS as usize],
                 oom_events: c[counter::OOM_EVENTS as usize],
-                recursion_misses: probes.recursion_misses(),
+                recursion_misses: programs.iter().map(|p| p.recursion_misses).sum(),
                 intervals: self.intervals,
                 tracer_cpu_seconds: usage.0,
                 tracer_peak_rss_bytes: usage.1,
+                programs,
             },
+            sampling: report::Sampling::from_shift(self.sample_rate_shift, c[counter::ALLOC_EVENTS as usize]),
         };
         report.verdict = verdict::judge(&report);
         Ok(report)

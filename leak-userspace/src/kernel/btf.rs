@@ -2,8 +2,7 @@
 //! offsets (for walking `task_struct` to its memcg), which differ between kernel versions and configs.
 use std::path::Path;
 
-use anyhow::Context;
-use btf_rs::{Btf, BtfType, Type};
+use anyhow::{bail, Context};
 
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -11,8 +10,45 @@ const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// malformed BTF.
 const MAX_NESTING: u32 = 16;
 
+/// BTF kinds (include/uapi/linux/btf.h) this reader looks into or must step over.
+mod kinds {
+    pub const INT: u32 = 1;
+    pub const ARRAY: u32 = 3;
+    pub const STRUCT: u32 = 4;
+    pub const UNION: u32 = 5;
+    pub const ENUM: u32 = 6;
+    pub const TYPEDEF: u32 = 8;
+    pub const VOLATILE: u32 = 9;
+    pub const CONST: u32 = 10;
+    pub const RESTRICT: u32 = 11;
+    pub const FUNC_PROTO: u32 = 13;
+    pub const VAR: u32 = 14;
+    pub const DATASEC: u32 = 15;
+    pub const DECL_TAG: u32 = 17;
+    pub const TYPE_TAG: u32 = 18;
+    pub const ENUM64: u32 = 19;
+    pub const MAX: u32 = 19;
+}
+
+/// The kernel's BTF, read in one pass that only records where each type starts: leaktrace asks a handful of
+/// questions, so a linear scan per question is far cheaper than indexing every name of ~150k types (which made
+/// BTF the largest part of the time to attach).
 pub struct KernelBtf {
-    btf: Btf,
+    data: Vec<u8>,
+    strings: std::ops::Range<usize>,
+    /// Byte offset in `data` of type id `i + 1` (id 0 is void).
+    types: Vec<usize>,
+}
+
+/// One type record: its header and where its kind-specific entries start.
+#[derive(Clone, Copy)]
+struct TypeRef {
+    name_off: u32,
+    kind: u32,
+    kind_flag: bool,
+    vlen: usize,
+    size_or_type: u32,
+    entries: usize,
 }
 
 impl KernelBtf {
@@ -22,83 +58,153 @@ impl KernelBtf {
     }
 
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let btf = Btf::from_file(path).with_context(|| {
+        let read = || -> anyhow::Result<Self> { Self::parse(std::fs::read(path)?) };
+        read().with_context(|| {
             format!(
                 "cannot load kernel BTF from {} (a kernel built with CONFIG_DEBUG_INFO_BTF=y is needed)",
                 path.display()
             )
-        })?;
-        Ok(Self { btf })
+        })
     }
 
     pub fn from_bytes(bytes: &[u8]) -> anyhow::Result<Self> {
-        Ok(Self { btf: Btf::from_bytes(bytes).context("malformed BTF data")? })
+        Self::parse(bytes.to_vec()).context("malformed BTF data")
+    }
+
+    fn parse(data: Vec<u8>) -> anyhow::Result<Self> {
+        let word = |at: usize| -> anyhow::Result<u32> {
+            let bytes = data.get(at..at + 4).context("truncated BTF")?;
+            Ok(u32::from_le_bytes(bytes.try_into().expect("4 bytes")))
+        };
+        if data.get(0..2) != Some(&0xeb9f_u16.to_le_bytes()[..]) {
+            bail!("no little-endian BTF magic");
+        }
+        let (hdr_len, type_off, type_len, str_off, str_len) =
+            (word(4)? as usize, word(8)? as usize, word(12)? as usize, word(16)? as usize, word(20)? as usize);
+        let types_at = hdr_len.checked_add(type_off).context("bad BTF header")?;
+        let strings_at = hdr_len.checked_add(str_off).context("bad BTF header")?;
+        let types_end = types_at.checked_add(type_len).context("bad BTF header")?;
+        let strings = strings_at..strings_at.checked_add(str_len).context("bad BTF header")?;
+        if types_end > data.len() || strings.end > data.len() {
+            bail!("BTF sections run past the end of the data");
+        }
+        let mut types = Vec::new();
+        let mut at = types_at;
+        while at < types_end {
+            let info = word(at + 4)?;
+            let (kind, vlen) = ((info >> 24) & 0x1f, (info & 0xffff) as usize);
+            let extra = match kind {
+                kinds::INT | kinds::VAR | kinds::DECL_TAG => 4,
+                kinds::ARRAY => 12,
+                kinds::STRUCT | kinds::UNION | kinds::DATASEC | kinds::ENUM64 => 12 * vlen,
+                kinds::ENUM | kinds::FUNC_PROTO => 8 * vlen,
+                k if k <= kinds::MAX => 0,
+                k => bail!("unknown BTF kind {k}"),
+            };
+            types.push(at);
+            at += 12 + extra;
+        }
+        if at != types_end {
+            bail!("the last BTF type runs past its section");
+        }
+        Ok(Self { data, strings, types })
+    }
+
+    fn word(&self, at: usize) -> u32 {
+        self.data.get(at..at + 4).map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    }
+
+    fn type_at(&self, at: usize) -> TypeRef {
+        let info = self.word(at + 4);
+        TypeRef {
+            name_off: self.word(at),
+            kind: (info >> 24) & 0x1f,
+            kind_flag: info >> 31 != 0,
+            vlen: (info & 0xffff) as usize,
+            size_or_type: self.word(at + 8),
+            entries: at + 12,
+        }
+    }
+
+    fn type_by_id(&self, id: u32) -> Option<TypeRef> {
+        let at = *self.types.get((id as usize).checked_sub(1)?)?;
+        Some(self.type_at(at))
+    }
+
+    /// Whether the string at `off` is `want` (compared in place: no string is built).
+    fn name_is(&self, off: u32, want: &str) -> bool {
+        let start = self.strings.start + off as usize;
+        let end = start + want.len();
+        end < self.strings.end && &self.data[start..end] == want.as_bytes() && self.data[end] == 0
+    }
+
+    fn named<'a>(&'a self, name: &'a str, kinds: &'a [u32]) -> impl Iterator<Item = TypeRef> + 'a {
+        self.types
+            .iter()
+            .map(|&at| self.type_at(at))
+            .filter(move |t| kinds.contains(&t.kind) && t.name_off != 0 && self.name_is(t.name_off, name))
     }
 
     /// The value of `variant` in `enum <enum_name>`, e.g. `("node_stat_item", "NR_ANON_MAPPED")`.
     pub fn enum_value(&self, enum_name: &str, variant: &str) -> Option<i64> {
-        self.btf.resolve_types_by_name(enum_name).ok()?.into_iter().find_map(|t| match t {
-            Type::Enum(e) => e.members.iter().find(|m| self.name_is(*m, variant)).map(|m| {
-                // Stored as raw 32 bits; the enum's sign flag says how to read them.
-                if e.is_signed() {
-                    m.val() as i32 as i64
-                } else {
-                    m.val() as i64
+        self.named(enum_name, &[kinds::ENUM, kinds::ENUM64]).find_map(|t| {
+            let wide = t.kind == kinds::ENUM64;
+            let step = if wide { 12 } else { 8 };
+            (0..t.vlen).map(|i| t.entries + i * step).find(|&e| self.name_is(self.word(e), variant)).map(|e| {
+                let lo = self.word(e + 4);
+                match (wide, t.kind_flag) {
+                    (true, _) => (u64::from(self.word(e + 8)) << 32 | u64::from(lo)) as i64,
+                    // Stored as raw 32 bits; the enum's kind flag says they are signed.
+                    (false, true) => lo as i32 as i64,
+                    (false, false) => lo as i64,
                 }
-            }),
-            Type::Enum64(e) => e.members.iter().find(|m| self.name_is(*m, variant)).map(|m| m.val() as i64),
-            _ => None,
+            })
         })
     }
 
     /// Byte offset of `member` in `struct <struct_name>` (or union), looking through anonymous struct/union members
     /// as C does. `None` when absent or a bitfield (no byte offset).
     pub fn member_offset(&self, struct_name: &str, member: &str) -> Option<u32> {
-        self.btf.resolve_types_by_name(struct_name).ok()?.iter().find_map(|t| match t {
-            Type::Struct(s) | Type::Union(s) => self.find_member(s, member, 0),
-            _ => None,
-        })
+        self.named(struct_name, &[kinds::STRUCT, kinds::UNION]).find_map(|t| self.find_member(t, member, 0))
     }
 
-    fn find_member(&self, s: &btf_rs::Struct, member: &str, depth: u32) -> Option<u32> {
-        for m in &s.members {
-            let name = self.btf.resolve_name(m).ok()?;
-            let found = if name == member {
-                let bitfield = m.bitfield_size().is_some_and(|bits| bits != 0) || m.bit_offset() % 8 != 0;
-                if bitfield {
+    fn find_member(&self, s: TypeRef, member: &str, depth: u32) -> Option<u32> {
+        for i in 0..s.vlen {
+            let e = s.entries + i * 12;
+            let (name_off, type_id, offset) = (self.word(e), self.word(e + 4), self.word(e + 8));
+            // With the kind flag, the top 8 bits are a bitfield's size and the rest its bit offset.
+            let (bit_offset, bits) = if s.kind_flag { (offset & 0xff_ffff, offset >> 24) } else { (offset, 0) };
+            let found = if name_off != 0 && self.name_is(name_off, member) {
+                if bits != 0 || bit_offset % 8 != 0 {
                     return None;
                 }
                 Some(0)
-            } else if name.is_empty() && depth < MAX_NESTING {
-                match self.strip_modifiers(self.btf.resolve_chained_type(m).ok()?) {
-                    Type::Struct(inner) | Type::Union(inner) => self.find_member(&inner, member, depth + 1),
-                    _ => None,
-                }
+            } else if (name_off == 0 || self.name_is(name_off, "")) && depth < MAX_NESTING {
+                self.strip_modifiers(type_id)
+                    .filter(|t| matches!(t.kind, kinds::STRUCT | kinds::UNION))
+                    .and_then(|inner| self.find_member(inner, member, depth + 1))
             } else {
                 None
             };
             if let Some(inner_offset) = found {
-                return Some(m.bit_offset() / 8 + inner_offset);
+                return Some(bit_offset / 8 + inner_offset);
             }
         }
         None
     }
 
-    /// Anonymous members can be wrapped in const/volatile (and, rarely, a typedef).
-    fn strip_modifiers(&self, mut t: Type) -> Type {
+    /// Anonymous members can be wrapped in const/volatile (and, rarely, a typedef or type tag).
+    fn strip_modifiers(&self, mut id: u32) -> Option<TypeRef> {
         for _ in 0..MAX_NESTING {
-            let modifier = matches!(t, Type::Const(_) | Type::Volatile(_) | Type::Restrict(_) | Type::Typedef(_));
-            let next = modifier.then(|| t.as_btf_type()).flatten().and_then(|x| self.btf.resolve_chained_type(x).ok());
-            match next {
-                Some(next) => t = next,
-                None => break,
+            let t = self.type_by_id(id)?;
+            match t.kind {
+                kinds::CONST | kinds::VOLATILE | kinds::RESTRICT | kinds::TYPEDEF | kinds::TYPE_TAG => {
+                    id = t.size_or_type
+                }
+                _ => return Some(t),
             }
         }
-        t
-    }
-
-    fn name_is(&self, t: &dyn BtfType, want: &str) -> bool {
-        self.btf.resolve_name(t).is_ok_and(|n| n == want)
+        None
     }
 }
 

@@ -15,6 +15,8 @@ use aya::{
 };
 use leak_common::{counter, SiteCounters, SiteKey, CACHE_NAME_LEN, STACK_OVERFLOW_BIT};
 
+pub use crate::report::ProgramStats;
+
 pub use layout::{discover, Discovery};
 
 /// The eBPF object built by build.rs, embedded so the binary is the only file to copy onto a host.
@@ -163,15 +165,25 @@ impl Probes {
         Ok(RingBuf::try_from(map)?)
     }
 
-    /// Program runs the kernel skipped because another BPF program was running on the CPU (its recursion guard):
-    /// each one is an event leaktrace never saw, most often a free, which makes memory look leaked.
-    pub fn recursion_misses(&self) -> u64 {
+    /// What each loaded program did, from its fdinfo: run count and time (counted only while
+    /// `kernel.bpf_stats_enabled` is 1), and runs the kernel skipped because another BPF program was running on the
+    /// CPU (its recursion guard): each one an event leaktrace never saw, most often a free, which makes memory look
+    /// leaked.
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
         self.ebpf
             .programs()
-            .filter_map(|(_, p)| p.fd().ok())
-            .filter_map(|fd| std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd())).ok())
-            .filter_map(|info| fdinfo_value(&info, "recursion_misses"))
-            .sum()
+            .filter_map(|(name, p)| Some((name, p.fd().ok()?)))
+            .filter_map(|(name, fd)| {
+                let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd())).ok()?;
+                let value = |key| fdinfo_value(&info, key).unwrap_or(0);
+                Some(ProgramStats {
+                    program: name.to_string(),
+                    run_count: value("run_cnt"),
+                    run_time_ns: value("run_time_ns"),
+                    recursion_misses: value("recursion_misses"),
+                })
+            })
+            .collect()
     }
 
     fn map(&self, name: &str) -> Result<&aya::maps::Map> {

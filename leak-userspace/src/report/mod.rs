@@ -1,8 +1,8 @@
 //! The serde model of report.json, schema "leaktrace.report/1" (see CONTRACT.md). Every field of the contract is
 //! here under its contract name; `Option`s serialize as `null` and are never omitted, so scripts can rely on every
-//! key being present. Extensions (`schema`, `collection`, `growth`, `sites_early`, `target.cgroups`, the runtime facts
-//! in `target.container`, `kernel.degraded`, `OomKill::trigger_*` and the other fields marked "extension" below)
-//! only add keys.
+//! key being present. Extensions (`schema`, `collection`, `growth`, `sampling`, `sites_early`, `target.cgroups`, the
+//! runtime facts in `target.container`, `kernel.degraded`, `OomKill::trigger_*` and the other fields marked
+//! "extension" below) only add keys.
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -32,6 +32,29 @@ pub struct Report {
     pub growth: Growth,
     /// What the tracer could not see, and what it cost: the numbers that say how far to trust the rest.
     pub collection: Collection,
+    /// How allocations were recorded, so the reader knows whether site figures are exact or estimates.
+    pub sampling: Sampling,
+}
+
+/// `mode` "bytes": an allocation of s bytes was kept with probability p = 2^-k, the smallest power of two not
+/// below s / `rate_bytes` (always when s >= `rate_bytes`), and counted 1/p times: every byte and count in `sites`
+/// is then an unbiased estimate, exact for allocations of `rate_bytes` or more. `mode` "all" (`--record-all`):
+/// every allocation was recorded, `rate_bytes` is null. `kept_allocs`: allocations actually recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    pub mode: String,
+    pub rate_bytes: Option<u64>,
+    pub kept_allocs: u64,
+}
+
+impl Sampling {
+    /// From the kernel side's `Config::sample_rate_shift` (0: everything recorded).
+    pub fn from_shift(shift: u32, kept_allocs: u64) -> Self {
+        match shift {
+            0 => Sampling { mode: "all".into(), rate_bytes: None, kept_allocs },
+            s => Sampling { mode: "bytes".into(), rate_bytes: Some(1 << s), kept_allocs },
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -330,6 +353,17 @@ pub struct Collection {
     pub intervals: u64,
     pub tracer_cpu_seconds: f64,
     pub tracer_peak_rss_bytes: u64,
+    /// Per eBPF program: `run_count` and `run_time_ns` (0 unless `kernel.bpf_stats_enabled` was 1: the kernel
+    /// only counts then), and its share of `recursion_misses`.
+    pub programs: Vec<ProgramStats>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProgramStats {
+    pub program: String,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+    pub recursion_misses: u64,
 }
 
 /// Writes `report.json` into `dir` atomically, mode 0600.

@@ -139,6 +139,7 @@ pub(crate) fn sample_report() -> Report {
             time_to_limit_seconds: Some(6.9),
         },
         collection: Collection { ringbuf_drops: 3, tracer_cpu_seconds: 0.5, ..Default::default() },
+        sampling: Sampling::from_shift(18, 1234),
     }
 }
 
@@ -236,6 +237,7 @@ fn every_contract_key_has_its_type() {
             ("sites_early", Opt(&Obj)),
             ("verdict", Obj),
             ("collection", Obj),
+            ("sampling", Obj),
         ],
     );
     keys(
@@ -318,6 +320,8 @@ fn every_contract_key_has_its_type() {
         check(&c[key], U64, &format!("collection.{key}"));
     }
     check(&c["tracer_cpu_seconds"], F64, "collection.tracer_cpu_seconds");
+    check(&c["programs"], Arr, "collection.programs");
+    keys(&v["sampling"], "sampling", &[("mode", Str), ("rate_bytes", Opt(&U64)), ("kept_allocs", U64)]);
 }
 
 #[test]
