@@ -33,6 +33,7 @@ pub fn run(output: Option<PathBuf>, quiet: bool) -> Result<()> {
         interval: 1.0,
         top: 10,
         max_tracked: crate::probes::DEFAULT_LIVE_ENTRIES,
+        stack_entries: crate::probes::DEFAULT_STACK_ENTRIES,
         quiet,
     };
     let mut child: Option<Child> = None;

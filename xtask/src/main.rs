@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own commands. Every one first runs `bootstrap` (cheap when nothing is missing), so
 //! `cargo xtask demo` and `cargo xtask test` work on a fresh Debian host.
 mod bootstrap;
+mod soak;
 
 use std::{
     env,
@@ -34,6 +35,15 @@ enum Cmd {
     Test {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
+    },
+    /// Build, then trace a churning cgroup for minutes (not part of CI) and print the tracer's RSS and kernel map
+    /// entries over time; fails if the RSS keeps growing.
+    Soak {
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Seconds between two readings.
+        #[arg(long, default_value_t = 30)]
+        every: u64,
     },
     /// Build, then run `leaktrace demo` as root; extra arguments (e.g. `--output DIR`) go to it.
     Demo {
@@ -74,6 +84,7 @@ fn run(command: Cmd) -> Result<()> {
             cmd.args(["test", "--workspace", "--release"]).args(args).env("LEAKTRACE_BIN", &bin);
             check(&mut cmd)
         }
+        Cmd::Soak { minutes, every } => soak::run(&build()?, minutes, std::time::Duration::from_secs(every)),
         Cmd::Demo { args } => {
             let bin = build()?;
             let mut cmd = if bootstrap::is_root() {

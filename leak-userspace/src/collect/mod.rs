@@ -1,6 +1,7 @@
 //! Collection: every interval, follow the target's subtree and processes, sample its memory files; at each OOM
 //! kill, take the picture of the sites before the SIGKILL; at the end, assemble the report.
 pub mod oom;
+mod retire;
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -46,6 +47,8 @@ pub struct Collector {
     limit: Option<u64>,
     oom_kills: Vec<report::OomKill>,
     intervals: u64,
+    /// Sites of exited processes, taken out of the kernel map so it does not fill up.
+    retired: retire::Retired,
 }
 
 impl Collector {
@@ -69,6 +72,7 @@ impl Collector {
             limit: None,
             oom_kills: Vec::new(),
             intervals: 0,
+            retired: retire::Retired::default(),
         }
     }
 
@@ -97,9 +101,11 @@ impl Collector {
         }
         self.follow_subtree(probes)?;
         // Processes that allocated and left between two scans are known only from the sites they made.
-        for (key, _) in probes.sites()? {
+        let raw = probes.sites()?;
+        for (key, _) in &raw {
             self.learn_process(key.tgid);
         }
+        self.retired.retire(probes, &raw, retire::process_alive)?;
         self.sample();
         self.intervals += 1;
         Ok(true)
@@ -145,7 +151,7 @@ impl Collector {
             return Ok(false);
         }
         // Read the counters first: what follows (symbolizing) may take a while.
-        let raw = probes.sites()?;
+        let raw = self.retired.merged(probes.sites()?);
         self.comms.entry(notice.victim_pid).or_insert_with(|| notice.victim_comm.clone());
         let sites = self.build_sites(probes, &raw, Outstanding::BeforeOomKill, self.top)?;
         let t = notice.ktime_ns.saturating_sub(self.start_ktime_ns) as f64 / 1e9;
@@ -178,7 +184,7 @@ impl Collector {
         if self.target.path.join("cgroup.procs").exists() {
             self.sample();
         }
-        let raw = probes.sites()?;
+        let raw = self.retired.merged(probes.sites()?);
         let mut sites = self.build_sites(probes, &raw, Outstanding::Live, usize::MAX)?;
         let c = probes.counters()?;
         let end = time::OffsetDateTime::now_utc();
@@ -202,6 +208,7 @@ impl Collector {
                 start: rfc3339(self.start_wall),
                 end: rfc3339(end),
                 seconds: self.start.elapsed().as_secs_f64(),
+                ended_by: String::new(),
             },
             memory: report::Memory { limit_bytes: self.limit, samples: self.samples },
             attribution,

@@ -1,6 +1,6 @@
 //! The serde model of report.json, schema "leaktrace.report/1" (see CONTRACT.md). Every field of the contract is
 //! here under its contract name; `Option`s serialize as `null` and are never omitted, so scripts can rely on every
-//! key being present. Extensions (`schema`, `collection`, `OomKill::trigger_*`) only add keys.
+//! key being present. Extensions (`schema`, `collection`, `OomKill::trigger_*`, `window.ended_by`) only add keys.
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -54,6 +54,11 @@ pub struct Window {
     pub start: String,
     pub end: String,
     pub seconds: f64,
+    /// Why the window ended: "duration elapsed", "interrupted (SIGINT)", "terminated (SIGTERM)", the same two
+    /// "while attaching" (a window of almost nothing, marked so), "the target cgroup was removed", "the workload
+    /// was OOM-killed" (demo), or "error: ..." when collection failed part-way (what came before is kept).
+    #[serde(default)]
+    pub ended_by: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
