@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own commands. Every one first runs `bootstrap` (cheap when nothing is missing), so
 //! `cargo xtask demo` and `cargo xtask test` work on a fresh Debian host.
 mod bootstrap;
+mod fuzz;
 mod soak;
 
 use std::{
@@ -36,6 +37,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Run each fuzz target (fuzz/) for a bounded time; `cargo xtask test` does this after the suite.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = FUZZ_SECONDS)]
+        seconds: u64,
+    },
     /// Build, then trace a churning cgroup for minutes (not part of CI) and print the tracer's RSS and kernel map
     /// entries over time; fails if the RSS keeps growing.
     Soak {
@@ -51,6 +58,9 @@ enum Cmd {
         args: Vec<OsString>,
     },
 }
+
+/// Per fuzz target in `cargo xtask test`: three targets keep CI's fuzzing near half a minute.
+const FUZZ_SECONDS: u64 = 10;
 
 fn main() -> ExitCode {
     match run(Cli::parse_from(keep_leading_dash_dash(env::args_os().collect())).command) {
@@ -81,9 +91,16 @@ fn run(command: Cmd) -> Result<()> {
             step("running the test suite (cargo test --workspace --release)");
             // The e2e tests run this binary; building it first means they never test a stale one.
             let mut cmd = cargo();
+            // A filtered run (arguments given) is someone iterating on some tests: the fuzzing is for full runs.
+            let whole_suite = args.is_empty();
             cmd.args(["test", "--workspace", "--release"]).args(args).env("LEAKTRACE_BIN", &bin);
-            check(&mut cmd)
+            check(&mut cmd)?;
+            if whole_suite {
+                fuzz::run(FUZZ_SECONDS)?;
+            }
+            Ok(())
         }
+        Cmd::Fuzz { seconds } => fuzz::run(seconds),
         Cmd::Soak { minutes, every } => soak::run(&build()?, minutes, std::time::Duration::from_secs(every)),
         Cmd::Demo { args } => {
             let bin = build()?;
