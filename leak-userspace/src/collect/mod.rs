@@ -231,6 +231,7 @@ impl Collector {
                 intervals: self.intervals,
                 tracer_cpu_seconds: usage.0,
                 tracer_peak_rss_bytes: usage.1,
+                retired_sites_dropped: self.retired.dropped(),
             },
         };
         report.verdict = verdict::judge(&report);

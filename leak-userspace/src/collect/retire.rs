@@ -3,16 +3,23 @@
 //! seconds, and every allocation after that would be dropped. Each interval, the sites of exited processes that
 //! hold nothing any more move to userspace (their totals are kept for the report) and leave the kernel map.
 //! A site that still holds memory stays in the kernel: a later free must find it there to be credited.
-use std::collections::HashMap;
+//! Userspace keeps at most [`MAX_RETIRED`] of them, so neither the tracer's memory nor the time to build the final
+//! report grows without end on a cgroup that never stops starting processes.
+use std::{cmp::Reverse, collections::HashMap};
 
 use anyhow::Result;
 use leak_common::{SiteCounters, SiteKey};
 
 use crate::probes::Probes;
 
+/// Retired sites kept with their own stacks and process. Past this, the half that allocated least is dropped: they
+/// hold nothing, their process is gone, and the report ranks sites by what they hold. report.json counts them.
+const MAX_RETIRED: usize = 32_768;
+
 #[derive(Default)]
 pub struct Retired {
     sites: HashMap<SiteKey, SiteCounters>,
+    dropped: u64,
 }
 
 impl Retired {
@@ -32,7 +39,24 @@ impl Retired {
         for (key, c) in &done {
             self.sites.entry(*key).or_default().accumulate(c);
         }
+        if self.sites.len() > MAX_RETIRED {
+            self.shrink(MAX_RETIRED / 2);
+        }
         Ok(())
+    }
+
+    /// Keeps the `keep` retired sites that allocated most.
+    fn shrink(&mut self, keep: usize) {
+        let mut all: Vec<(SiteKey, SiteCounters)> = self.sites.drain().collect();
+        all.sort_unstable_by_key(|(key, c)| (Reverse(c.alloc_bytes), *key));
+        self.dropped += all.len().saturating_sub(keep) as u64;
+        all.truncate(keep);
+        self.sites = all.into_iter().collect();
+    }
+
+    /// Retired sites dropped to stay within [`MAX_RETIRED`].
+    pub fn dropped(&self) -> u64 {
+        self.dropped
     }
 
     /// The kernel's sites with the retired ones added back (summed when a key is in both, e.g. a reused pid).
@@ -80,6 +104,18 @@ mod tests {
         let mut all = retired.merged(vec![(key(1), counters(2, 1)), (key(3), counters(5, 0))]);
         all.sort_by_key(|(k, _)| k.tgid);
         assert_eq!(all, vec![(key(1), counters(5, 4)), (key(2), counters(1, 1)), (key(3), counters(5, 0))]);
+    }
+
+    #[test]
+    fn shrinking_keeps_the_sites_that_allocated_most() {
+        let mut retired = Retired::default();
+        for tgid in 1..=10 {
+            retired.sites.insert(key(tgid), counters(u64::from(tgid), u64::from(tgid)));
+        }
+        retired.shrink(3);
+        let mut kept: Vec<u32> = retired.sites.keys().map(|k| k.tgid).collect();
+        kept.sort_unstable();
+        assert_eq!((kept, retired.dropped()), (vec![8, 9, 10], 7));
     }
 
     #[test]

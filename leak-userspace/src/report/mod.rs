@@ -170,6 +170,10 @@ pub struct Collection {
     pub intervals: u64,
     pub tracer_cpu_seconds: f64,
     pub tracer_peak_rss_bytes: u64,
+    /// Sites of exited processes that held nothing and were left out of the report to bound the tracer's memory
+    /// (only on cgroups that run tens of thousands of processes).
+    #[serde(default)]
+    pub retired_sites_dropped: u64,
 }
 
 /// Writes `report.json` into `dir` atomically, mode 0600.
