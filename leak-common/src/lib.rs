@@ -51,6 +51,23 @@ pub struct SiteCounters {
     pub oom_freed_count: u64,
 }
 
+impl SiteCounters {
+    /// Adds `other` field by field (per-CPU copies, or a site's earlier totals).
+    pub fn accumulate(&mut self, other: &SiteCounters) {
+        self.alloc_bytes = self.alloc_bytes.wrapping_add(other.alloc_bytes);
+        self.alloc_count = self.alloc_count.wrapping_add(other.alloc_count);
+        self.free_bytes = self.free_bytes.wrapping_add(other.free_bytes);
+        self.free_count = self.free_count.wrapping_add(other.free_count);
+        self.oom_freed_bytes = self.oom_freed_bytes.wrapping_add(other.oom_freed_bytes);
+        self.oom_freed_count = self.oom_freed_count.wrapping_add(other.oom_freed_count);
+    }
+
+    /// Whether every allocation of the site was freed (none is left in LIVE to credit a later free to it).
+    pub fn all_freed(&self) -> bool {
+        self.alloc_count == self.free_count.wrapping_add(self.oom_freed_count)
+    }
+}
+
 /// Set in a `SiteKey` stack id that lives in the second stack map (`STACKS_OVERFLOW`): the stack's bucket in the
 /// first was taken by another stack.
 pub const STACK_OVERFLOW_BIT: i32 = 1 << 30;

@@ -49,6 +49,10 @@ pub struct TraceArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
     pub max_tracked: Option<u32>,
 
+    /// Stack traces the kernel side can keep (kernel and user stacks together); a test knob for a full stack map.
+    #[arg(long, value_name = "N", hide = true, default_value_t = crate::probes::DEFAULT_STACK_ENTRIES, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
+    pub stack_entries: u32,
+
     /// Print only errors and the final summary.
     #[arg(long)]
     pub quiet: bool,

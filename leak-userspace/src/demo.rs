@@ -36,6 +36,7 @@ pub fn run(output: Option<PathBuf>, quiet: bool) -> Result<()> {
         interval: 0.5,
         top: 10,
         max_tracked: None,
+        stack_entries: crate::probes::DEFAULT_STACK_ENTRIES,
         quiet,
         sample_bytes: crate::cli::DEFAULT_SAMPLE_BYTES,
         record_all: false,

@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
@@ -19,8 +19,11 @@ use crate::{
     export, output,
     probes::{self, Probes},
     report,
+    stop::StopSignals,
     target::{self, CgroupLayout, Target},
 };
+
+pub use crate::privilege::require_root;
 
 /// How long the demo keeps tracing after the OOM kill, so the report shows the memory coming back.
 const AFTER_OOM: Duration = Duration::from_millis(1500);
@@ -52,24 +55,14 @@ pub struct Hooks<'a> {
     pub stop_after_oom: bool,
 }
 
-pub fn require_root() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("leaktrace must run as root (it loads eBPF programs and reads every process's memory maps): run it with sudo");
-    }
-    if let Some(missing) = crate::kernel::caps::missing_for_tracing() {
-        bail!("leaktrace runs as root but without {missing}, which loading eBPF tracing programs needs (in a container, run it with --privileged or --cap-add BPF --cap-add PERFMON)");
-    }
-    Ok(())
-}
-
 /// Traces `target` and writes the outputs; returns the output directory.
 pub fn trace(target: Target, args: &TraceArgs, hooks: Hooks<'_>) -> Result<PathBuf> {
     require_root()?;
+    let stop = StopSignals::install()?;
     let dir = output::prepare(args.output.as_deref())?;
     let mut discovery = probes::discover()?;
     discovery.config.sample_rate_shift = args.sample_rate_shift();
-    let mut probes = Probes::load(&mut discovery, args.live_entries())?;
+    let mut probes = Probes::load(&mut discovery, args.live_entries(), args.stack_entries)?;
     let mut collector = Collector::new(target, &discovery, args.top);
     // The first sample is the baseline that growth is measured from.
     collector.tick(&mut probes)?;
@@ -99,12 +92,18 @@ pub fn trace(target: Target, args: &TraceArgs, hooks: Hooks<'_>) -> Result<PathB
     }
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let ended = runtime.block_on(event_loop(&mut probes, &mut collector, args, hooks.stop_after_oom));
-    // Whatever happened in the loop, what was collected is written.
-    let report = collector.finish(&probes)?;
+    let ended = runtime.block_on(event_loop(&mut probes, &mut collector, args, &stop, hooks.stop_after_oom));
+    // Whatever happened in the loop, what was collected is written, and says how the window ended.
+    let mut report = collector.finish(&probes)?;
     drop(probes);
-    write_outputs(&dir, &report)?;
+    report.window.ended_by = match &ended {
+        Ok(reason) => reason.to_string(),
+        Err(e) => format!("error: {e:#}"),
+    };
+    let written = write_outputs(&dir, &report);
+    // The summary is printed even when the outputs cannot be written (full disk): it is then all that is left.
     print!("{}", export::summary::summary(&report));
+    written?;
     say(&format!("ended: {}", ended?));
     Ok(dir)
 }
@@ -114,6 +113,7 @@ async fn event_loop(
     probes: &mut Probes,
     collector: &mut Collector,
     args: &TraceArgs,
+    stop: &StopSignals,
     stop_after_oom: bool,
 ) -> Result<&'static str> {
     // SAFETY: the ring buffer owns its fd, and the AsyncFd owns the ring buffer for as long as it is registered.
@@ -126,6 +126,15 @@ async fn event_loop(
     let mut deadline = Instant::now() + Duration::from_secs_f64(args.duration.unwrap_or(366.0 * 86400.0));
     let mut reason = "duration elapsed";
     let mut live = crate::live::Live::new(args.quiet);
+    // A signal that came while attaching (before the handlers above existed) ends the window at once.
+    if let Some(signal) = stop.received() {
+        reason = if signal == "SIGINT" {
+            "interrupted (SIGINT) while attaching"
+        } else {
+            "terminated (SIGTERM) while attaching"
+        };
+        deadline = Instant::now();
+    }
     loop {
         tokio::select! {
             _ = tick.tick() => {

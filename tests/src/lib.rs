@@ -152,34 +152,9 @@ impl Memcg {
 
 impl Drop for Memcg {
     fn drop(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let pids = self.pids();
-            if pids.is_empty() {
-                break;
-            }
-            if Instant::now() > deadline {
-                eprintln!("warning: {} still holds {pids:?}; leaving it", self.path.display());
-                return;
-            }
-            for pid in pids {
-                // SAFETY: plain syscall; these pids are in a cgroup this test created.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-            }
-            thread::sleep(Duration::from_millis(20));
+        if let Err(e) = self.remove() {
+            eprintln!("warning: {e:#}");
         }
-        // The cgroup can stay busy for a moment after its last task has gone.
-        for _ in 0..100 {
-            match fs::remove_dir(&self.path) {
-                Ok(()) => return,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => thread::sleep(Duration::from_millis(20)),
-                Err(e) => {
-                    eprintln!("warning: cannot remove {}: {e}", self.path.display());
-                    return;
-                }
-            }
-        }
-        eprintln!("warning: {} stayed busy; remove it with rmdir", self.path.display());
     }
 }
 
@@ -358,6 +333,7 @@ impl Leaktrace {
         Ok(self.output(status))
     }
 
+    /// The process id of the running leaktrace (to signal it or read its /proc entries).
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -532,6 +508,74 @@ fn held_program_ids() -> HashSet<u64> {
 /// The `prog_id:` of a program or link descriptor's fdinfo.
 fn fdinfo_prog_id(fdinfo: &str) -> Option<u64> {
     fdinfo.lines().find_map(|l| l.strip_prefix("prog_id:")).and_then(|v| v.trim().parse().ok())
+}
+
+impl Memcg {
+    /// Kills the cgroup's processes and removes it now (a test that removes the cgroup under a running trace);
+    /// dropping it afterwards does nothing more.
+    pub fn remove(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let pids = self.pids();
+            if pids.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{} still holds {pids:?}; leaving it", self.path.display());
+            }
+            for pid in pids {
+                // SAFETY: plain syscall; these pids are in a cgroup this test created.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        // The cgroup can stay busy for a moment after its last task has gone.
+        for _ in 0..100 {
+            match fs::remove_dir(&self.path) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => thread::sleep(Duration::from_millis(20)),
+                Err(e) => return Err(e).with_context(|| format!("cannot remove {}", self.path.display())),
+            }
+        }
+        bail!("{} stayed busy; remove it with rmdir", self.path.display())
+    }
+
+    /// OOM kills in this cgroup so far, as the kernel counts them (v1 `memory.oom_control`, v2 `memory.events`).
+    pub fn oom_kills(&self) -> Result<u64> {
+        let file = self.path.join(self.file("memory.oom_control", "memory.events"));
+        let text = fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+            .with_context(|| format!("no oom_kill line in {}: {text:?}", file.display()))
+    }
+}
+
+/// The eBPF objects a process holds through its descriptors: (program ids, link ids, map ids).
+pub fn held_bpf_objects(pid: u32) -> (HashSet<u64>, HashSet<u64>, HashSet<u64>) {
+    let mut held = (HashSet::new(), HashSet::new(), HashSet::new());
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return held };
+    for info in fds.flatten().filter_map(|fd| fs::read_to_string(fd.path()).ok()) {
+        let id = |key: &str| info.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse().ok());
+        match (id("link_id:"), id("prog_id:"), id("map_id:")) {
+            (Some(link), _, _) => held.1.insert(link),
+            (None, Some(prog), _) => held.0.insert(prog),
+            (None, None, Some(map)) => held.2.insert(map),
+            _ => false,
+        };
+    }
+    held
+}
+
+/// Ids of every eBPF object of one kind (`prog`, `link`, `map`) in the kernel now.
+pub fn bpf_object_ids(kind: &str) -> Result<HashSet<u64>> {
+    let out = Command::new("bpftool").args(["-j", kind, "show"]).output().context("cannot run bpftool")?;
+    if !out.status.success() {
+        bail!("bpftool {kind} show failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let all: Value = serde_json::from_slice(&out.stdout).context("bpftool printed no JSON")?;
+    Ok(items(&all).iter().filter_map(|o| o["id"].as_u64()).collect())
 }
 
 #[cfg(test)]

@@ -31,6 +31,8 @@ const PACKAGES: &[&str] = &[
 ];
 
 const BPF_LINKER_VERSION: &str = "0.10.3";
+/// Runs the fuzz targets in fuzz/ (with the stable toolchain and RUSTC_BOOTSTRAP, see fuzz.rs).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// The LLVM of Debian's rustc-web: bpf-linker loads it at run time to link that compiler's bitcode.
 const LLVM_MAJOR: u32 = 22;
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -38,6 +40,7 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 pub fn run() -> Result<()> {
     apt_packages()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     tracefs()
 }
 
@@ -82,8 +85,8 @@ fn installed(pkg: &str) -> Result<bool> {
     Ok(out.status.success() && String::from_utf8_lossy(&out.stdout).ends_with(" installed"))
 }
 
-/// Where bpf-linker goes; leak-userspace/build.rs looks in the same place.
-fn tools_dir() -> PathBuf {
+/// Where bpf-linker and cargo-fuzz go; leak-userspace/build.rs looks in the same place.
+pub fn tools_dir() -> PathBuf {
     if let Some(dir) = env::var_os("LEAKTRACE_TOOLS") {
         return dir.into();
     }
@@ -93,7 +96,7 @@ fn tools_dir() -> PathBuf {
 
 fn bpf_linker() -> Result<()> {
     let tools = tools_dir();
-    if linker_installed(&tools) {
+    if tool_installed(&tools, "bpf-linker", BPF_LINKER_VERSION) {
         step(&format!("bpf-linker {BPF_LINKER_VERSION} present in {}", tools.display()));
     } else {
         step(&format!("installing bpf-linker {BPF_LINKER_VERSION} into {} (about 2 minutes)", tools.display()));
@@ -122,9 +125,28 @@ fn bpf_linker() -> Result<()> {
     link_llvm(&tools.join("lib"))
 }
 
-fn linker_installed(tools: &Path) -> bool {
+/// Whether `cargo install` put this version of `name` into `tools`.
+fn tool_installed(tools: &Path, name: &str, version: &str) -> bool {
     let recorded = fs::read_to_string(tools.join(".crates.toml")).unwrap_or_default();
-    tools.join("bin/bpf-linker").is_file() && recorded.contains(&format!("\"bpf-linker {BPF_LINKER_VERSION} "))
+    tools.join("bin").join(name).is_file() && recorded.contains(&format!("\"{name} {version} "))
+}
+
+/// cargo-fuzz, built by the userspace toolchain (the one running xtask).
+fn cargo_fuzz() -> Result<()> {
+    let tools = tools_dir();
+    if tool_installed(&tools, "cargo-fuzz", CARGO_FUZZ_VERSION) {
+        step(&format!("cargo-fuzz {CARGO_FUZZ_VERSION} present in {}", tools.display()));
+        return Ok(());
+    }
+    step(&format!("installing cargo-fuzz {CARGO_FUZZ_VERSION} into {} (about a minute)", tools.display()));
+    fs::create_dir_all(&tools).with_context(|| format!("cannot create {}", tools.display()))?;
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.args(["install", &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"), "--locked", "--root"])
+        .arg(&tools)
+        // Outside the repository, so its .cargo/config.toml does not apply.
+        .current_dir(&tools)
+        .env_remove("CARGO_TARGET_DIR");
+    check(&mut cmd)
 }
 
 /// bpf-linker 0.10 dlopen()s the first `libLLVM*` in `<dir>/../lib` for each `<dir>` on PATH, so its own lib
@@ -231,10 +253,12 @@ mod tests {
         let dir = tmp.path();
         fs::create_dir_all(dir.join("bin")).unwrap();
         fs::write(dir.join("bin/bpf-linker"), b"").unwrap();
-        assert!(!linker_installed(dir));
+        let installed = |d: &Path| tool_installed(d, "bpf-linker", BPF_LINKER_VERSION);
+        assert!(!installed(dir));
         fs::write(dir.join(".crates.toml"), "[v1]\n\"bpf-linker 0.9.13 (registry+x)\" = [\"bpf-linker\"]\n").unwrap();
-        assert!(!linker_installed(dir));
+        assert!(!installed(dir));
         fs::write(dir.join(".crates.toml"), "[v1]\n\"bpf-linker 0.10.3 (registry+x)\" = [\"bpf-linker\"]\n").unwrap();
-        assert!(linker_installed(dir));
+        assert!(installed(dir));
+        assert!(!tool_installed(dir, "cargo-fuzz", CARGO_FUZZ_VERSION));
     }
 }

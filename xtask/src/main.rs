@@ -2,6 +2,8 @@
 //! `cargo xtask demo` and `cargo xtask test` work on a fresh Debian host.
 mod bench;
 mod bootstrap;
+mod fuzz;
+mod soak;
 mod vm;
 
 use std::{
@@ -33,7 +35,7 @@ enum Cmd {
     /// Build target/release/leaktrace (the eBPF programs are embedded in it).
     Build,
     /// Build, then run the whole test suite against the release binary; arguments go to `cargo test` as given
-    /// (`cargo xtask test e2e -- --nocapture`). Without arguments the VM kernel matrix (`vm-test`) runs after it.
+    /// (`cargo xtask test e2e -- --nocapture`). Without arguments the VM kernel matrix (`vm-test`) and a bounded fuzzing run follow.
     Test {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
@@ -43,6 +45,21 @@ enum Cmd {
     VmTest {
         /// Only the kernels whose label contains one of these (bullseye, bookworm, trixie, trixie-backports).
         kernels: Vec<String>,
+    },
+    /// Run each fuzz target (fuzz/) for a bounded time; `cargo xtask test` does this after the suite.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = FUZZ_SECONDS)]
+        seconds: u64,
+    },
+    /// Build, then trace a churning cgroup for minutes (not part of CI) and print the tracer's RSS and kernel map
+    /// entries over time; fails if the RSS keeps growing.
+    Soak {
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Seconds between two readings.
+        #[arg(long, default_value_t = 30)]
+        every: u64,
     },
     /// Build, then run `leaktrace demo` as root; extra arguments (e.g. `--output DIR`) go to it.
     Demo {
@@ -57,6 +74,9 @@ enum Cmd {
         quick: bool,
     },
 }
+
+/// Per fuzz target in `cargo xtask test`: three targets keep CI's fuzzing near half a minute.
+const FUZZ_SECONDS: u64 = 10;
 
 fn main() -> ExitCode {
     match run(Cli::parse_from(keep_leading_dash_dash(env::args_os().collect())).command) {
@@ -87,12 +107,14 @@ fn run(command: Cmd) -> Result<()> {
             step("running the test suite (cargo test --workspace --release)");
             // The e2e tests run this binary; building it first means they never test a stale one.
             let mut cmd = cargo();
+            // A filtered run (arguments given) is someone iterating on some tests: the VM matrix and fuzzing are for full runs.
             let whole_suite = args.is_empty();
             cmd.args(["test", "--workspace", "--release"]).args(args).env("LEAKTRACE_BIN", &bin);
             check(&mut cmd)?;
             if whole_suite {
                 step("running the VM kernel matrix (cargo xtask vm-test)");
                 vm::run(&bin, &[])?;
+                fuzz::run(FUZZ_SECONDS)?;
             }
             Ok(())
         }
@@ -101,6 +123,8 @@ fn run(command: Cmd) -> Result<()> {
             let leaktrace = build()?;
             bench::run(&bench::Options { quick, leaktrace, out_dir: bench::repo_bench_dir() })
         }
+        Cmd::Fuzz { seconds } => fuzz::run(seconds),
+        Cmd::Soak { minutes, every } => soak::run(&build()?, minutes, std::time::Duration::from_secs(every)),
         Cmd::Demo { args } => {
             let bin = build()?;
             let mut cmd = if bootstrap::is_root() {

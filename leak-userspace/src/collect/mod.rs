@@ -4,6 +4,7 @@
 pub mod early;
 pub mod flight;
 pub mod oom;
+mod retire;
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -60,6 +61,8 @@ pub struct Collector {
     flight: FlightRecorder,
     /// When each process was first seen (seconds since the start): a process new after a kill is a restart.
     first_seen: HashMap<u32, f64>,
+    /// Sites of exited processes, taken out of the kernel map so it does not fill up.
+    retired: retire::Retired,
 }
 
 impl Collector {
@@ -89,6 +92,7 @@ impl Collector {
             early: early::EarlySites::default(),
             flight: FlightRecorder::default(),
             first_seen: HashMap::new(),
+            retired: retire::Retired::default(),
         }
     }
 
@@ -152,6 +156,7 @@ impl Collector {
         for (key, _) in &raw {
             self.learn_process(key.tgid);
         }
+        self.retired.retire(probes, &raw, retire::process_alive)?;
         self.early.offer(self.intervals, self.start.elapsed().as_secs_f64(), &raw);
         self.flight.record(self.start.elapsed().as_secs_f64(), &raw);
         self.sample(&raw);
@@ -204,7 +209,7 @@ impl Collector {
             return Ok(false);
         }
         // Read the counters first: what follows (symbolizing) may take a while.
-        let mut raw = probes.sites()?;
+        let mut raw = self.retired.merged(probes.sites()?);
         let earlier: Vec<u32> = self.oom_kills.iter().map(|k| k.pid).collect();
         oom::settle_earlier_victims(&mut raw, &earlier);
         self.comms.entry(notice.victim_pid).or_insert_with(|| notice.victim_comm.clone());
@@ -254,7 +259,7 @@ impl Collector {
     /// The last sample and the final picture of every site, assembled into the report.
     pub fn finish(mut self, probes: &Probes) -> Result<report::Report> {
         self.follower.refresh(&mut self.target);
-        let raw = probes.sites()?;
+        let raw = self.retired.merged(probes.sites()?);
         if self.target.path.join("cgroup.procs").exists() {
             self.sample(&raw);
         }
@@ -292,6 +297,7 @@ impl Collector {
                 start: rfc3339(self.start_wall),
                 end: rfc3339(end),
                 seconds: self.start.elapsed().as_secs_f64(),
+                ended_by: String::new(),
             },
             memory: report::Memory { limit_bytes: self.limit, samples: self.samples },
             attribution,
@@ -317,6 +323,7 @@ impl Collector {
                 tracer_cpu_seconds: usage.0,
                 tracer_peak_rss_bytes: usage.1,
                 programs,
+                retired_sites_dropped: self.retired.dropped(),
             },
             sampling: report::Sampling::from_shift(self.sample_rate_shift, c[counter::ALLOC_EVENTS as usize]),
         };

@@ -140,6 +140,7 @@ pub(super) fn losses(c: &Collection) -> Vec<String> {
         ("implicit_frees", c.implicit_frees),
         ("anon_charge_unmatched_pages", c.anon_charge_unmatched_pages),
         ("recursion_misses", c.recursion_misses),
+        ("retired_sites_dropped", c.retired_sites_dropped),
     ]
     .into_iter()
     .filter(|(_, n)| *n > 0)

@@ -1,7 +1,6 @@
 //! What the running kernel offers and how it lays things out: tracepoint record formats (`tracefs`) and type
-//! information (`btf`), and whether this process may trace (`caps`). Nothing about kernel layouts is hard-coded elsewhere; it is looked up here.
+//! information (`btf`). Nothing about kernel layouts is hard-coded elsewhere; it is looked up here.
 pub mod btf;
-pub mod caps;
 pub mod tracefs;
 
 pub use btf::KernelBtf;

@@ -25,6 +25,9 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// Outstanding allocations the kernel side can track at once (pages and slab objects together).
 pub const DEFAULT_LIVE_ENTRIES: u32 = 262_144;
 
+/// Distinct stacks the kernel side can keep; the kernel rounds the bucket count up to a power of two.
+pub const DEFAULT_STACK_ENTRIES: u32 = 16_384;
+
 /// A program, the tracepoint it belongs on, and the attribution modes that need it.
 pub struct Attachment {
     pub program: &'static str,
@@ -69,13 +72,14 @@ pub struct Probes {
 }
 
 impl Probes {
-    pub fn load(discovery: &mut Discovery, live_entries: u32) -> Result<Self> {
+    pub fn load(discovery: &mut Discovery, live_entries: u32, stack_entries: u32) -> Result<Self> {
         if EBPF_OBJECT.is_empty() {
             bail!("this leaktrace was built without its eBPF programs (LEAKTRACE_SKIP_EBPF); rebuild it with `cargo xtask build`");
         }
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &discovery.config, true)
             .map_max_entries("LIVE", live_entries)
+            .map_max_entries("STACKS", stack_entries)
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow!("loading the eBPF programs failed: {e}"))?;
         let mut attached = Vec::new();
@@ -119,16 +123,22 @@ impl Probes {
             let (key, per_cpu) = item?;
             let mut sum = SiteCounters::default();
             for c in per_cpu.iter() {
-                sum.alloc_bytes = sum.alloc_bytes.wrapping_add(c.alloc_bytes);
-                sum.alloc_count = sum.alloc_count.wrapping_add(c.alloc_count);
-                sum.free_bytes = sum.free_bytes.wrapping_add(c.free_bytes);
-                sum.free_count = sum.free_count.wrapping_add(c.free_count);
-                sum.oom_freed_bytes = sum.oom_freed_bytes.wrapping_add(c.oom_freed_bytes);
-                sum.oom_freed_count = sum.oom_freed_count.wrapping_add(c.oom_freed_count);
+                sum.accumulate(c);
             }
             out.push((key, sum));
         }
         Ok(out)
+    }
+
+    /// Deletes sites from the kernel map (their totals were taken over by userspace).
+    pub fn remove_sites(&mut self, keys: &[SiteKey]) -> Result<()> {
+        let mut map: PerCpuHashMap<&mut MapData, SiteKey, SiteCounters> =
+            PerCpuHashMap::try_from(self.map_mut("SITES")?)?;
+        for key in keys {
+            // Already gone is fine: nothing else deletes from SITES, so that cannot lose counts.
+            let _ = map.remove(key);
+        }
+        Ok(())
     }
 
     pub fn counters(&self) -> Result<[u64; counter::COUNT as usize]> {

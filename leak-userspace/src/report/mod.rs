@@ -1,8 +1,8 @@
 //! The serde model of report.json, schema "leaktrace.report/1" (see CONTRACT.md). Every field of the contract is
 //! here under its contract name; `Option`s serialize as `null` and are never omitted, so scripts can rely on every
 //! key being present. Extensions (`schema`, `collection`, `growth`, `sampling`, `sites_early`, `target.cgroups`, the
-//! runtime facts in `target.container`, `kernel.degraded`, `OomKill::trigger_*` and the other fields marked
-//! "extension" below) only add keys.
+//! runtime facts in `target.container`, `kernel.degraded`, `window.ended_by`, `OomKill::trigger_*` and the other
+//! fields marked "extension" below) only add keys.
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -114,6 +114,11 @@ pub struct Window {
     pub start: String,
     pub end: String,
     pub seconds: f64,
+    /// Why the window ended: "duration elapsed", "interrupted (SIGINT)", "terminated (SIGTERM)", the same two
+    /// "while attaching" (a window of almost nothing, marked so), "the target cgroup was removed", "the workload
+    /// was OOM-killed" (demo), or "error: ..." when collection failed part-way (what came before is kept).
+    #[serde(default)]
+    pub ended_by: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -356,6 +361,10 @@ pub struct Collection {
     /// Per eBPF program: `run_count` and `run_time_ns` (0 unless `kernel.bpf_stats_enabled` was 1: the kernel
     /// only counts then), and its share of `recursion_misses`.
     pub programs: Vec<ProgramStats>,
+    /// Sites of exited processes that held nothing and were left out of the report to bound the tracer's memory
+    /// (only on cgroups that run tens of thousands of processes).
+    #[serde(default)]
+    pub retired_sites_dropped: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

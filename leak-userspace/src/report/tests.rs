@@ -87,7 +87,12 @@ pub(crate) fn sample_report() -> Report {
             }],
         },
         kernel: KernelInfo { release: "6.18.0".into(), modes: vec!["memcg-tracepoints".into()], degraded: vec![] },
-        window: Window { start: "2025-01-01T00:00:00Z".into(), end: "2025-01-01T00:00:10Z".into(), seconds: 10.0 },
+        window: Window {
+            start: "2025-01-01T00:00:00Z".into(),
+            end: "2025-01-01T00:00:10Z".into(),
+            seconds: 10.0,
+            ended_by: "duration elapsed".into(),
+        },
         memory: Memory {
             limit_bytes: Some(128 << 20),
             samples: vec![sample(0.0, 10 << 20, 8 << 20), sample(10.0, 80 << 20, 72 << 20)],
