@@ -218,7 +218,8 @@ fn full_maps_keep_working_and_say_what_was_dropped() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let out = dir.path().join("out");
     // LIVE holds 1024 allocations (4 MiB of pages) and STACKS 64 stacks; the workload leaks 24 MiB.
-    let mut trace = start(&memcg, &out, &["--duration", "5", "--max-tracked", "1024", "--stack-entries", "64"])?;
+    let mut trace =
+        start(&memcg, &out, &["--duration", "5", "--record-all", "--max-tracked", "1024", "--stack-entries", "64"])?;
     spawn_workload(&memcg, "heap_leak", &["8", "3", "60"])?;
     let (output, report) = finished(&mut trace, &out, Duration::from_secs(30))?;
     let c = &report["collection"];

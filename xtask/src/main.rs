@@ -109,7 +109,7 @@ fn run(command: Cmd) -> Result<()> {
             let mut cmd = cargo();
             // A filtered run (arguments given) is someone iterating on some tests: the VM matrix and fuzzing are for full runs.
             let whole_suite = args.is_empty();
-            cmd.args(["test", "--workspace", "--release"]).args(args).env("LEAKTRACE_BIN", &bin);
+            cmd.args(["test", "--workspace", "--release", "--no-fail-fast"]).args(args).env("LEAKTRACE_BIN", &bin);
             check(&mut cmd)?;
             if whole_suite {
                 step("running the VM kernel matrix (cargo xtask vm-test)");

@@ -25,7 +25,11 @@ const KIND_COLORS: [(&str, (u8, u8, u8)); 5] = [
 
 /// A flame graph of folded stacks (`root;...;leaf bytes` lines, or `... before after` for a differential graph).
 pub fn svg(folded: &str, title: &str, subtitle: &str) -> Result<Vec<u8>> {
-    if folded.trim().is_empty() {
+    // Widths are the last count of each line (the "after" of a differential line): with none above zero (e.g.
+    // everything that was early in the window is freed by the end) inferno has nothing to draw and refuses.
+    let drawn =
+        folded.lines().any(|l| l.rsplit(' ').next().and_then(|n| n.parse::<f64>().ok()).is_some_and(|n| n > 0.0));
+    if !drawn {
         return Ok(empty(title, subtitle));
     }
     // Kind roots get fixed colors; inferno fills the map with its picks for every other frame.
@@ -183,6 +187,20 @@ pub(crate) mod tests {
         assert!(folded.contains("[anon];main;grow_cache;malloc;clear_page_erms 16777216 67108864"), "{folded}");
         let texts = xml_texts(&growth_svg(&report).unwrap()).join("\n");
         assert!(texts.contains("growth since t=3.0 s"), "{texts}");
+    }
+
+    #[test]
+    fn growth_graph_of_everything_freed_is_the_empty_graph() {
+        let mut r = sample_report();
+        for site in &mut r.sites {
+            site.outstanding_bytes = 0;
+        }
+        let svg = growth_svg(&r).unwrap();
+        assert!(
+            xml_texts(&svg).iter().any(|t| t.contains("no outstanding allocations")),
+            "{}",
+            String::from_utf8_lossy(&svg)
+        );
     }
 
     #[test]

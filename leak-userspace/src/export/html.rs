@@ -7,9 +7,8 @@ use std::fmt::Write;
 use anyhow::Result;
 use base64::Engine;
 
-use super::{clamp, human_bytes, signed, summary::losses, target_name, xml_escape as esc};
+use super::{clamp, human_bytes, summary::losses, target_name, xml_escape as esc};
 use crate::{
-    attribution::growth,
     report::{Report, Sample, Site},
     sites::app_frame,
 };
@@ -72,16 +71,7 @@ fn write_body(out: &mut String, r: &Report, flamegraph: &[u8], growth_svg: &[u8]
     }
     writeln!(out, "</ul></div>")?;
 
-    let s = &r.memory.samples;
-    let growths: Vec<String> = [
-        ("usage", growth(s, |x| Some(x.usage))),
-        ("anon", growth(s, |x| x.anon)),
-        ("file", growth(s, |x| x.file)),
-        ("slab", growth(s, |x| x.slab)),
-    ]
-    .into_iter()
-    .map(|(name, g)| format!("{name} {}", g.map_or("n/a".to_string(), signed)))
-    .collect();
+    let growths = super::growth_words(&r.memory.samples);
     writeln!(out, "<h2>Memory over time</h2><p>Growth over the window: {}.", growths.join(", "))?;
     for (name, c) in [("anon", &r.attribution.anon), ("slab/kernel", &r.attribution.slab)] {
         let ratio = c.coverage.map_or("n/a".to_string(), |x| format!("{:.0}%", x * 100.0));

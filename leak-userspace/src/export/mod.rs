@@ -8,7 +8,10 @@ pub mod html;
 pub mod pprof;
 pub mod summary;
 
-use crate::report::Report;
+use crate::{
+    attribution::growth,
+    report::{Report, Sample},
+};
 
 /// What was traced, for titles: the container's name when there is one, else the cgroup path.
 pub fn target_name(report: &Report) -> String {
@@ -21,6 +24,20 @@ pub fn target_name(report: &Report) -> String {
 /// A byte count from the kernel's u64 counters as the i64 that growth arithmetic and pprof use.
 pub fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Each category's growth over the window (first sample to last), as "usage +70.0 MiB", "slab n/a", ...
+pub fn growth_words(samples: &[Sample]) -> Vec<String> {
+    [
+        ("usage", growth(samples, |x| Some(x.usage))),
+        ("anon", growth(samples, |x| x.anon)),
+        ("file", growth(samples, |x| x.file)),
+        ("slab", growth(samples, |x| x.slab)),
+        ("kernel", growth(samples, |x| x.kernel)),
+    ]
+    .into_iter()
+    .map(|(name, g)| format!("{name} {}", g.map_or("n/a".to_string(), signed)))
+    .collect()
 }
 
 /// Text made safe inside XML/HTML text and attribute values.

@@ -4,7 +4,6 @@ use std::fmt::Write;
 
 use super::{clamp, human_bytes, signed};
 use crate::{
-    attribution::growth,
     report::{Collection, Coverage, Report, Site},
     sites::app_frame,
 };
@@ -47,17 +46,7 @@ fn write_summary(out: &mut String, r: &Report) -> std::fmt::Result {
         r.memory.samples.len()
     )?;
 
-    let s = &r.memory.samples;
-    let growths: Vec<String> = [
-        ("usage", growth(s, |x| Some(x.usage))),
-        ("anon", growth(s, |x| x.anon)),
-        ("file", growth(s, |x| x.file)),
-        ("slab", growth(s, |x| x.slab)),
-        ("kernel", growth(s, |x| x.kernel)),
-    ]
-    .into_iter()
-    .map(|(name, g)| format!("{name} {}", g.map_or("n/a".to_string(), signed)))
-    .collect();
+    let growths = super::growth_words(&r.memory.samples);
     writeln!(out, "growth: {}", growths.join(", "))?;
     writeln!(out, "attributed: anon {}, slab/kernel {}", coverage(&r.attribution.anon), coverage(&r.attribution.slab))?;
 
