@@ -115,7 +115,7 @@ async fn event_loop(
     args: &TraceArgs,
     stop: &StopSignals,
     stop_after_oom: bool,
-) -> Result<&'static str> {
+) -> Result<String> {
     // SAFETY: the ring buffer owns its fd, and the AsyncFd owns the ring buffer for as long as it is registered.
     let mut events = unsafe { AsyncFd::register_with_interest(probes.take_events()?, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("cannot watch the event ring buffer: {e}"))?;
@@ -124,7 +124,7 @@ async fn event_loop(
     let mut tick = tokio::time::interval(Duration::from_secs_f64(args.interval));
     // A far deadline stands for "no duration": simpler than an optional branch.
     let mut deadline = Instant::now() + Duration::from_secs_f64(args.duration.unwrap_or(366.0 * 86400.0));
-    let mut reason = "duration elapsed";
+    let mut reason = "duration elapsed".to_string();
     let mut live = crate::live::Live::new(args.quiet);
     // A signal that came while attaching (before the handlers above existed) ends the window at once.
     if let Some(signal) = stop.received() {
@@ -132,16 +132,17 @@ async fn event_loop(
             "interrupted (SIGINT) while attaching"
         } else {
             "terminated (SIGTERM) while attaching"
-        };
+        }
+        .to_string();
         deadline = Instant::now();
     }
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let going_on = collector.tick(probes)?;
+                let gone = collector.tick(probes)?;
                 live.show(collector, probes);
-                if !going_on {
-                    reason = "the target is gone (its cgroup was removed, or the container stopped for good)";
+                if let Some(why) = gone {
+                    reason = why;
                     break;
                 }
             }
@@ -155,12 +156,12 @@ async fn event_loop(
                 for bytes in raw {
                     if collector.oom_event(probes, &bytes)? && stop_after_oom {
                         deadline = deadline.min(Instant::now() + AFTER_OOM);
-                        reason = "the workload was OOM-killed";
+                        reason = "the workload was OOM-killed".to_string();
                     }
                 }
             }
-            _ = sigint.recv() => { reason = "interrupted (SIGINT)"; break; }
-            _ = sigterm.recv() => { reason = "terminated (SIGTERM)"; break; }
+            _ = sigint.recv() => { reason = "interrupted (SIGINT)".to_string(); break; }
+            _ = sigterm.recv() => { reason = "terminated (SIGTERM)".to_string(); break; }
             _ = sleep_until(deadline) => break,
         }
     }

@@ -142,13 +142,13 @@ impl Collector {
         Ok(())
     }
 
-    /// One interval. Returns false once the target cgroup is gone (for a container: gone for good).
-    pub fn tick(&mut self, probes: &mut Probes) -> Result<bool> {
+    /// One interval. Returns why tracing must end once the target is gone (a cgroup removed; a container gone for good).
+    pub fn tick(&mut self, probes: &mut Probes) -> Result<Option<String>> {
         match self.follower.poll(&mut self.target) {
             Poll::Same => {}
             Poll::Moved => self.target_rel = relative_to_hierarchy(&self.target.path),
-            Poll::Waiting => return Ok(true),
-            Poll::Gone(_) => return Ok(false),
+            Poll::Waiting => return Ok(None),
+            Poll::Gone(why) => return Ok(Some(why)),
         }
         self.follow_subtree(probes)?;
         // Processes that allocated and left between two scans are known only from the sites they made.
@@ -161,7 +161,7 @@ impl Collector {
         self.flight.record(self.start.elapsed().as_secs_f64(), &raw);
         self.sample(&raw);
         self.intervals += 1;
-        Ok(true)
+        Ok(None)
     }
 
     /// Reads the memory files and the processes' RSS, with what the sites held at the same moment.
