@@ -11,6 +11,7 @@ use std::{
 use anyhow::{ensure, Context, Result};
 use leaktrace_e2e::{
     assert_nothing_attached, build_workload, describe, items, read_report, require_root, serial, Leaktrace, Memcg,
+    SHIELD, UNSHIELD,
 };
 use serde_json::Value;
 
@@ -81,7 +82,7 @@ fn workload(name: &str, args: &[&str]) -> Result<Command> {
 fn restart_loop(name: &str, args: &str, pause: &str) -> Result<Command> {
     let exe = build_workload(name)?;
     let mut cmd = Command::new("sh");
-    cmd.args(["-c", &format!("while :; do '{}' {args}; sleep {pause}; done", exe.display())]);
+    cmd.args(["-c", &format!("{SHIELD}while :; do {UNSHIELD} '{}' {args}; sleep {pause}; done", exe.display())]);
     Ok(cmd)
 }
 

@@ -16,7 +16,8 @@ use std::{
 use anyhow::{ensure, Context, Result};
 use leaktrace_e2e::{
     assert_nothing_attached, bpf_object_ids, build_workload, describe, has_frame, held_bpf_objects, items,
-    leaktrace_bin, read_report, require_root, run_leaktrace, serial, summarize, wait_timeout, Leaktrace, Memcg,
+    leaktrace_bin, read_report, require_root, run_leaktrace, serial, summarize, wait_timeout, Leaktrace, Memcg, SHIELD,
+    UNSHIELD,
 };
 use serde_json::Value;
 
@@ -151,7 +152,8 @@ fn every_kill_of_an_oom_storm_is_recorded() -> Result<()> {
     let mut trace = start(&memcg, &out, &["--duration", "120"])?;
     // A crash loop: each run hits the 24 MiB limit within half a second and is killed, and is started again.
     let started = Instant::now();
-    let mut restarts = shell_in(&memcg, &format!("for i in $(seq 15); do {} 96 20; done", exe.display()))?;
+    let mut restarts =
+        shell_in(&memcg, &format!("{SHIELD}for i in $(seq 15); do {UNSHIELD} {} 96 20; done", exe.display()))?;
     ensure!(wait_timeout(&mut restarts, Duration::from_secs(60))?.is_some(), "the crash loop did not end");
     let storm = started.elapsed();
     thread::sleep(Duration::from_millis(1500));

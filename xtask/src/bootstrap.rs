@@ -14,7 +14,8 @@ use crate::{check, step};
 /// bpfel, which the rustup toolchain lacks), a C compiler for the test workloads, bpftool (the tests check that
 /// nothing stays attached), the real consumers the export tests check the outputs with (`go tool pprof` from
 /// golang-go for profile.pb.gz, headless Chromium for report.html), Docker with busybox for the container tests
-/// (their image is a busybox rootfs), and what `vm-test` boots its guests with (QEMU, cpio).
+/// (their image is a busybox rootfs), what `vm-test` boots its guests with (QEMU, cpio), and
+/// bpftrace, the baseline `bench` compares with.
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -28,6 +29,7 @@ const PACKAGES: &[&str] = &[
     "busybox-static",
     "qemu-system-x86",
     "cpio",
+    "bpftrace",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.10.3";
