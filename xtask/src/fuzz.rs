@@ -24,7 +24,14 @@ pub fn run(seconds_each: u64) -> Result<()> {
             .args(["run", "--sanitizer", "none", target])
             .arg(corpus.path())
             .arg(Path::new("seeds").join(target))
-            .args(["--", &format!("-max_total_time={seconds_each}"), "-timeout=10", "-print_final_stats=1"])
+            // verbosity=0 keeps a CI log to the final stats (and any crash report) instead of a line per new input.
+            .args([
+                "--",
+                &format!("-max_total_time={seconds_each}"),
+                "-timeout=10",
+                "-verbosity=0",
+                "-print_final_stats=1",
+            ])
             .env("RUSTC_BOOTSTRAP", "1")
             // The targets need no eBPF programs; skipping them keeps the fuzz build to userspace.
             .env("LEAKTRACE_SKIP_EBPF", "1")
