@@ -161,3 +161,39 @@ fn unknown_targets_are_rejected_cleanly() -> Result<()> {
     }
     Ok(())
 }
+
+/// The README's first command: `leaktrace demo` leaks in a memcg of its own until the OOM killer ends it, names the
+/// leaking function before the kill, writes every output and removes its cgroup.
+#[test]
+fn demo_runs_through_its_oom_kill_and_cleans_up() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let _one_at_a_time = serial();
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("demo");
+    let run = run_leaktrace(
+        &["demo", "--quiet", "--output", out.to_str().context("temp path is not UTF-8")?],
+        Duration::from_secs(90),
+    )?;
+    ensure!(run.status.success(), "demo failed: {}", describe(&run));
+    assert_nothing_attached()?;
+    for file in
+        ["report.json", "stacks.folded", "flamegraph.svg", "flamegraph-oom-1.svg", "profile.pb.gz", "report.html"]
+    {
+        ensure!(out.join(file).is_file(), "demo wrote no {file}");
+    }
+    let report = read_report(&out)?;
+    let kill = items(&report["oom_kills"]).first().context("the demo recorded no OOM kill")?;
+    let top = items(&kill["sites_before_kill"]).first().context("no sites before the kill")?;
+    ensure!(
+        leaktrace_e2e::has_frame(top, false, "demo_leak_cache_entries"),
+        "the top site before the kill misses demo_leak_cache_entries:\n{}",
+        summarize(&report)
+    );
+    let cgroup = report["target"]["cgroup_path"].as_str().context("no cgroup_path")?;
+    ensure!(!std::path::Path::new(cgroup).exists(), "the demo left its cgroup {cgroup}");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    ensure!(stderr.contains("report.html"), "the demo does not say what to open: {stderr}");
+    Ok(())
+}
