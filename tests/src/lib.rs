@@ -57,13 +57,6 @@ pub enum CgroupVersion {
     V2,
 }
 
-/// A shell loop that restarts a workload stands for a restart policy's supervisor, which lives outside the limit:
-/// the OOM killer must not pick it (it may, while the last victim is still being reaped). A loop script starts with
-/// `SHIELD`; the workload it starts goes through `UNSHIELD` to get the normal score back (raising it needs no
-/// privilege) before it execs.
-pub const SHIELD: &str = "echo -1000 > /proc/self/oom_score_adj; ";
-pub const UNSHIELD: &str = r#"sh -c 'echo 0 > /proc/self/oom_score_adj; exec "$0" "$@"'"#;
-
 /// A memory cgroup made for one test; on drop its processes are killed and it is removed.
 #[derive(Debug)]
 pub struct Memcg {

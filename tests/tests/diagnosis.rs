@@ -11,7 +11,6 @@ use std::{
 use anyhow::{ensure, Context, Result};
 use leaktrace_e2e::{
     assert_nothing_attached, build_workload, describe, items, read_report, require_root, serial, Leaktrace, Memcg,
-    SHIELD, UNSHIELD,
 };
 use serde_json::Value;
 
@@ -20,9 +19,17 @@ const MIB: u64 = 1 << 20;
 /// A finished trace; the memcg (and the workload with it) goes when this is dropped.
 struct Diagnosed {
     report: Value,
-    _workload: Child,
+    workload: Child,
     _memcg: Memcg,
     _dir: tempfile::TempDir,
+}
+
+impl Drop for Diagnosed {
+    /// The workload (or the restart loop's supervisor, which lives outside the memcg) ends before the memcg goes.
+    fn drop(&mut self) {
+        let _ = self.workload.kill();
+        let _ = self.workload.wait();
+    }
 }
 
 impl Diagnosed {
@@ -52,6 +59,17 @@ impl Diagnosed {
 
 /// Traces a fresh memcg (`limit`) for `seconds` at `interval`, with `workload` started in it once attached.
 fn diagnose(name: &str, limit: u64, seconds: u32, interval: &str, workload: Command) -> Result<Diagnosed> {
+    diagnose_with(name, limit, seconds, interval, |memcg| memcg.spawn_in(workload))
+}
+
+/// As `diagnose`, with `start` starting the workload for the memcg once attached.
+fn diagnose_with(
+    name: &str,
+    limit: u64,
+    seconds: u32,
+    interval: &str,
+    start: impl FnOnce(&Memcg) -> Result<Child>,
+) -> Result<Diagnosed> {
     let memcg = Memcg::create(&format!("diag-{name}"), Some(limit))?;
     let dir = tempfile::tempdir()?;
     let mut args: Vec<OsString> = vec!["--cgroup".into(), memcg.path().into(), "--output".into(), dir.path().into()];
@@ -60,12 +78,12 @@ fn diagnose(name: &str, limit: u64, seconds: u32, interval: &str, workload: Comm
     }
     let mut trace = Leaktrace::spawn(&args)?;
     trace.wait_attached(Duration::from_secs(10))?;
-    let child = memcg.spawn_in(workload)?;
+    let child = start(&memcg)?;
     let out = trace.wait(Duration::from_secs(u64::from(seconds) + 30))?;
     ensure!(out.status.success(), "leaktrace failed: {}", describe(&out));
     assert_nothing_attached()?;
     let report = read_report(dir.path())?;
-    let run = Diagnosed { report, _workload: child, _memcg: memcg, _dir: dir };
+    let run = Diagnosed { report, workload: child, _memcg: memcg, _dir: dir };
     // Shown with --nocapture: the figures the issue note quotes.
     eprintln!("{name}: verdict {} ({})\n  {}", run.class(), run.confidence(), run.evidence().replace('\n', "\n  "));
     eprintln!("{name}: growth {}", run.report["growth"]);
@@ -78,12 +96,17 @@ fn workload(name: &str, args: &[&str]) -> Result<Command> {
     Ok(cmd)
 }
 
-/// A shell loop in the memcg that relaunches `program args` every time it dies, `pause` seconds later.
-fn restart_loop(name: &str, args: &str, pause: &str) -> Result<Command> {
+/// A restart policy: a shell loop outside the memcg (as a container runtime's supervisor is outside the container's
+/// limit, so the OOM killer never picks it) that starts `program args` in the memcg every time it dies, `pause`
+/// seconds later, until the memcg is gone.
+fn restart_loop(memcg: &Memcg, name: &str, args: &str, pause: &str) -> Result<Child> {
     let exe = build_workload(name)?;
-    let mut cmd = Command::new("sh");
-    cmd.args(["-c", &format!("{SHIELD}while :; do {UNSHIELD} '{}' {args}; sleep {pause}; done", exe.display())]);
-    Ok(cmd)
+    let procs = memcg.path().join("cgroup.procs");
+    let (procs, exe) = (procs.display(), exe.display());
+    let script = format!(
+        "while sh -c 'echo 0 > \"$0\" && exec \"$1\" {args}' '{procs}' '{exe}'; [ -e '{procs}' ]; do sleep {pause}; done"
+    );
+    Command::new("sh").args(["-c", &script]).spawn().context("cannot start the restart loop")
 }
 
 fn oom_kills(run: &Diagnosed) -> &[Value] {
@@ -170,7 +193,7 @@ fn restart_loop_of_a_leak_is_a_heap_leak_with_each_kill_recorded() -> Result<()>
     }
     let _one = serial();
     // 24 MiB/s into a 40 MiB limit: killed about every 1.5 s, relaunched by the loop.
-    let run = diagnose("restart-leak", 40 * MIB, 9, "0.2", restart_loop("oom_leak", "24 30", "0.2")?)?;
+    let run = diagnose_with("restart-leak", 40 * MIB, 9, "0.2", |m| restart_loop(m, "oom_leak", "24 30", "0.2"))?;
     run.expect(
         "heap-leak",
         0.7,
@@ -204,7 +227,7 @@ fn restart_loop_killed_while_building_its_working_set_is_limit_too_low() -> Resu
     }
     let _one = serial();
     // An 80 MiB working set against a 48 MiB limit: killed within a fraction of a second, every life.
-    let run = diagnose("restart-ws", 48 * MIB, 8, "0.5", restart_loop("working_set", "80 30", "0.5")?)?;
+    let run = diagnose_with("restart-ws", 48 * MIB, 8, "0.5", |m| restart_loop(m, "working_set", "80 30", "0.5"))?;
     run.expect("limit-too-low", 0.7, &["OOM kill(s)", "no growth trend within a life"])?;
     ensure!(oom_kills(&run).len() >= 3, "{} kills: {}", oom_kills(&run).len(), run.report["oom_kills"]);
     Ok(())
