@@ -62,6 +62,18 @@ impl SiteCounters {
         self.oom_freed_count = self.oom_freed_count.wrapping_add(other.oom_freed_count);
     }
 
+    /// What was added since `old`, an earlier reading of the same site, field by field (never below zero).
+    pub fn since(&self, old: &SiteCounters) -> SiteCounters {
+        SiteCounters {
+            alloc_bytes: self.alloc_bytes.saturating_sub(old.alloc_bytes),
+            alloc_count: self.alloc_count.saturating_sub(old.alloc_count),
+            free_bytes: self.free_bytes.saturating_sub(old.free_bytes),
+            free_count: self.free_count.saturating_sub(old.free_count),
+            oom_freed_bytes: self.oom_freed_bytes.saturating_sub(old.oom_freed_bytes),
+            oom_freed_count: self.oom_freed_count.saturating_sub(old.oom_freed_count),
+        }
+    }
+
     /// Whether every allocation of the site was freed (none is left in LIVE to credit a later free to it).
     pub fn all_freed(&self) -> bool {
         self.alloc_count == self.free_count.wrapping_add(self.oom_freed_count)

@@ -8,7 +8,7 @@ use leak_common::counter;
 
 use crate::{
     collect::Collector,
-    export::{human_bytes, summary::site_line},
+    export::{clamp, human_bytes, summary::site_line},
     probes::Probes,
     report::{Sample, Site},
 };
@@ -203,7 +203,7 @@ fn squeeze(s: &str) -> String {
 }
 
 fn bytes(n: u64) -> String {
-    human_bytes(i64::try_from(n).unwrap_or(i64::MAX))
+    human_bytes(clamp(n))
 }
 
 fn signed(rate: f64) -> String {

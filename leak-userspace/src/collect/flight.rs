@@ -53,8 +53,8 @@ impl FlightRecorder {
             .iter()
             .map(|(key, cur)| {
                 let old = base.get(key).copied().unwrap_or_default();
-                let mut d = difference(cur, &old);
-                let earlier = before_kill.and_then(|m| m.get(key)).map(|l| difference(l, &old)).unwrap_or_default();
+                let mut d = cur.since(&old);
+                let earlier = before_kill.and_then(|m| m.get(key)).map(|l| l.since(&old)).unwrap_or_default();
                 d.free_bytes = d.free_bytes.saturating_add(earlier.oom_freed_bytes);
                 d.free_count = d.free_count.saturating_add(earlier.oom_freed_count);
                 d.oom_freed_bytes = 0;
@@ -64,17 +64,6 @@ impl FlightRecorder {
             .filter(|(_, d)| d.alloc_count > 0 || d.free_count > 0)
             .collect();
         Some(((now - t).max(0.0), delta))
-    }
-}
-
-fn difference(cur: &SiteCounters, old: &SiteCounters) -> SiteCounters {
-    SiteCounters {
-        alloc_bytes: cur.alloc_bytes.saturating_sub(old.alloc_bytes),
-        alloc_count: cur.alloc_count.saturating_sub(old.alloc_count),
-        free_bytes: cur.free_bytes.saturating_sub(old.free_bytes),
-        free_count: cur.free_count.saturating_sub(old.free_count),
-        oom_freed_bytes: cur.oom_freed_bytes.saturating_sub(old.oom_freed_bytes),
-        oom_freed_count: cur.oom_freed_count.saturating_sub(old.oom_freed_count),
     }
 }
 
