@@ -84,7 +84,8 @@ impl SiteCounters {
 /// first was taken by another stack.
 pub const STACK_OVERFLOW_BIT: i32 = 1 << 30;
 
-/// An allocation still outstanding, keyed by pointer (slab) or by `pfn | LIVE_PFN_BIT` (pages).
+/// An allocation still outstanding, keyed by its address: the object's (slab) or its `struct page`'s (pages),
+/// which lie in disjoint kernel address ranges.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LiveAlloc {
@@ -128,10 +129,6 @@ pub fn bit_len(mut v: u64) -> u32 {
     n + v as u32
 }
 
-/// Page frame numbers are small and kernel pointers have the top bits set, but tag pages anyway so the two key
-/// spaces can never meet.
-pub const LIVE_PFN_BIT: u64 = 1 << 62;
-
 /// The last page a task took from the page allocator on this CPU, so that the anon charge that follows in the
 /// same page fault can mark that page as anonymous.
 #[repr(C)]
@@ -169,8 +166,7 @@ pub struct OomEvent {
     pub trigger_comm: [u8; COMM_LEN],
 }
 
-/// Indices into the per-CPU `COUNTERS` array: everything the kernel side could not record, plus charge totals
-/// seen on the memcg tracepoints for reconciliation.
+/// Indices into the per-CPU `COUNTERS` array: everything the kernel side could not record, and what it kept.
 pub mod counter {
     pub const KSTACK_COLLISION: u32 = 0;
     pub const USTACK_COLLISION: u32 = 1;
@@ -182,64 +178,63 @@ pub mod counter {
     pub const IMPLICIT_FREE: u32 = 6;
     /// Pages charged as anon to the target without a matching page record (remote charges, missed allocs).
     pub const ANON_CHARGE_UNMATCHED: u32 = 7;
-    /// Pages charged as anon to the target (all of them), and uncharged.
-    pub const ANON_CHARGED_PAGES: u32 = 8;
-    pub const ANON_UNCHARGED_PAGES: u32 = 9;
-    /// Kernel memory (`MEMCG_KMEM`) charged / uncharged to the target, pages.
-    pub const KMEM_CHARGED_PAGES: u32 = 10;
-    pub const KMEM_UNCHARGED_PAGES: u32 = 11;
     /// Allocation events kept (target tasks) and frees matched.
-    pub const ALLOC_EVENTS: u32 = 12;
-    pub const FREE_EVENTS: u32 = 13;
-    pub const OOM_EVENTS: u32 = 14;
-    pub const COUNT: u32 = 15;
+    pub const ALLOC_EVENTS: u32 = 8;
+    pub const FREE_EVENTS: u32 = 9;
+    pub const OOM_EVENTS: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
-/// Where a field lives inside a tracepoint record; read from tracefs `format` files at load time.
-/// `NONE` marks a field this kernel does not have.
+/// Marks a record field or struct member this kernel does not have.
 pub const OFFSET_NONE: u32 = u32::MAX;
 /// Memcg item numbers not present in this kernel's BTF.
 pub const ITEM_NONE: i32 = -1;
+
+/// Positions of the raw tracepoint arguments the programs read (TP_PROTO order, from 0). Fixed, because the
+/// verifier refuses context reads at computed offsets; userspace checks each one's type in the kernel's
+/// `btf_trace_<event>` prototype before attaching, and leaves an event untraced when it differs.
+pub mod arg {
+    /// mm_page_alloc (struct page *page, unsigned int order, gfp_t gfp_flags, int migratetype)
+    pub const PAGE_ALLOC_PAGE: usize = 0;
+    pub const PAGE_ALLOC_ORDER: usize = 1;
+    pub const PAGE_ALLOC_GFP: usize = 2;
+    /// mm_page_free (struct page *page, unsigned int order)
+    pub const PAGE_FREE_PAGE: usize = 0;
+    /// kmalloc (unsigned long call_site, const void *ptr, size_t bytes_req, size_t bytes_alloc, ...)
+    pub const KMALLOC_PTR: usize = 1;
+    pub const KMALLOC_BYTES_ALLOC: usize = 3;
+    /// kfree, kmem_cache_free (unsigned long call_site, const void *ptr, ...)
+    pub const FREE_PTR: usize = 1;
+    /// kmem_cache_alloc: (call_site, ptr, bytes_req, bytes_alloc, ...) before 6.1; (call_site, ptr,
+    /// struct kmem_cache *s, ...) from 6.1, the object size being the cache's.
+    pub const CACHE_ALLOC_PTR: usize = 1;
+    pub const CACHE_ALLOC_BYTES_ALLOC: usize = 3;
+    pub const CACHE_ALLOC_CACHE: usize = 2;
+    /// mod_memcg_lruvec_state (struct mem_cgroup *memcg, int item, int val)
+    pub const MEMCG: usize = 0;
+    pub const MEMCG_ITEM: usize = 1;
+    pub const MEMCG_VAL: usize = 2;
+}
 
 /// Everything the programs need to know about this kernel, discovered by userspace and set as one global before
 /// load. Nothing here is hard-coded for a kernel version.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
-    // memcg:mod_memcg_lruvec_state
-    pub lruvec_id: u32,
-    pub lruvec_item: u32,
-    pub lruvec_val: u32,
-    // memcg:mod_memcg_state
-    pub state_id: u32,
-    pub state_item: u32,
-    pub state_val: u32,
-    // kmem:kmalloc
-    pub kmalloc_ptr: u32,
-    pub kmalloc_bytes_alloc: u32,
-    // kmem:kmem_cache_alloc
-    pub cache_alloc_ptr: u32,
-    pub cache_alloc_bytes_alloc: u32,
-    pub cache_alloc_name: u32,
-    // kmem:kfree, kmem:kmem_cache_free
-    pub kfree_ptr: u32,
-    pub cache_free_ptr: u32,
-    // kmem:mm_page_alloc, kmem:mm_page_free
-    pub page_alloc_pfn: u32,
-    pub page_alloc_order: u32,
-    pub page_alloc_gfp: u32,
-    pub page_free_pfn: u32,
-    pub page_free_order: u32,
-    // oom:mark_victim
+    /// 1 when kmem_cache_alloc passes its cache (`arg::CACHE_ALLOC_CACHE`), 0 when it passes the size.
+    pub cache_alloc_has_cache: u32,
+    // oom:mark_victim record offsets
     pub victim_pid: u32,
     pub victim_comm: u32,
     pub victim_total_vm: u32,
     pub victim_anon_rss: u32,
     pub victim_file_rss: u32,
     pub victim_shmem_rss: u32,
-    // memcg item numbers (enum node_stat_item / memcg_stat_item), resolved from BTF
+    /// NR_ANON_MAPPED (enum node_stat_item), resolved from BTF.
     pub item_anon_mapped: i32,
-    pub item_kmem: i32,
+    /// 1 when memcg anon charges are traced (`memcg-anon-charges`): page allocations then leave their page for the
+    /// charge that follows.
+    pub anon_by_charge: u32,
     /// The `__GFP_ACCOUNT` bit of gfp flags (0 when unknown: then every page counts as `PAGE`).
     pub gfp_account: u32,
     /// Fallback for kernels without `memcg:mod_memcg_lruvec_state`: a page allocation is anon when its gfp flags
@@ -249,13 +244,18 @@ pub struct Config {
     pub gfp_user: u32,
     pub gfp_zero: u32,
     pub gfp_thp: u32,
-    // task -> memory cgroup id walk, offsets from BTF:
+    // Struct member offsets from BTF. The task -> memory cgroup id walk:
     // task_struct.cgroups -> css_set.subsys[memory_cgrp_id] -> css.cgroup -> cgroup.kn -> kernfs_node.id
     pub task_cgroups: u32,
     pub css_set_memory_subsys: u32,
     pub css_cgroup: u32,
     pub cgroup_kn: u32,
     pub kn_id: u32,
+    /// mem_cgroup.css: from a memcg tracepoint's memcg to its cgroup id.
+    pub memcg_css: u32,
+    /// kmem_cache.size (bytes per object) and kmem_cache.name.
+    pub kmem_cache_size: u32,
+    pub kmem_cache_name: u32,
     /// The `oom_reaper` kernel thread: its frees are frees caused by an OOM kill.
     pub oom_reaper_pid: u32,
     pub page_size: u32,
@@ -266,24 +266,7 @@ pub struct Config {
 impl Config {
     pub const fn unset() -> Self {
         Config {
-            lruvec_id: OFFSET_NONE,
-            lruvec_item: OFFSET_NONE,
-            lruvec_val: OFFSET_NONE,
-            state_id: OFFSET_NONE,
-            state_item: OFFSET_NONE,
-            state_val: OFFSET_NONE,
-            kmalloc_ptr: OFFSET_NONE,
-            kmalloc_bytes_alloc: OFFSET_NONE,
-            cache_alloc_ptr: OFFSET_NONE,
-            cache_alloc_bytes_alloc: OFFSET_NONE,
-            cache_alloc_name: OFFSET_NONE,
-            kfree_ptr: OFFSET_NONE,
-            cache_free_ptr: OFFSET_NONE,
-            page_alloc_pfn: OFFSET_NONE,
-            page_alloc_order: OFFSET_NONE,
-            page_alloc_gfp: OFFSET_NONE,
-            page_free_pfn: OFFSET_NONE,
-            page_free_order: OFFSET_NONE,
+            cache_alloc_has_cache: 0,
             victim_pid: OFFSET_NONE,
             victim_comm: OFFSET_NONE,
             victim_total_vm: OFFSET_NONE,
@@ -291,7 +274,7 @@ impl Config {
             victim_file_rss: OFFSET_NONE,
             victim_shmem_rss: OFFSET_NONE,
             item_anon_mapped: ITEM_NONE,
-            item_kmem: ITEM_NONE,
+            anon_by_charge: 0,
             gfp_account: 0,
             gfp_user: 0,
             gfp_zero: 0,
@@ -301,6 +284,9 @@ impl Config {
             css_cgroup: OFFSET_NONE,
             cgroup_kn: OFFSET_NONE,
             kn_id: OFFSET_NONE,
+            memcg_css: OFFSET_NONE,
+            kmem_cache_size: OFFSET_NONE,
+            kmem_cache_name: OFFSET_NONE,
             oom_reaper_pid: 0,
             page_size: 4096,
             sample_rate_shift: 0,

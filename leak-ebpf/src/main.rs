@@ -5,6 +5,10 @@
 //! the `memcg:*` tracepoints are filtered by the charged memcg's id. Every record lands in per-CPU maps because
 //! bpfel has no atomic read-modify-write; userspace sums the CPUs.
 //!
+//! The allocation and memcg programs are raw tracepoints: the kernel hands them the event's arguments without
+//! assembling a trace record first, and guards each program against recursion on its own rather than behind the
+//! global guard of classic tracepoints (which dropped events whenever any other tracer ran on the CPU).
+//!
 //! By default allocations are sampled by size before any other work (`sample_weight`): a kept allocation carries
 //! its weight 1/p into every counter, so sums stay unbiased, and the free of one never kept ends at a LIVE miss.
 #![no_std]
@@ -16,14 +20,14 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_prandom_u32, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
     },
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
-    programs::{tracing::StackIdContext, TracePointContext},
+    programs::{tracing::StackIdContext, RawTracePointContext, TracePointContext},
     EbpfContext,
 };
 use leak_common::{
-    counter, kind, Config, LiveAlloc, OomEvent, PendingPage, SiteCounters, SiteKey, CACHE_KMALLOC_BIT, CACHE_NAME_LEN,
-    COMM_LEN, FNV_OFFSET, LIVE_PFN_BIT, OFFSET_NONE, PENDING_UNSAMPLED, STACK_OVERFLOW_BIT,
+    arg, counter, kind, Config, LiveAlloc, OomEvent, PendingPage, SiteCounters, SiteKey, CACHE_KMALLOC_BIT,
+    CACHE_NAME_LEN, COMM_LEN, FNV_OFFSET, OFFSET_NONE, PENDING_UNSAMPLED, STACK_OVERFLOW_BIT,
 };
 
 /// Kernel layout facts discovered by userspace (tracefs formats, BTF) and written here before load.
@@ -88,12 +92,25 @@ fn field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
     unsafe { ctx.read_at::<T>(offset as usize) }.ok()
 }
 
+/// Argument `N` of a raw tracepoint (its position in the event's TP_PROTO, see `leak_common::arg`).
 #[inline(always)]
-unsafe fn read_ptr(base: *const u8, offset: u32) -> Option<*const u8> {
+fn tp_arg<const N: usize>(ctx: &RawTracePointContext) -> u64 {
+    unsafe { *(ctx.as_ptr() as *const u64).add(N) }
+}
+
+/// A kernel value at `base + offset`; `None` for a null base or a member this kernel lacks.
+#[inline(always)]
+unsafe fn read_at<T>(base: *const u8, offset: u32) -> Option<T> {
     if base.is_null() || offset == OFFSET_NONE {
         return None;
     }
-    unsafe { bpf_probe_read_kernel(base.add(offset as usize) as *const *const u8) }.ok()
+    unsafe { bpf_probe_read_kernel(base.add(offset as usize) as *const T) }.ok()
+}
+
+/// A pointer at `base + offset`, `None` when it is null too.
+#[inline(always)]
+unsafe fn read_ptr(base: *const u8, offset: u32) -> Option<*const u8> {
+    unsafe { read_at::<*const u8>(base, offset) }.filter(|p| !p.is_null())
 }
 
 /// The memory cgroup id of the current task, read through
@@ -105,12 +122,7 @@ fn current_memcg() -> Option<u64> {
         let task = bpf_get_current_task() as *const u8;
         let css_set = read_ptr(task, cfg(&CONFIG.task_cgroups))?;
         let css = read_ptr(css_set, cfg(&CONFIG.css_set_memory_subsys))?;
-        let cgroup = read_ptr(css, cfg(&CONFIG.css_cgroup))?;
-        let kn = read_ptr(cgroup, cfg(&CONFIG.cgroup_kn))?;
-        if kn.is_null() {
-            return None;
-        }
-        bpf_probe_read_kernel(kn.add(cfg(&CONFIG.kn_id) as usize) as *const u64).ok()
+        cgroup_id(read_ptr(css, cfg(&CONFIG.css_cgroup))?)
     }
 }
 
@@ -119,9 +131,8 @@ fn in_target(memcg: u64) -> bool {
     unsafe { MEMCGS.get(&memcg).is_some() }
 }
 
-/// True when the current task sits in the target subtree. Interrupt context cannot be told apart here: for BPF
-/// the kernel overwrites the record's common fields (flags included) with the pt_regs pointer, so an allocation
-/// made by an interrupt on top of a target task counts as the task's.
+/// True when the current task sits in the target subtree. Interrupt context is not told apart: an allocation made
+/// by an interrupt on top of a target task counts as the task's.
 #[inline(always)]
 fn target_task() -> bool {
     current_memcg().is_some_and(in_target)
@@ -129,14 +140,14 @@ fn target_task() -> bool {
 
 /// The site of the allocation happening now: stacks are walked only for events that will be kept.
 #[inline(always)]
-fn site_here(ctx: &TracePointContext, kind: u32, cache: u32) -> SiteKey {
+fn site_here(ctx: &RawTracePointContext, kind: u32, cache: u32) -> SiteKey {
     let kstack = stack_id(ctx, 0, counter::KSTACK_COLLISION);
     let ustack = stack_id(ctx, BPF_F_USER_STACK as u64, counter::USTACK_COLLISION);
     SiteKey { tgid: (bpf_get_current_pid_tgid() >> 32) as u32, kstack, ustack, cache, kind }
 }
 
 #[inline(always)]
-fn stack_id(ctx: &TracePointContext, flags: u64, collision: u32) -> i32 {
+fn stack_id(ctx: &RawTracePointContext, flags: u64, collision: u32) -> i32 {
     let id = match ctx.get_stackid(&STACKS, flags) {
         Err(e) if e == -EEXIST => ctx.get_stackid(&STACKS_OVERFLOW, flags).map(|id| id as i32 | STACK_OVERFLOW_BIT),
         other => other.map(|id| id as i32),
@@ -253,22 +264,25 @@ fn record_free(key: u64) {
     count(counter::FREE_EVENTS, 1);
 }
 
-#[tracepoint(category = "kmem", name = "mm_page_alloc")]
-pub fn lt_page_alloc(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "mm_page_alloc")]
+pub fn lt_page_alloc(ctx: RawTracePointContext) -> i32 {
     let _ = page_alloc(&ctx);
     0
 }
 
-fn page_alloc(ctx: &TracePointContext) -> Option<()> {
-    let pfn: u64 = field(ctx, cfg(&CONFIG.page_alloc_pfn))?;
-    if pfn == u64::MAX {
+fn page_alloc(ctx: &RawTracePointContext) -> Option<()> {
+    let page = tp_arg::<{ arg::PAGE_ALLOC_PAGE }>(ctx);
+    if page == 0 {
         return None; // failed allocation
     }
-    let order: u32 = field(ctx, cfg(&CONFIG.page_alloc_order))?;
+    let order = tp_arg::<{ arg::PAGE_ALLOC_ORDER }>(ctx) as u32;
     let bytes = (cfg(&CONFIG.page_size) as u64) << (order & 31);
     let Some(shift) = sample_weight(bytes) else {
         // The anon charge that may follow belongs to this page: it must neither be taken for an earlier (sampled)
         // page of the same fault, such as its page table, nor count as a charge the tracer missed.
+        if cfg(&CONFIG.anon_by_charge) == 0 {
+            return None;
+        }
         if let Some(p) = PENDING.get_ptr_mut(0) {
             let tid = bpf_get_current_pid_tgid() as u32;
             unsafe { *p = PendingPage { tid, _pad: 0, live_key: PENDING_UNSAMPLED } };
@@ -281,7 +295,7 @@ fn page_alloc(ctx: &TracePointContext) -> Option<()> {
     // Kernel memory charged to the memcg carries __GFP_ACCOUNT; page cache and anon pages do not (anon ones are
     // recognised by the charge that follows).
     let account = cfg(&CONFIG.gfp_account) as u64;
-    let gfp: u64 = field(ctx, cfg(&CONFIG.page_alloc_gfp)).unwrap_or(0);
+    let gfp = tp_arg::<{ arg::PAGE_ALLOC_GFP }>(ctx) & 0xffff_ffff;
     let kind = if account == 0 || gfp & account != 0 {
         kind::PAGE
     } else if fallback_anon(gfp) {
@@ -290,10 +304,9 @@ fn page_alloc(ctx: &TracePointContext) -> Option<()> {
         kind::OTHER
     };
     let site = site_here(ctx, kind, 0);
-    let key = pfn | LIVE_PFN_BIT;
-    if record_alloc(key, &site, bytes, shift) {
+    if record_alloc(page, &site, bytes, shift) && cfg(&CONFIG.anon_by_charge) != 0 {
         if let Some(p) = PENDING.get_ptr_mut(0) {
-            unsafe { *p = PendingPage { tid: bpf_get_current_pid_tgid() as u32, _pad: 0, live_key: key } };
+            unsafe { *p = PendingPage { tid: bpf_get_current_pid_tgid() as u32, _pad: 0, live_key: page } };
         }
     }
     Some(())
@@ -305,31 +318,27 @@ fn page_alloc(ctx: &TracePointContext) -> Option<()> {
 fn fallback_anon(gfp: u64) -> bool {
     let user = cfg(&CONFIG.gfp_user) as u64;
     let thp = cfg(&CONFIG.gfp_thp) as u64;
-    user != 0
-        && gfp & user == user
-        && (gfp & cfg(&CONFIG.gfp_zero) as u64 != 0 || (thp != 0 && gfp & thp == thp))
+    user != 0 && gfp & user == user && (gfp & cfg(&CONFIG.gfp_zero) as u64 != 0 || (thp != 0 && gfp & thp == thp))
 }
 
-#[tracepoint(category = "kmem", name = "mm_page_free")]
-pub fn lt_page_free(ctx: TracePointContext) -> u32 {
-    if let Some(pfn) = field::<u64>(&ctx, cfg(&CONFIG.page_free_pfn)) {
-        record_free(pfn | LIVE_PFN_BIT);
-    }
+#[raw_tracepoint(tracepoint = "mm_page_free")]
+pub fn lt_page_free(ctx: RawTracePointContext) -> i32 {
+    free_at(tp_arg::<{ arg::PAGE_FREE_PAGE }>(&ctx));
     0
 }
 
-#[tracepoint(category = "kmem", name = "kmalloc")]
-pub fn lt_kmalloc(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "kmalloc")]
+pub fn lt_kmalloc(ctx: RawTracePointContext) -> i32 {
     let _ = kmalloc(&ctx);
     0
 }
 
-fn kmalloc(ctx: &TracePointContext) -> Option<()> {
-    let ptr: u64 = field(ctx, cfg(&CONFIG.kmalloc_ptr))?;
+fn kmalloc(ctx: &RawTracePointContext) -> Option<()> {
+    let ptr = tp_arg::<{ arg::KMALLOC_PTR }>(ctx);
     if ptr == 0 {
         return None;
     }
-    let bytes: u64 = field(ctx, cfg(&CONFIG.kmalloc_bytes_alloc))?;
+    let bytes = tp_arg::<{ arg::KMALLOC_BYTES_ALLOC }>(ctx);
     let shift = sample_weight(bytes)?;
     if !target_task() {
         return None;
@@ -340,34 +349,39 @@ fn kmalloc(ctx: &TracePointContext) -> Option<()> {
     Some(())
 }
 
-#[tracepoint(category = "kmem", name = "kmem_cache_alloc")]
-pub fn lt_cache_alloc(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "kmem_cache_alloc")]
+pub fn lt_cache_alloc(ctx: RawTracePointContext) -> i32 {
     let _ = cache_alloc(&ctx);
     0
 }
 
-fn cache_alloc(ctx: &TracePointContext) -> Option<()> {
-    let ptr: u64 = field(ctx, cfg(&CONFIG.cache_alloc_ptr))?;
+fn cache_alloc(ctx: &RawTracePointContext) -> Option<()> {
+    let ptr = tp_arg::<{ arg::CACHE_ALLOC_PTR }>(ctx);
     if ptr == 0 {
         return None;
     }
-    let bytes: u64 = field(ctx, cfg(&CONFIG.cache_alloc_bytes_alloc))?;
+    // Each branch ends differently after its context read, so LLVM cannot merge the two reads into one at a
+    // computed offset (which the verifier would refuse).
+    let (cache, bytes) = if cfg(&CONFIG.cache_alloc_has_cache) != 0 {
+        let cache = tp_arg::<{ arg::CACHE_ALLOC_CACHE }>(ctx) as *const u8;
+        (cache, unsafe { read_at::<u32>(cache, cfg(&CONFIG.kmem_cache_size))? } as u64)
+    } else {
+        (core::ptr::null(), tp_arg::<{ arg::CACHE_ALLOC_BYTES_ALLOC }>(ctx))
+    };
     let shift = sample_weight(bytes)?;
     if !target_task() {
         return None;
     }
-    let cache = cache_name_id(ctx).unwrap_or(0);
-    let site = site_here(ctx, kind::SLAB, cache);
+    let name = unsafe { read_ptr(cache, cfg(&CONFIG.kmem_cache_name)) };
+    let site = site_here(ctx, kind::SLAB, name.and_then(cache_name_id).unwrap_or(0));
     record_alloc(ptr, &site, bytes, shift);
     Some(())
 }
 
-/// Hashes the `__data_loc` cache name of kmem_cache_alloc and remembers the name for userspace.
+/// Hashes a cache's name and remembers the name for userspace.
 #[inline(always)]
-fn cache_name_id(ctx: &TracePointContext) -> Option<u32> {
-    let loc: u32 = field(ctx, cfg(&CONFIG.cache_alloc_name))?;
+fn cache_name_id(src: *const u8) -> Option<u32> {
     let mut name = [0u8; CACHE_NAME_LEN];
-    let src = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
     let bytes = unsafe { bpf_probe_read_kernel_str_bytes(src, &mut name) }.ok()?;
     let len = bytes.len();
     let mut hash = FNV_OFFSET;
@@ -387,30 +401,30 @@ fn cache_name_id(ctx: &TracePointContext) -> Option<u32> {
     Some(id)
 }
 
-#[tracepoint(category = "kmem", name = "kfree")]
-pub fn lt_kfree(ctx: TracePointContext) -> u32 {
-    if let Some(ptr) = field::<u64>(&ctx, cfg(&CONFIG.kfree_ptr)) {
-        if ptr != 0 {
-            record_free(ptr);
-        }
-    }
+#[raw_tracepoint(tracepoint = "kfree")]
+pub fn lt_kfree(ctx: RawTracePointContext) -> i32 {
+    free_at(tp_arg::<{ arg::FREE_PTR }>(&ctx));
     0
 }
 
-#[tracepoint(category = "kmem", name = "kmem_cache_free")]
-pub fn lt_cache_free(ctx: TracePointContext) -> u32 {
-    if let Some(ptr) = field::<u64>(&ctx, cfg(&CONFIG.cache_free_ptr)) {
-        if ptr != 0 {
-            record_free(ptr);
-        }
-    }
+#[raw_tracepoint(tracepoint = "kmem_cache_free")]
+pub fn lt_cache_free(ctx: RawTracePointContext) -> i32 {
+    free_at(tp_arg::<{ arg::FREE_PTR }>(&ctx));
     0
+}
+
+/// The free of an object or `struct page` at `key`.
+#[inline(always)]
+fn free_at(key: u64) {
+    if key != 0 {
+        record_free(key);
+    }
 }
 
 /// Per-page anon stat updates of a memcg. A positive NR_ANON_MAPPED update right after the same task took a page
 /// on this CPU marks that page as anonymous memory of the site that faulted it in.
-#[tracepoint(category = "memcg", name = "mod_memcg_lruvec_state")]
-pub fn lt_memcg_lruvec(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "mod_memcg_lruvec_state")]
+pub fn lt_memcg_lruvec(ctx: RawTracePointContext) -> i32 {
     let _ = memcg_lruvec(&ctx);
     0
 }
@@ -418,26 +432,37 @@ pub fn lt_memcg_lruvec(ctx: TracePointContext) -> u32 {
 /// The value of a memcg stat update when it is `wanted` and made to the target subtree. The item is compared first:
 /// it is the cheapest test and rejects most of these very frequent events.
 #[inline(always)]
-fn target_update(ctx: &TracePointContext, id_off: u32, item_off: u32, val_off: u32, wanted: i32) -> Option<i32> {
-    let item: i32 = field(ctx, item_off)?;
-    if item != wanted {
+fn target_update(ctx: &RawTracePointContext, wanted: i32) -> Option<i32> {
+    if tp_arg::<{ arg::MEMCG_ITEM }>(ctx) as i32 != wanted {
         return None;
     }
-    let id: u64 = field(ctx, id_off)?;
-    if !in_target(id) {
+    let memcg = tp_arg::<{ arg::MEMCG }>(ctx) as *const u8;
+    if !in_target(memcg_id(memcg)?) {
         return None;
     }
-    field(ctx, val_off)
+    Some(tp_arg::<{ arg::MEMCG_VAL }>(ctx) as i32)
 }
 
-fn memcg_lruvec(ctx: &TracePointContext) -> Option<()> {
-    let c = &CONFIG;
-    let val = target_update(ctx, cfg(&c.lruvec_id), cfg(&c.lruvec_item), cfg(&c.lruvec_val), cfg(&c.item_anon_mapped))?;
+/// The cgroup id of a `struct mem_cgroup`, as the memcg tracepoints' own records compute it.
+#[inline(always)]
+fn memcg_id(memcg: *const u8) -> Option<u64> {
+    unsafe {
+        let css = memcg.add(cfg(&CONFIG.memcg_css) as usize);
+        cgroup_id(read_ptr(css, cfg(&CONFIG.css_cgroup))?)
+    }
+}
+
+/// cgroup->kn->id: the cgroup directory's inode number.
+#[inline(always)]
+unsafe fn cgroup_id(cgroup: *const u8) -> Option<u64> {
+    unsafe { read_at::<u64>(read_ptr(cgroup, cfg(&CONFIG.cgroup_kn))?, cfg(&CONFIG.kn_id)) }
+}
+
+fn memcg_lruvec(ctx: &RawTracePointContext) -> Option<()> {
+    let val = target_update(ctx, cfg(&CONFIG.item_anon_mapped))?;
     if val <= 0 {
-        count(counter::ANON_UNCHARGED_PAGES, val.unsigned_abs() as u64);
         return None;
     }
-    count(counter::ANON_CHARGED_PAGES, val as u64);
     let tid = bpf_get_current_pid_tgid() as u32;
     let pending = PENDING.get_ptr_mut(0)?;
     let key = unsafe {
@@ -465,24 +490,6 @@ fn memcg_lruvec(ctx: &TracePointContext) -> Option<()> {
             sub_alloc(&old, (*rec).bytes, weight);
             (*rec).site = anon;
         }
-    }
-    Some(())
-}
-
-/// memcg-level charges (kernel memory), counted for reconciliation against the cgroup's own accounting.
-#[tracepoint(category = "memcg", name = "mod_memcg_state")]
-pub fn lt_memcg_state(ctx: TracePointContext) -> u32 {
-    let _ = memcg_state(&ctx);
-    0
-}
-
-fn memcg_state(ctx: &TracePointContext) -> Option<()> {
-    let c = &CONFIG;
-    let val = target_update(ctx, cfg(&c.state_id), cfg(&c.state_item), cfg(&c.state_val), cfg(&c.item_kmem))?;
-    if val > 0 {
-        count(counter::KMEM_CHARGED_PAGES, val as u64);
-    } else {
-        count(counter::KMEM_UNCHARGED_PAGES, val.unsigned_abs() as u64);
     }
     Some(())
 }

@@ -60,7 +60,7 @@ pub fn trace(target: Target, args: &TraceArgs, hooks: Hooks<'_>) -> Result<PathB
     require_root()?;
     let stop = StopSignals::install()?;
     let dir = output::prepare(args.output.as_deref())?;
-    let mut discovery = probes::discover()?;
+    let mut discovery = probes::discover(args.record_all)?;
     discovery.config.sample_rate_shift = args.sample_rate_shift();
     let mut probes = Probes::load(&mut discovery, args.live_entries(), args.stack_entries)?;
     let mut collector = Collector::new(target, &discovery, args.top);

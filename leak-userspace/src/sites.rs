@@ -65,7 +65,9 @@ where
     for (key, counters) in raw {
         let mut frames = Vec::new();
         if let Some(addrs) = stack_of(stacks, key.kstack) {
-            frames.extend(resolver.kernel(&addrs));
+            let kernel = resolver.kernel(&addrs);
+            let skip = tracing_frames(&kernel);
+            frames.extend(kernel.into_iter().skip(skip));
         }
         if let Some(addrs) = stack_of(stacks, key.ustack) {
             frames.extend(resolver.user(key.tgid, &addrs));
@@ -186,6 +188,18 @@ pub fn is_allocator(symbol: &str) -> bool {
         "memmove",
     ];
     PREFIXES.iter().any(|p| symbol.starts_with(p))
+}
+
+/// How many leaf frames of a kernel stack are the tracing machinery rather than the allocating code: a stack taken
+/// in a raw tracepoint program starts in the program and the kernel's dispatcher for the event (`bpf_trace_run4`,
+/// on some kernels `__bpf_trace_<event>` or `__traceiter_<event>` too). The program's own frame has no symbol when
+/// the kernel does not list BPF programs in kallsyms, so the count runs to the last dispatcher frame.
+fn tracing_frames(frames: &[Frame]) -> usize {
+    const DISPATCH: [&str; 3] = ["bpf_trace_run", "__bpf_trace_", "__traceiter_"];
+    let tracing = |f: &Frame| {
+        f.symbol.as_deref().is_some_and(|s| s.starts_with("bpf_prog_") || DISPATCH.iter().any(|d| s.starts_with(d)))
+    };
+    frames.iter().take(4).rposition(tracing).map_or(0, |i| i + 1)
 }
 
 fn stack_of<S: StackSource + ?Sized>(stacks: &S, id: i32) -> Option<Vec<u64>> {

@@ -11,6 +11,7 @@ use std::{
 use anyhow::{ensure, Context, Result};
 use leaktrace_e2e::{
     assert_nothing_attached, build_workload, describe, items, read_report, require_root, serial, Leaktrace, Memcg,
+    SCENARIO_SAMPLE_BYTES,
 };
 use serde_json::Value;
 
@@ -73,7 +74,8 @@ fn diagnose_with(
     let memcg = Memcg::create(&format!("diag-{name}"), Some(limit))?;
     let dir = tempfile::tempdir()?;
     let mut args: Vec<OsString> = vec!["--cgroup".into(), memcg.path().into(), "--output".into(), dir.path().into()];
-    for (flag, value) in [("--duration", seconds.to_string()), ("--interval", interval.to_string())] {
+    let rate = ("--sample-bytes", SCENARIO_SAMPLE_BYTES.to_string());
+    for (flag, value) in [("--duration", seconds.to_string()), ("--interval", interval.to_string()), rate] {
         args.extend([flag.into(), value.into()]);
     }
     let mut trace = Leaktrace::spawn(&args)?;

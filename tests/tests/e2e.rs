@@ -62,10 +62,11 @@ fn ensure_sampled(report: &Value) -> Result<()> {
     Ok(())
 }
 
-/// Runs a shared scenario (tests/src/scenarios.rs) on the host and applies its checks.
-fn run_scenario(scenario: &Scenario, env: &[(&str, &str)]) -> Result<Traced> {
+/// Runs a shared scenario (tests/src/scenarios.rs) on the host with more leaktrace arguments and applies its checks.
+fn run_scenario(scenario: &Scenario, leaktrace_args: &[&str]) -> Result<Traced> {
     let limit = Some(scenario.limit_bytes);
-    let mut run = trace_workload_with(scenario.workload, scenario.args, limit, scenario.seconds, &[], env)?;
+    let (workload, args, seconds) = (scenario.workload, scenario.args, scenario.seconds);
+    let mut run = trace_workload_with(workload, args, limit, seconds, leaktrace_args, &[])?;
     (scenario.check)(&run.report)?;
     if scenario.expect_oom_kill {
         let pid = run.workload.id();
@@ -79,12 +80,12 @@ fn run_scenario(scenario: &Scenario, env: &[(&str, &str)]) -> Result<Traced> {
 }
 
 /// A scenario as a privileged test (skipped without root outside CI, one at a time), with `more` checks on its report.
-fn scenario_test(scenario: &Scenario, env: &[(&str, &str)], more: impl FnOnce(&Value) -> Result<()>) -> Result<()> {
+fn scenario_test(scenario: &Scenario, leaktrace_args: &[&str], more: impl FnOnce(&Value) -> Result<()>) -> Result<()> {
     if !require_root() {
         return Ok(());
     }
     let _one_at_a_time = serial();
-    more(&run_scenario(scenario, env)?.report)
+    more(&run_scenario(scenario, leaktrace_args)?.report)
 }
 
 #[test]
@@ -102,15 +103,19 @@ fn oom_kill_is_recorded_with_what_the_victim_held() -> Result<()> {
     scenario_test(&scenarios::OOM_KILL, &[], |_| Ok(()))
 }
 
-/// The fallback of kernels before the memcg tracepoints (anon pages told by gfp flags), run on this kernel with
-/// those tracepoints ignored: it must attribute the heap leak as the memcg-charge path does.
+/// Sampled mode tells anon pages by their gfp flags (as kernels before the memcg tracepoints must); --record-all
+/// by the memcg's anon charge where the kernel has it. Both must attribute the heap leak alike.
 #[test]
-fn heap_leak_is_attributed_by_gfp_flags_without_memcg_tracepoints() -> Result<()> {
-    let ignore = [("LEAKTRACE_IGNORE_EVENTS", "memcg:mod_memcg_lruvec_state,memcg:mod_memcg_state")];
-    scenario_test(&scenarios::HEAP_LEAK, &ignore, |report| {
+fn heap_leak_is_attributed_by_memcg_charges_when_recording_all() -> Result<()> {
+    scenario_test(&scenarios::HEAP_LEAK, &["--record-all"], |report| {
         let modes = &report["kernel"]["modes"];
-        ensure!(items(modes).iter().any(|m| m == "gfp-anon"), "modes {modes} lack gfp-anon");
-        ensure!(!items(modes).iter().any(|m| m == "memcg-anon-charges"), "modes {modes} still use memcg charges");
+        let event = "events/memcg/mod_memcg_lruvec_state";
+        let charges = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+            .iter()
+            .any(|t| std::path::Path::new(t).join(event).exists());
+        let want = if charges { "memcg-anon-charges" } else { "gfp-anon" };
+        ensure!(items(modes).iter().any(|m| m == want), "modes {modes} lack {want}");
+        ensure!(report["sampling"]["mode"] == "all", "sampled: {}", report["sampling"]);
         Ok(())
     })
 }

@@ -1,5 +1,6 @@
-//! Kernel type information from BTF: enum values (the `item` numbers of the memcg tracepoints) and struct member
-//! offsets (for walking `task_struct` to its memcg), which differ between kernel versions and configs.
+//! Kernel type information from BTF: enum values (the `item` numbers of the memcg tracepoints), struct member
+//! offsets (for walking `task_struct` to its memcg) and the argument types of raw tracepoints, all of which differ
+//! between kernel versions and configs.
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -13,15 +14,18 @@ const MAX_NESTING: u32 = 16;
 /// BTF kinds (include/uapi/linux/btf.h) this reader looks into or must step over.
 mod kinds {
     pub const INT: u32 = 1;
+    pub const PTR: u32 = 2;
     pub const ARRAY: u32 = 3;
     pub const STRUCT: u32 = 4;
     pub const UNION: u32 = 5;
     pub const ENUM: u32 = 6;
+    pub const ENUM_FWD: u32 = 7;
     pub const TYPEDEF: u32 = 8;
     pub const VOLATILE: u32 = 9;
     pub const CONST: u32 = 10;
     pub const RESTRICT: u32 = 11;
     pub const FUNC_PROTO: u32 = 13;
+    pub const FLOAT: u32 = 16;
     pub const VAR: u32 = 14;
     pub const DATASEC: u32 = 15;
     pub const DECL_TAG: u32 = 17;
@@ -166,6 +170,46 @@ impl KernelBtf {
     /// as C does. `None` when absent or a bitfield (no byte offset).
     pub fn member_offset(&self, struct_name: &str, member: &str) -> Option<u32> {
         self.named(struct_name, &[kinds::STRUCT, kinds::UNION]).find_map(|t| self.find_member(t, member, 0))
+    }
+
+    /// The C types of a raw tracepoint's arguments (its TP_PROTO), from the `btf_trace_<event>` typedef the kernel
+    /// declares for every tracepoint, e.g. `["struct page *", "unsigned int", "gfp_t", "int"]` for mm_page_alloc.
+    /// `None` when this kernel has no such tracepoint.
+    pub fn tracepoint_args(&self, event: &str) -> Option<Vec<String>> {
+        let typedef = self.named(&format!("btf_trace_{event}"), &[kinds::TYPEDEF]).next()?;
+        let ptr = self.type_by_id(typedef.size_or_type).filter(|t| t.kind == kinds::PTR)?;
+        let proto = self.type_by_id(ptr.size_or_type).filter(|t| t.kind == kinds::FUNC_PROTO)?;
+        // The first parameter is the probe's private data pointer, not an argument of the event.
+        Some((1..proto.vlen).map(|i| self.c_type(self.word(proto.entries + i * 8 + 4), 0)).collect())
+    }
+
+    /// A type as C spells it, with typedef names kept (`size_t`, `gfp_t`): what tracepoint prototypes say.
+    fn c_type(&self, id: u32, depth: u32) -> String {
+        if id == 0 {
+            return "void".into();
+        }
+        let Some(t) = self.type_by_id(id).filter(|_| depth < MAX_NESTING) else {
+            return "?".into();
+        };
+        let name = || self.string(t.name_off);
+        match t.kind {
+            kinds::PTR => format!("{} *", self.c_type(t.size_or_type, depth + 1)),
+            kinds::CONST => format!("const {}", self.c_type(t.size_or_type, depth + 1)),
+            kinds::VOLATILE => format!("volatile {}", self.c_type(t.size_or_type, depth + 1)),
+            kinds::RESTRICT | kinds::TYPE_TAG => self.c_type(t.size_or_type, depth + 1),
+            kinds::STRUCT => format!("struct {}", name()),
+            kinds::UNION => format!("union {}", name()),
+            kinds::ENUM | kinds::ENUM64 | kinds::ENUM_FWD => format!("enum {}", name()),
+            kinds::INT | kinds::TYPEDEF | kinds::FLOAT => name(),
+            _ => "?".into(),
+        }
+    }
+
+    fn string(&self, off: u32) -> String {
+        let start = self.strings.start + off as usize;
+        let bytes = self.data.get(start..self.strings.end).unwrap_or_default();
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        String::from_utf8_lossy(&bytes[..end]).into_owned()
     }
 
     fn find_member(&self, s: TypeRef, member: &str, depth: u32) -> Option<u32> {

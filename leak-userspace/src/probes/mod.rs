@@ -10,7 +10,7 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
-    programs::TracePoint,
+    programs::Program,
     Ebpf, EbpfLoader,
 };
 use leak_common::{counter, SiteCounters, SiteKey, CACHE_NAME_LEN, STACK_OVERFLOW_BIT};
@@ -54,12 +54,6 @@ pub const ATTACHMENTS: &[Attachment] = &[
         category: "memcg",
         event: "mod_memcg_lruvec_state",
         modes: &["memcg-anon-charges"],
-    },
-    Attachment {
-        program: "lt_memcg_state",
-        category: "memcg",
-        event: "mod_memcg_state",
-        modes: &["memcg-kmem-charges"],
     },
     Attachment { program: "lt_mark_victim", category: "oom", event: "mark_victim", modes: VICTIM },
 ];
@@ -206,15 +200,26 @@ impl Probes {
 }
 
 fn attach(ebpf: &mut Ebpf, a: &Attachment) -> Result<()> {
-    let prog: &mut TracePoint = ebpf
-        .program_mut(a.program)
-        .ok_or_else(|| anyhow!("program {} missing from the eBPF object", a.program))?
-        .try_into()?;
+    let prog =
+        ebpf.program_mut(a.program).ok_or_else(|| anyhow!("program {} missing from the eBPF object", a.program))?;
+    let refused = |e| anyhow!("the kernel refused program {}: {e}", a.program);
+    let failed = |e| anyhow!("attaching to {}:{} failed: {e}", a.category, a.event);
     // Loaded once, attached once per event (kmalloc and kmalloc_node share a program).
-    if prog.fd().is_err() {
-        prog.load().map_err(|e| anyhow!("the kernel refused program {}: {e}", a.program))?;
+    match prog {
+        Program::RawTracePoint(p) => {
+            if p.fd().is_err() {
+                p.load().map_err(refused)?;
+            }
+            p.attach(a.event).map_err(failed)?;
+        }
+        Program::TracePoint(p) => {
+            if p.fd().is_err() {
+                p.load().map_err(refused)?;
+            }
+            p.attach(a.category, a.event).map_err(failed)?;
+        }
+        _ => bail!("program {} is of an unexpected type", a.program),
     }
-    prog.attach(a.category, a.event).map_err(|e| anyhow!("attaching to {}:{} failed: {e}", a.category, a.event))?;
     Ok(())
 }
 

@@ -207,3 +207,19 @@ fn app_frame_skips_allocators() {
     site.frames.clear();
     assert_eq!(app_frame(&site), None);
 }
+
+#[test]
+fn the_tracing_machinery_is_not_part_of_a_site() {
+    let names = |symbols: &[Option<&str>]| -> Vec<Frame> {
+        symbols.iter().enumerate().map(|(i, s)| frame(*s, 0xffff_0000 + i as u64, true)).collect()
+    };
+    let alloc = Some("__alloc_pages");
+    let stack = names(&[Some("bpf_prog_d728d8f73c831aea_lt_page_alloc"), Some("bpf_trace_run4"), alloc]);
+    assert_eq!(tracing_frames(&stack), 2);
+    // A kernel that keeps BPF programs out of kallsyms, and one with a dispatcher frame per event.
+    assert_eq!(tracing_frames(&names(&[None, Some("bpf_trace_run2"), alloc])), 2);
+    let deep = names(&[None, Some("__bpf_trace_kmalloc"), Some("__traceiter_kmalloc"), Some("__kmalloc"), alloc]);
+    assert_eq!(tracing_frames(&deep), 3);
+    assert_eq!(tracing_frames(&names(&[alloc, Some("do_anonymous_page")])), 0, "a classic tracepoint's stack");
+    assert_eq!(tracing_frames(&[]), 0);
+}

@@ -38,7 +38,8 @@ pub fn build_initramfs(leaktrace: &Path, work: &Path) -> Result<PathBuf> {
         let exe = leaktrace_e2e::build_workload(s.workload)?;
         copy_executable(&exe, &stage.join("opt/workloads").join(s.workload))?;
         executables.push(exe);
-        lines += &format!("{} {} {} {} {}\n", s.name, s.workload, s.limit_bytes, s.seconds, s.args.join(" "));
+        let rate = leaktrace_e2e::SCENARIO_SAMPLE_BYTES;
+        lines += &format!("{} {} {} {} {rate} {}\n", s.name, s.workload, s.limit_bytes, s.seconds, s.args.join(" "));
     }
     fs::write(stage.join("scenarios"), lines)?;
     for lib in shared_libraries(&executables)? {
