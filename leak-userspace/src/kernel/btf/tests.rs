@@ -141,3 +141,38 @@ fn real_member_offsets() {
     assert_eq!((off("page", "lru"), off("page", "mapping")), (8, 24));
     assert_eq!(btf.member_offset("task_struct", "sched_reset_on_fork"), None, "a bitfield");
 }
+
+/// ```c
+/// typedef void (*btf_trace_kfree)(void *, unsigned long, const void *, struct page *);
+/// ```
+#[test]
+fn tracepoint_prototype_types_are_spelled_as_in_c() {
+    const PTR: u32 = 2;
+    const TYPEDEF: u32 = 8;
+    const FUNC_PROTO: u32 = 13;
+    let mut b = BtfBuilder::new();
+    b.header("long unsigned int", INT, false, 0, 8); // [1]
+    b.words(&[64]);
+    b.header("", PTR, false, 0, 0); // [2] void *
+    b.header("", CONST, false, 0, 0); // [3] const void
+    b.header("", PTR, false, 0, 3); // [4] const void *
+    b.composite(STRUCT, "page", 64, &[]); // [5]
+    b.header("", PTR, false, 0, 5); // [6] struct page *
+    b.header("", FUNC_PROTO, false, 4, 0); // [7]
+    for ty in [2, 1, 4, 6] {
+        b.words(&[0, ty]);
+    }
+    b.header("", PTR, false, 0, 7); // [8]
+    b.header("btf_trace_kfree", TYPEDEF, false, 0, 8); // [9]
+    let btf = KernelBtf::from_bytes(&b.build()).unwrap();
+    assert_eq!(btf.tracepoint_args("kfree").unwrap(), ["long unsigned int", "const void *", "struct page *"]);
+    assert_eq!(btf.tracepoint_args("kmalloc"), None);
+}
+
+#[test]
+fn real_tracepoint_prototypes() {
+    let Some(btf) = host_btf() else { return };
+    let page_alloc = btf.tracepoint_args("mm_page_alloc").unwrap();
+    assert_eq!(page_alloc[..3], ["struct page *", "unsigned int", "gfp_t"]);
+    assert_eq!(btf.tracepoint_args("kfree").unwrap(), ["long unsigned int", "const void *"]);
+}
