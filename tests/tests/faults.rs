@@ -17,6 +17,7 @@ use anyhow::{ensure, Context, Result};
 use leaktrace_e2e::{
     assert_nothing_attached, bpf_object_ids, build_workload, describe, has_frame, held_bpf_objects, items,
     leaktrace_bin, read_report, require_root, run_leaktrace, serial, summarize, wait_timeout, Leaktrace, Memcg,
+    SCENARIO_SAMPLE_BYTES,
 };
 use serde_json::Value;
 
@@ -188,7 +189,10 @@ fn thousands_of_short_lived_processes() -> Result<()> {
     let memcg = Memcg::create("f-forks", Some(512 * MIB))?;
     let dir = tempfile::tempdir()?;
     let out = dir.path().join("out");
-    let mut trace = start(&memcg, &out, &["--duration", "120", "--interval", "0.2"])?;
+    // A process here allocates ~1 MiB in all: at the default rate most would leave no sample, and this test is about
+    // following thousands of pids, so it samples as finely as the scenarios do.
+    let rate = ["--sample-bytes", SCENARIO_SAMPLE_BYTES];
+    let mut trace = start(&memcg, &out, &[&["--duration", "120", "--interval", "0.2"][..], &rate].concat())?;
     let started = Instant::now();
     // Each process lives long enough for some to be caught by a scan (and symbolized) and most not.
     let mut storm = shell_in(&memcg, "for i in $(seq 2000); do /bin/true; done")?;

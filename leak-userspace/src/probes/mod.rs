@@ -74,6 +74,8 @@ impl Probes {
             .override_global("CONFIG", &discovery.config, true)
             .map_max_entries("LIVE", live_entries)
             .map_max_entries("STACKS", stack_entries)
+            // The second chance for colliding stacks scales with the first (4096 at the default 16384).
+            .map_max_entries("STACKS_OVERFLOW", (stack_entries / 4).max(1))
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow!("loading the eBPF programs failed: {e}"))?;
         let mut attached = Vec::new();
