@@ -31,9 +31,16 @@ pub struct SiteKey {
     pub tgid: u32,
     /// Stack id in `STACKS`, or a negative errno when no stack was taken (e.g. -EEXIST on a bucket collision).
     pub kstack: i32,
+    /// A frame-pointer stack id in `STACKS` (`--record-all`), a negative errno, or, in userspace once the sample
+    /// is unwound, an id of the unwound stacks with [`USTACK_UNWOUND_BIT`] set.
     pub ustack: i32,
     pub cache: u32,
     pub kind: u32,
+    pub _pad: u32,
+    /// The user stack sample ([`StackSample::token`]) taken with this one allocation, 0 for none. Unwinding happens
+    /// in userspace, so the kernel cannot group allocations by user stack: each kept allocation is its own site
+    /// until userspace has unwound its sample and merged it with the others of the same stack.
+    pub usample: u64,
 }
 
 /// Cumulative per-site totals, one copy per CPU (userspace sums them). Frees are credited back to the site that
@@ -78,6 +85,48 @@ impl SiteCounters {
     pub fn all_freed(&self) -> bool {
         self.alloc_count == self.free_count.wrapping_add(self.oom_freed_count)
     }
+}
+
+/// Set in `SiteKey::ustack` by userspace: the id is one of its unwound user stacks, not a kernel stack map's.
+pub const USTACK_UNWOUND_BIT: i32 = 1 << 29;
+
+/// Size of one chunk of a user stack copy: copies are made of whole 4 KiB chunks starting at the chunk that holds
+/// the stack pointer, so every read has a constant size and offset (the verifier wants both), and a chunk past the
+/// stack's end fails alone.
+pub const USTACK_CHUNK: usize = 4096;
+/// The most chunks a copy may hold (`--user-stack-bytes` up to 28 KiB): the scratch buffer is a per-CPU map value,
+/// which the kernel limits to 32 KiB.
+pub const USTACK_MAX_CHUNKS: usize = 7;
+
+/// The head of a user stack sample in the `USTACKS` ring buffer; `len` bytes of stack follow it, copied from
+/// `base` (the stack pointer's chunk, rounded down) upwards.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackSample {
+    /// Unique per sample (a per-CPU sequence and the CPU), never 0: `SiteKey::usample` of the allocation.
+    pub token: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    /// The user registers an unwind starts from (x86-64: rip, rsp, rbp).
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    pub base: u64,
+    pub len: u32,
+    /// [`STACK_SAMPLE_FULL`]: the copy reached the configured size, so the stack may go on above it.
+    pub flags: u32,
+}
+
+pub const STACK_SAMPLE_FULL: u32 = 1;
+
+/// Where the programs find a task's saved user registers (`Config::regs_source`).
+pub mod regs {
+    /// No user stacks are copied (frame-pointer stack ids instead).
+    pub const NONE: u32 = 0;
+    /// `bpf_task_pt_regs(bpf_get_current_task_btf())` (5.15+).
+    pub const HELPER: u32 = 1;
+    /// The `struct pt_regs` at the top of the task's kernel stack (`task->stack + THREAD_SIZE`), before 5.15.
+    pub const STACK_TOP: u32 = 2;
 }
 
 /// Set in a `SiteKey` stack id that lives in the second stack map (`STACKS_OVERFLOW`): the stack's bucket in the
@@ -182,7 +231,14 @@ pub mod counter {
     pub const ALLOC_EVENTS: u32 = 8;
     pub const FREE_EVENTS: u32 = 9;
     pub const OOM_EVENTS: u32 = 10;
-    pub const COUNT: u32 = 11;
+    /// User stack samples sent, and those lost: no user registers (kernel threads), the stack unreadable, the
+    /// sample ring buffer full, or the scratch buffers of this CPU busy (nested programs).
+    pub const USTACK_SAMPLES: u32 = 11;
+    pub const USTACK_NO_REGS: u32 = 12;
+    pub const USTACK_UNREADABLE: u32 = 13;
+    pub const USTACK_RINGBUF_DROP: u32 = 14;
+    pub const USTACK_NESTED: u32 = 15;
+    pub const COUNT: u32 = 16;
 }
 
 /// Marks a record field or struct member this kernel does not have.
@@ -261,6 +317,19 @@ pub struct Config {
     pub page_size: u32,
     /// log2 of the sampling rate in bytes (see `sample_shift`); 0 records every allocation.
     pub sample_rate_shift: u32,
+    /// How user stacks are taken: a `regs::*` source of the registers and a copy of this many `USTACK_CHUNK`s of
+    /// stack for userspace to unwind, or (`regs::NONE`) a frame-pointer walk by the kernel.
+    pub regs_source: u32,
+    pub ustack_chunks: u32,
+    /// `regs::STACK_TOP`: task_struct.stack, THREAD_SIZE and sizeof(struct pt_regs).
+    pub task_stack: u32,
+    pub thread_size: u32,
+    pub pt_regs_size: u32,
+    /// struct pt_regs members.
+    pub regs_ip: u32,
+    pub regs_sp: u32,
+    pub regs_bp: u32,
+    pub regs_cs: u32,
 }
 
 impl Config {
@@ -290,6 +359,15 @@ impl Config {
             oom_reaper_pid: 0,
             page_size: 4096,
             sample_rate_shift: 0,
+            regs_source: regs::NONE,
+            ustack_chunks: 0,
+            task_stack: OFFSET_NONE,
+            thread_size: 0,
+            pt_regs_size: 0,
+            regs_ip: OFFSET_NONE,
+            regs_sp: OFFSET_NONE,
+            regs_bp: OFFSET_NONE,
+            regs_cs: OFFSET_NONE,
         }
     }
 }
@@ -349,5 +427,6 @@ mod pod {
     unsafe impl aya::Pod for SiteCounters {}
     unsafe impl aya::Pod for LiveAlloc {}
     unsafe impl aya::Pod for OomEvent {}
+    unsafe impl aya::Pod for StackSample {}
     unsafe impl aya::Pod for Config {}
 }

@@ -11,6 +11,12 @@
 //!
 //! By default allocations are sampled by size before any other work (`sample_weight`): a kept allocation carries
 //! its weight 1/p into every counter, so sums stay unbiased, and the free of one never kept ends at a LIVE miss.
+//!
+//! User stacks of kept allocations are not walked here: a frame-pointer walk loses the callers of leaf functions
+//! and of code built without frame pointers (most of a distribution). Instead the program copies the user
+//! registers and the top of the user stack into the `USTACKS` ring buffer (`user_stack_sample`), and userspace
+//! unwinds the copy with the objects' DWARF call frame information. `--record-all`, which keeps every allocation,
+//! cannot afford a copy per allocation and takes frame-pointer stack ids instead.
 #![no_std]
 #![no_main]
 
@@ -18,7 +24,7 @@ use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_prandom_u32, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, generated as gen,
     },
     macros::{map, raw_tracepoint, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
@@ -26,8 +32,9 @@ use aya_ebpf::{
     EbpfContext,
 };
 use leak_common::{
-    arg, counter, kind, Config, LiveAlloc, OomEvent, PendingPage, SiteCounters, SiteKey, CACHE_KMALLOC_BIT,
-    CACHE_NAME_LEN, COMM_LEN, FNV_OFFSET, OFFSET_NONE, PENDING_UNSAMPLED, STACK_OVERFLOW_BIT,
+    arg, counter, kind, regs, Config, LiveAlloc, OomEvent, PendingPage, SiteCounters, SiteKey, StackSample,
+    CACHE_KMALLOC_BIT, CACHE_NAME_LEN, COMM_LEN, FNV_OFFSET, OFFSET_NONE, PENDING_UNSAMPLED, STACK_OVERFLOW_BIT,
+    STACK_SAMPLE_FULL, USTACK_CHUNK, USTACK_MAX_CHUNKS,
 };
 
 /// Kernel layout facts discovered by userspace (tracefs formats, BTF) and written here before load.
@@ -68,6 +75,31 @@ static VICTIMS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(256, 0);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// User stack samples of kept allocations, for userspace to unwind. Sized by userspace at load.
+#[map]
+static USTACKS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// A sample being assembled: its head, then the stack copy.
+#[repr(C)]
+struct StackScratch {
+    head: StackSample,
+    stack: [u8; USTACK_CHUNK * USTACK_MAX_CHUNKS],
+}
+
+/// How many scratch buffers (`STACK_SCRATCH` entries) one CPU may use at once: a program interrupted by one that
+/// also samples (an interrupt's allocation charged to the same task) takes the next; deeper nesting goes without
+/// a user stack.
+const SCRATCH_LEVELS: u32 = 2;
+
+#[map]
+static STACK_SCRATCH: PerCpuArray<StackScratch> = PerCpuArray::with_max_entries(SCRATCH_LEVELS, 0);
+
+/// Per CPU: the scratch buffers in use, and the sequence that makes sample tokens unique.
+#[map]
+static SCRATCH_DEPTH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static SAMPLE_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 const EEXIST: i32 = 17;
 
@@ -138,12 +170,126 @@ fn target_task() -> bool {
     current_memcg().is_some_and(in_target)
 }
 
-/// The site of the allocation happening now: stacks are walked only for events that will be kept.
+/// The site of the allocation happening now: stacks are taken only for events that will be kept.
 #[inline(always)]
 fn site_here(ctx: &RawTracePointContext, kind: u32, cache: u32) -> SiteKey {
     let kstack = stack_id(ctx, 0, counter::KSTACK_COLLISION);
-    let ustack = stack_id(ctx, BPF_F_USER_STACK as u64, counter::USTACK_COLLISION);
-    SiteKey { tgid: (bpf_get_current_pid_tgid() >> 32) as u32, kstack, ustack, cache, kind }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let (ustack, usample) = if cfg(&CONFIG.regs_source) == regs::NONE {
+        (stack_id(ctx, BPF_F_USER_STACK as u64, counter::USTACK_COLLISION), 0)
+    } else {
+        match user_stack_sample() {
+            Ok(token) => (-1, token),
+            Err(e) => (e, 0),
+        }
+    };
+    SiteKey { tgid, kstack, ustack, cache, kind, _pad: 0, usample }
+}
+
+const ENODATA: i32 = 61;
+const ENOSPC: i32 = 28;
+const EBUSY: i32 = 16;
+
+/// Sends the current task's user registers and the top of its user stack to userspace; returns the sample's
+/// token, or the negative errno that stands in for the user stack of the site (counted).
+#[inline(always)]
+fn user_stack_sample() -> Result<u64, i32> {
+    let depth = SCRATCH_DEPTH.get_ptr_mut(0).ok_or(-EBUSY)?;
+    let level = unsafe { *depth };
+    if level >= SCRATCH_LEVELS {
+        count(counter::USTACK_NESTED, 1);
+        return Err(-EBUSY);
+    }
+    unsafe { *depth = level + 1 };
+    let sent = fill_and_send(level);
+    unsafe { *depth = level };
+    sent
+}
+
+#[inline(always)]
+fn fill_and_send(level: u32) -> Result<u64, i32> {
+    let scratch = STACK_SCRATCH.get_ptr_mut(level).ok_or(-EBUSY)?;
+    let Some((ip, sp, bp)) = user_regs() else {
+        count(counter::USTACK_NO_REGS, 1);
+        return Err(-ENODATA);
+    };
+    let seq = SAMPLE_SEQ.get_ptr_mut(0).ok_or(-EBUSY)?;
+    let token = unsafe {
+        *seq += 1;
+        // The CPU in the low bits keeps tokens of different CPUs apart; never 0.
+        (*seq << 12) | (gen::bpf_get_smp_processor_id() as u64 & 0xfff)
+    };
+    let base = sp & !(USTACK_CHUNK as u64 - 1);
+    let want = cfg(&CONFIG.ustack_chunks);
+    let mut chunks = 0usize;
+    let s = unsafe { &mut *scratch };
+    while chunks < USTACK_MAX_CHUNKS {
+        if chunks as u32 >= want {
+            break;
+        }
+        let at = chunks * USTACK_CHUNK;
+        let dst = unsafe { s.stack.as_mut_ptr().add(at) };
+        let src = (base + at as u64) as *const core::ffi::c_void;
+        // A chunk past the stack's end (the top of a thread's mapping) fails: the copy ends there.
+        if unsafe { gen::bpf_probe_read_user(dst as *mut _, USTACK_CHUNK as u32, src) } != 0 {
+            break;
+        }
+        chunks += 1;
+    }
+    if chunks == 0 {
+        count(counter::USTACK_UNREADABLE, 1);
+        return Err(-ENODATA);
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let len = chunks * USTACK_CHUNK;
+    s.head = StackSample {
+        token,
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        ip,
+        sp,
+        bp,
+        base,
+        len: len as u32,
+        flags: if chunks as u32 >= want { STACK_SAMPLE_FULL } else { 0 },
+    };
+    let size = core::mem::size_of::<StackSample>() + len;
+    if size > core::mem::size_of::<StackScratch>() {
+        return Err(-ENOSPC);
+    }
+    let bytes = unsafe { core::slice::from_raw_parts(scratch as *const u8, size) };
+    if USTACKS.output::<[u8]>(bytes, 0).is_err() {
+        count(counter::USTACK_RINGBUF_DROP, 1);
+        return Err(-ENOSPC);
+    }
+    count(counter::USTACK_SAMPLES, 1);
+    Ok(token)
+}
+
+/// The user registers saved when the current task entered the kernel (syscall, fault, interrupt); `None` for a
+/// kernel thread, whose saved registers are not user mode.
+#[inline(always)]
+fn user_regs() -> Option<(u64, u64, u64)> {
+    let regs: *const u8 = match cfg(&CONFIG.regs_source) {
+        // Dead code on kernels without the helpers (the verifier knows the config): they never see the calls.
+        regs::HELPER => unsafe { gen::bpf_task_pt_regs(gen::bpf_get_current_task_btf()) as *const u8 },
+        regs::STACK_TOP => unsafe {
+            let stack = read_ptr(bpf_get_current_task() as *const u8, cfg(&CONFIG.task_stack))?;
+            stack.add((cfg(&CONFIG.thread_size) - cfg(&CONFIG.pt_regs_size)) as usize)
+        },
+        _ => return None,
+    };
+    unsafe {
+        let cs: u64 = read_at(regs, cfg(&CONFIG.regs_cs))?;
+        if cs & 3 != 3 {
+            return None;
+        }
+        Some((
+            read_at(regs, cfg(&CONFIG.regs_ip))?,
+            read_at(regs, cfg(&CONFIG.regs_sp))?,
+            read_at(regs, cfg(&CONFIG.regs_bp))?,
+        ))
+    }
 }
 
 #[inline(always)]

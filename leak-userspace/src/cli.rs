@@ -63,9 +63,19 @@ pub struct TraceArgs {
     pub sample_bytes: u64,
 
     /// Record every allocation of the target with its stacks: exact figures, at a higher cost to the target.
+    /// User stacks are then walked by frame pointers (copying a stack for every allocation costs too much), so
+    /// callers of code built without frame pointers are lost.
     #[arg(long, conflicts_with = "sample_bytes")]
     pub record_all: bool,
+
+    /// How much of the user stack each kept allocation copies for unwinding (from the stack pointer's 4 KiB chunk
+    /// up, in whole chunks, at most 28 KiB). report.json `collection.unwind` counts the walks it cut short.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_USER_STACK_BYTES, value_parser = user_stack_bytes)]
+    pub user_stack_bytes: u32,
 }
+
+/// 16 KiB of user stack per kept allocation: see the README ("User stacks") for the depths measured.
+pub const DEFAULT_USER_STACK_BYTES: u32 = 16 << 10;
 
 /// 512 KiB, jemalloc's default sampling interval: a page is kept 1 in 128 and a slab object far less often, so the
 /// stack walks of kept allocations (~1.5 us each) cost a page-faulting workload a few percent, while a leak of
@@ -80,6 +90,11 @@ impl TraceArgs {
     pub fn live_entries(&self) -> u32 {
         let default = if self.record_all { crate::probes::DEFAULT_LIVE_ENTRIES } else { SAMPLED_LIVE_ENTRIES };
         self.max_tracked.unwrap_or(default)
+    }
+
+    /// The user stack copy per kept allocation in chunks, `None` with --record-all (frame-pointer stacks).
+    pub fn user_stack_chunks(&self) -> Option<u32> {
+        (!self.record_all).then(|| self.user_stack_bytes.div_ceil(leak_common::USTACK_CHUNK as u32))
     }
 
     /// log2 of the sampling rate for the kernel side (`Config::sample_rate_shift`); 0 records everything.
@@ -142,6 +157,15 @@ fn positive_secs(s: &str) -> Result<f64, String> {
         Ok(v) if v.is_finite() && v > 0.0 && v <= 366.0 * 86400.0 => Ok(v),
         _ => Err(format!("`{s}` is not a number of seconds between 0 and one year")),
     }
+}
+
+fn user_stack_bytes(s: &str) -> Result<u32, String> {
+    let max = (leak_common::USTACK_CHUNK * leak_common::USTACK_MAX_CHUNKS) as u32;
+    let bytes: u32 = s.parse().map_err(|_| format!("`{s}` is not a number of bytes"))?;
+    if !(leak_common::USTACK_CHUNK as u32..=max).contains(&bytes) {
+        return Err(format!("must be from {} to {max} bytes", leak_common::USTACK_CHUNK));
+    }
+    Ok(bytes)
 }
 
 fn sample_bytes(s: &str) -> Result<u64, String> {

@@ -40,6 +40,7 @@ pub fn run(output: Option<PathBuf>, quiet: bool) -> Result<()> {
         quiet,
         sample_bytes: crate::cli::DEFAULT_SAMPLE_BYTES,
         record_all: false,
+        user_stack_bytes: crate::cli::DEFAULT_USER_STACK_BYTES,
     };
     let mut child: Option<Child> = None;
     let cgroup_path = cgroup.path.clone();

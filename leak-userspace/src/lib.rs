@@ -2,7 +2,8 @@
 //!
 //! The modules follow the data flow:
 //! `target` (which cgroup) -> `kernel` (what this kernel offers) -> `probes` (eBPF programs and their maps) ->
-//! `collect` (draining maps and events every interval) + `memory` (the cgroup's own accounting) -> `symbolize` ->
+//! `collect` (draining maps and events every interval) + `memory` (the cgroup's own accounting) -> `stacks` (user
+//! stack samples unwound) -> `symbolize` ->
 //! `sites` (aggregated call sites) -> `attribution` (sites against memory.stat growth) -> `verdict` ->
 //! `report` (report.json model) -> `export` (folded stacks, terminal summary); `live` shows the trace as it runs.
 pub mod attribution;
@@ -19,6 +20,7 @@ pub mod probes;
 pub mod report;
 pub mod session;
 pub mod sites;
+pub mod stacks;
 pub mod stop;
 pub mod symbolize;
 pub mod target;

@@ -60,10 +60,11 @@ pub fn trace(target: Target, args: &TraceArgs, hooks: Hooks<'_>) -> Result<PathB
     require_root()?;
     let stop = StopSignals::install()?;
     let dir = output::prepare(args.output.as_deref())?;
-    let mut discovery = probes::discover(args.record_all)?;
+    let mut discovery = probes::discover(args.record_all, args.user_stack_chunks())?;
     discovery.config.sample_rate_shift = args.sample_rate_shift();
     let mut probes = Probes::load(&mut discovery, args.live_entries(), args.stack_entries)?;
-    let mut collector = Collector::new(target, &discovery, args.top);
+    let ring = if discovery.config.ustack_chunks > 0 { Some(probes.take_user_stacks()?) } else { None };
+    let mut collector = Collector::new(target, &discovery, args.top, crate::stacks::UserStacks::new(ring));
     // The first sample is the baseline that growth is measured from.
     collector.tick(&mut probes)?;
     let say = |line: &str| {
@@ -119,6 +120,15 @@ async fn event_loop(
     // SAFETY: the ring buffer owns its fd, and the AsyncFd owns the ring buffer for as long as it is registered.
     let mut events = unsafe { AsyncFd::register_with_interest(probes.take_events()?, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("cannot watch the event ring buffer: {e}"))?;
+    // Samples are unwound as they come, while their processes (an OOM victim, a short-lived child) still live.
+    let ustacks = match collector.user_stacks_fd() {
+        // SAFETY: the fd belongs to the collector's ring buffer, which outlives this loop.
+        Some(fd) => Some(
+            unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+                .map_err(|e| anyhow::anyhow!("cannot watch the user stack ring buffer: {e}"))?,
+        ),
+        None => None,
+    };
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(args.interval));
@@ -159,6 +169,16 @@ async fn event_loop(
                         reason = "the workload was OOM-killed".to_string();
                     }
                 }
+            }
+            guard = async {
+                match &ustacks {
+                    Some(fd) => fd.readable().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                // Cleared first: a sample sent while draining makes the fd ready again.
+                guard?.clear_ready();
+                collector.drain_user_stacks();
             }
             _ = sigint.recv() => { reason = "interrupted (SIGINT)".to_string(); break; }
             _ = sigterm.recv() => { reason = "terminated (SIGTERM)".to_string(); break; }

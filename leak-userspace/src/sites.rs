@@ -6,10 +6,16 @@ use leak_common::{kind, SiteCounters, SiteKey, CACHE_KMALLOC_BIT};
 
 use crate::report::{Frame, Site};
 
-/// Stack traces by id (the kernel's stack map). Ids below zero mean "no stack was taken".
+/// Stack traces by id: the kernel's stack maps, and the user stacks unwound in userspace. Ids below zero mean "no
+/// stack was taken".
 pub trait StackSource {
     /// Addresses, leaf first.
     fn stack(&self, id: i32) -> Option<Vec<u64>>;
+
+    /// An unwound user stack (`USTACK_UNWOUND_BIT` ids): each address with how it was found, leaf first.
+    fn unwound(&self, _id: i32) -> Option<Vec<(u64, &'static str)>> {
+        None
+    }
 }
 
 /// Addresses -> frames. The real one is [`crate::symbolize::Symbolizer`]; tests use fakes.
@@ -69,9 +75,7 @@ where
             let skip = tracing_frames(&kernel);
             frames.extend(kernel.into_iter().skip(skip));
         }
-        if let Some(addrs) = stack_of(stacks, key.ustack) {
-            frames.extend(resolver.user(key.tgid, &addrs));
-        }
+        frames.extend(user_frames(stacks, resolver, key));
         let slab_cache = cache_name(key.cache, caches);
         let identity = MergeKey {
             kind: kind_name(key.kind),
@@ -107,14 +111,27 @@ where
     sites
 }
 
-/// The frame that names a site for people: the first user frame with a symbol outside the allocator (the
-/// application code that asked for memory), else the first kernel frame past the allocator's own functions,
-/// else the leaf.
+/// The frame that names a site for people: the first user frame with a symbol that is application code (outside
+/// the allocator and the C and C++ runtime libraries: a `memset` or `write` leaf is how, not who), else the first
+/// named user frame outside the allocator, else the first kernel frame past the allocator's own functions, else
+/// the leaf.
 pub fn app_frame(site: &Site) -> Option<&Frame> {
     let named = |kernel: bool| {
-        site.frames.iter().find(|f| f.kernel == kernel && f.symbol.as_deref().is_some_and(|s| !is_allocator(s)))
+        site.frames.iter().filter(move |f| f.kernel == kernel && f.symbol.as_deref().is_some_and(|s| !is_allocator(s)))
     };
-    named(false).or_else(|| named(true)).or_else(|| site.frames.first())
+    named(false)
+        .find(|f| !is_runtime_library(f.module.as_deref().unwrap_or("")))
+        .or_else(|| named(false).next())
+        .or_else(|| named(true).next())
+        .or_else(|| site.frames.first())
+}
+
+/// The C library, the dynamic loader and the C++ and compiler runtimes: code every program calls through.
+pub fn is_runtime_library(module: &str) -> bool {
+    const LIBS: &[&str] =
+        &["libc.so", "libc-", "ld-linux", "ld-musl", "libc.musl", "libstdc++", "libgcc_s", "libm.so", "libpthread"];
+    let base = module.rsplit('/').next().unwrap_or(module);
+    LIBS.iter().any(|l| base.starts_with(l))
 }
 
 /// Allocator internals, kernel and C/C++/Rust runtime: they are how memory is obtained, not who wants it.
@@ -186,6 +203,10 @@ pub fn is_allocator(symbol: &str) -> bool {
         "memcpy",
         "__memmove",
         "memmove",
+        // the C library's internal names for its own entry points (statically linked programs have no module
+        // to tell them by)
+        "__GI_",
+        "__libc_",
     ];
     PREFIXES.iter().any(|p| symbol.starts_with(p))
 }
@@ -200,6 +221,33 @@ fn tracing_frames(frames: &[Frame]) -> usize {
         f.symbol.as_deref().is_some_and(|s| s.starts_with("bpf_prog_") || DISPATCH.iter().any(|d| s.starts_with(d)))
     };
     frames.iter().take(4).rposition(tracing).map_or(0, |i| i + 1)
+}
+
+/// The user frames of a site, each saying how it was found: unwound ones as the unwinder says, those of a
+/// frame-pointer stack id as `fp` but the leaf (`regs`).
+fn user_frames<S, R>(stacks: &S, resolver: &mut R, key: &SiteKey) -> Vec<Frame>
+where
+    S: StackSource + ?Sized,
+    R: FrameResolver + ?Sized,
+{
+    let addrs = match stacks.unwound(key.ustack) {
+        Some(unwound) => unwound,
+        None => stack_of(stacks, key.ustack)
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| (a, if i == 0 { "regs" } else { "fp" }))
+            .collect(),
+    };
+    let mut frames = Vec::new();
+    for (addr, how) in addrs {
+        // One address may stand for several frames (functions inlined there): all were found the same way.
+        for mut f in resolver.user(key.tgid, &[addr]) {
+            f.unwind = Some(if f.module.as_deref() == Some(crate::symbolize::JIT_MODULE) { "jit" } else { how }.into());
+            frames.push(f);
+        }
+    }
+    frames
 }
 
 fn stack_of<S: StackSource + ?Sized>(stacks: &S, id: i32) -> Option<Vec<u64>> {

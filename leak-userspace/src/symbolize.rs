@@ -11,10 +11,7 @@
 //! pid are served from the cached mappings and the pinned open files, even when /proc/<pid> no longer exists.
 //! Cached mappings are frozen, so they are refreshed when an address falls outside them while the process lives
 //! (libraries loaded later). Results are memoised per (pid, address) and per kernel address.
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-};
+use std::{collections::HashMap, path::PathBuf};
 
 use blazesym::symbolize::{
     cache,
@@ -23,7 +20,10 @@ use blazesym::symbolize::{
 };
 use blazesym::MaybeDefault;
 
-use crate::report::Frame;
+use crate::{report::Frame, stacks::perfmap::PerfMap};
+
+/// The module named for frames in JIT code that a perf map names.
+pub const JIT_MODULE: &str = "[jit]";
 
 pub struct Symbolizer {
     blaze: Blaze,
@@ -34,6 +34,9 @@ pub struct Symbolizer {
     processes: HashMap<u32, Vec<Region>>,
     kernel_memo: HashMap<u64, Vec<Frame>>,
     user_memo: HashMap<(u32, u64), Vec<Frame>>,
+    /// Perf maps of the processes whose stacks lead into JIT code, read through the process's root (blazesym's
+    /// own lookup uses the host's /tmp and pid, which miss a containerised process).
+    perf_maps: HashMap<u32, PerfMap>,
 }
 
 /// A named address range: a kernel module, or an executable file mapping of a process.
@@ -58,6 +61,7 @@ impl Symbolizer {
             processes: HashMap::new(),
             kernel_memo: HashMap::new(),
             user_memo: HashMap::new(),
+            perf_maps: HashMap::new(),
         }
     }
 
@@ -72,6 +76,10 @@ impl Symbolizer {
         let mut process = cache::Process::new(pid.into());
         process.cache_vmas = true;
         process.cache_perf_map = false;
+        // A JIT's perf map is read from the start, and grows from then on.
+        if let Some(map) = self.perf_maps.get_mut(&pid) {
+            map.refresh(pid);
+        }
         // A dying process (OOM victim) shows an empty map list: caching that would throw away the good cache.
         let cached = std::fs::read_to_string(format!("/proc/{pid}/maps"))
             .map_err(|e| e.to_string())
@@ -138,13 +146,53 @@ impl Symbolizer {
             process.perf_map = false;
             let resolved = symbolize(&self.blaze, &Source::Process(process), &missing, false);
             let regions = self.processes.get(&pid).map_or(&[][..], Vec::as_slice);
+            let mut jit = Vec::new();
             for (addr, mut frames) in missing.into_iter().zip(resolved) {
                 let module = name_of(regions, addr);
+                if module.is_none() && frames.iter().all(|f| f.symbol.is_none()) {
+                    jit.push(addr);
+                }
                 frames.iter_mut().for_each(|f| f.module = module.map(str::to_string));
                 self.user_memo.insert((pid, addr), frames);
             }
+            self.name_jit_frames(pid, &jit);
         }
-        addrs.iter().flat_map(|a| self.user_memo[&(pid, *a)].iter().cloned()).collect()
+        // An unnamed JIT address is not memoised (its name may come later).
+        addrs
+            .iter()
+            .flat_map(|&a| self.user_memo.get(&(pid, a)).cloned().unwrap_or_else(|| vec![Frame::unknown(a, false)]))
+            .collect()
+    }
+}
+
+impl Symbolizer {
+    /// Names addresses outside every file mapping from the process's perf map, read again for addresses it does
+    /// not name yet (JIT code written since). Those it names are not memoised when unnamed, so a map that appears
+    /// later (a JVM asked for one) still names them.
+    fn name_jit_frames(&mut self, pid: u32, addrs: &[u64]) {
+        if addrs.is_empty() {
+            return;
+        }
+        let map = self.perf_maps.entry(pid).or_default();
+        if addrs.iter().any(|&a| map.lookup(a).is_none()) {
+            map.refresh(pid);
+        }
+        for &addr in addrs {
+            match map.lookup(addr) {
+                Some(name) => {
+                    let frame = Frame {
+                        symbol: Some(name.to_string()),
+                        module: Some(JIT_MODULE.to_string()),
+                        ..Frame::unknown(addr, false)
+                    };
+                    self.user_memo.insert((pid, addr), vec![frame]);
+                }
+                None if std::path::Path::new(&format!("/proc/{pid}")).exists() => {
+                    self.user_memo.remove(&(pid, addr));
+                }
+                None => {}
+            }
+        }
     }
 }
 
@@ -187,6 +235,7 @@ fn frames_of(sym: &Sym, addr: u64, kernel: bool) -> Vec<Frame> {
         file: code.map(|c| c.to_path().display().to_string()),
         line: code.and_then(|c| c.line),
         kernel,
+        unwind: None,
     };
     let mut frames: Vec<Frame> = sym.inlined.iter().rev().map(|f| frame(&f.name, f.code_info.as_ref())).collect();
     frames.push(frame(&sym.name, sym.code_info.as_deref()));
@@ -196,27 +245,10 @@ fn frames_of(sym: &Sym, addr: u64, kernel: bool) -> Vec<Frame> {
 /// The executable, file-backed mappings of a /proc/<pid>/maps text (only those hold code a stack can point
 /// into), named by file name.
 fn parse_exec_mappings(maps: &str) -> Vec<Region> {
-    maps.lines()
-        .filter_map(|line| {
-            // range perms offset dev inode, then the path: it may hold spaces, and " (deleted)" once unlinked.
-            let mut rest = line;
-            let mut fields = [""; 5];
-            for field in &mut fields {
-                rest = rest.trim_start();
-                let end = rest.find(' ')?;
-                *field = &rest[..end];
-                rest = &rest[end..];
-            }
-            let path = rest.trim_start();
-            let path = path.strip_suffix(" (deleted)").unwrap_or(path);
-            // Anonymous mappings and [vdso]-like names have no file.
-            if !fields[1].contains('x') || !path.starts_with('/') {
-                return None;
-            }
-            let (start, end) = fields[0].split_once('-')?;
-            let name = Path::new(path).file_name()?.to_string_lossy().into_owned();
-            Some(Region { name, start: u64::from_str_radix(start, 16).ok()?, end: u64::from_str_radix(end, 16).ok()? })
-        })
+    crate::stacks::maps::parse(maps)
+        .into_iter()
+        .filter(|m| m.exec && m.is_file())
+        .filter_map(|m| Some(Region { name: m.name()?.to_string(), start: m.start, end: m.end }))
         .collect()
 }
 

@@ -72,7 +72,7 @@ mod tests {
     use super::*;
 
     fn key(tgid: u32) -> SiteKey {
-        SiteKey { tgid, kstack: 1, ustack: 2, cache: 0, kind: 0 }
+        SiteKey { tgid, kstack: 1, ustack: 2, ..Default::default() }
     }
 
     fn counters(alloc: u64, free: u64) -> SiteCounters {

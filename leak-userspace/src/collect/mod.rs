@@ -13,14 +13,15 @@ use std::{
 };
 
 use anyhow::Result;
-use leak_common::{counter, kind, SiteCounters, SiteKey};
+use leak_common::{counter, kind, SiteCounters, SiteKey, USTACK_UNWOUND_BIT};
 
 use crate::{
     attribution,
     memory::{self, MemorySnapshot},
     probes::{Discovery, Probes},
     report,
-    sites::{self, Outstanding},
+    sites::{self, Outstanding, StackSource},
+    stacks::UserStacks,
     symbolize::Symbolizer,
     target::{self, Follower, Poll, Target},
     verdict,
@@ -61,12 +62,14 @@ pub struct Collector {
     flight: FlightRecorder,
     /// When each process was first seen (seconds since the start): a process new after a kill is a restart.
     first_seen: HashMap<u32, f64>,
-    /// Sites of exited processes, taken out of the kernel map so it does not fill up.
+    /// Sites of exited processes and freed sampled allocations, taken out of the kernel map so it does not fill up.
     retired: retire::Retired,
+    /// The user stacks of sampled allocations, unwound.
+    ustacks: UserStacks,
 }
 
 impl Collector {
-    pub fn new(target: Target, discovery: &Discovery, top: usize) -> Self {
+    pub fn new(target: Target, discovery: &Discovery, top: usize, ustacks: UserStacks) -> Self {
         let target_rel = relative_to_hierarchy(&target.path);
         Collector {
             follower: Follower::new(&target),
@@ -93,7 +96,26 @@ impl Collector {
             flight: FlightRecorder::default(),
             first_seen: HashMap::new(),
             retired: retire::Retired::default(),
+            ustacks,
         }
+    }
+
+    /// The user stack sample ring buffer's fd (none with frame-pointer stacks), for the event loop.
+    pub fn user_stacks_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.ustacks.fd()
+    }
+
+    /// Unwinds the user stack samples that arrived.
+    pub fn drain_user_stacks(&mut self) {
+        self.ustacks.drain();
+    }
+
+    /// Every site: the kernel's, each sampled allocation's mapped to its unwound user stack, and the retired ones.
+    /// The map is read before the samples are drained: a sample is sent before its allocation is counted.
+    fn sites(&mut self, probes: &Probes) -> Result<Vec<(SiteKey, SiteCounters)>> {
+        let raw = probes.sites()?;
+        self.ustacks.drain();
+        Ok(self.retired.merged(self.ustacks.canonicalize(raw)))
     }
 
     pub fn target(&self) -> &Target {
@@ -120,7 +142,9 @@ impl Collector {
     /// The `n` sites holding the most now. Only the largest raw sites are symbolized, so this is cheap enough for
     /// every interval.
     pub fn top_sites(&mut self, probes: &Probes, n: usize) -> Result<Vec<report::Site>> {
-        let mut raw = probes.sites()?;
+        let raw = probes.sites()?;
+        self.ustacks.drain();
+        let mut raw = self.ustacks.canonicalize(raw);
         raw.sort_unstable_by_key(|(_, c)| {
             std::cmp::Reverse(c.alloc_bytes.saturating_sub(c.free_bytes.saturating_add(c.oom_freed_bytes)))
         });
@@ -151,12 +175,22 @@ impl Collector {
             Poll::Gone(why) => return Ok(Some(why)),
         }
         self.follow_subtree(probes)?;
+        let mut raw = probes.sites()?;
+        self.ustacks.drain();
         // Processes that allocated and left between two scans are known only from the sites they made.
-        let raw = probes.sites()?;
-        for (key, _) in &raw {
-            self.learn_process(key.tgid);
+        let tgids: BTreeSet<u32> = raw.iter().map(|(key, _)| key.tgid).collect();
+        for tgid in tgids {
+            self.learn_process(tgid);
         }
-        self.retired.retire(probes, &raw, retire::process_alive)?;
+        let ustacks = &self.ustacks;
+        let gone = self.retired.retire(probes, &raw, |k| ustacks.canonical(k), retire::process_alive)?;
+        if !gone.is_empty() {
+            let gone_set: std::collections::HashSet<SiteKey> = gone.iter().copied().collect();
+            raw.retain(|(key, _)| !gone_set.contains(key));
+            self.ustacks.forget(&gone);
+        }
+        self.ustacks.prune();
+        let raw = self.retired.merged(self.ustacks.canonicalize(raw));
         self.early.offer(self.intervals, self.start.elapsed().as_secs_f64(), &raw);
         self.flight.record(self.start.elapsed().as_secs_f64(), &raw);
         self.sample(&raw);
@@ -209,7 +243,7 @@ impl Collector {
             return Ok(false);
         }
         // Read the counters first: what follows (symbolizing) may take a while.
-        let mut raw = self.retired.merged(probes.sites()?);
+        let mut raw = self.sites(probes)?;
         let earlier: Vec<u32> = self.oom_kills.iter().map(|k| k.pid).collect();
         oom::settle_earlier_victims(&mut raw, &earlier);
         self.comms.entry(notice.victim_pid).or_insert_with(|| notice.victim_comm.clone());
@@ -251,7 +285,7 @@ impl Collector {
         mode: Outstanding,
         top: usize,
     ) -> Result<Vec<report::Site>> {
-        let stacks = probes.stacks()?;
+        let stacks = AllStacks { kernel: probes.stacks()?, user: &self.ustacks };
         let caches = probes.cache_names()?;
         Ok(sites::build(raw, &stacks, &caches, &self.comms, &mut self.symbolizer, mode, top))
     }
@@ -259,7 +293,7 @@ impl Collector {
     /// The last sample and the final picture of every site, assembled into the report.
     pub fn finish(mut self, probes: &Probes) -> Result<report::Report> {
         self.follower.refresh(&mut self.target);
-        let raw = self.retired.merged(probes.sites()?);
+        let raw = self.sites(probes)?;
         if self.target.path.join("cgroup.procs").exists() {
             self.sample(&raw);
         }
@@ -324,11 +358,33 @@ impl Collector {
                 tracer_peak_rss_bytes: usage.1,
                 programs,
                 retired_sites_dropped: self.retired.dropped(),
+                unwind: self.ustacks.stats([
+                    c[counter::USTACK_NO_REGS as usize],
+                    c[counter::USTACK_UNREADABLE as usize],
+                    c[counter::USTACK_RINGBUF_DROP as usize],
+                    c[counter::USTACK_NESTED as usize],
+                ]),
             },
             sampling: report::Sampling::from_shift(self.sample_rate_shift, c[counter::ALLOC_EVENTS as usize]),
         };
         report.verdict = verdict::judge(&report);
         Ok(report)
+    }
+}
+
+/// The kernel's stack maps and the user stacks unwound here, as one source for building sites.
+struct AllStacks<'a> {
+    kernel: crate::probes::Stacks<'a>,
+    user: &'a UserStacks,
+}
+
+impl StackSource for AllStacks<'_> {
+    fn stack(&self, id: i32) -> Option<Vec<u64>> {
+        (id & USTACK_UNWOUND_BIT == 0).then(|| self.kernel.stack(id)).flatten()
+    }
+
+    fn unwound(&self, id: i32) -> Option<Vec<(u64, &'static str)>> {
+        Some(self.user.frames(id)?.iter().map(|f| (f.address, f.method.name())).collect())
     }
 }
 

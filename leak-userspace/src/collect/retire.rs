@@ -23,26 +23,29 @@ pub struct Retired {
 }
 
 impl Retired {
-    /// Moves the fully freed sites of processes for which `alive` is false out of the kernel map.
+    /// Moves fully freed sites out of the kernel map: those of processes for which `alive` is false, and those
+    /// of single sampled allocations (their sample token is never used again). They are kept under the key
+    /// `canonical` gives them. Returns the kernel keys removed.
     pub fn retire(
         &mut self,
         probes: &mut Probes,
         raw: &[(SiteKey, SiteCounters)],
+        canonical: impl Fn(&SiteKey) -> SiteKey,
         alive: impl Fn(u32) -> bool,
-    ) -> Result<()> {
+    ) -> Result<Vec<SiteKey>> {
         let done = retirable(raw, alive);
         if done.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let keys: Vec<SiteKey> = done.iter().map(|(k, _)| *k).collect();
         probes.remove_sites(&keys)?;
         for (key, c) in &done {
-            self.sites.entry(*key).or_default().accumulate(c);
+            self.sites.entry(canonical(key)).or_default().accumulate(c);
         }
         if self.sites.len() > MAX_RETIRED {
             self.shrink(MAX_RETIRED / 2);
         }
-        Ok(())
+        Ok(keys)
     }
 
     /// Keeps the `keep` retired sites that allocated most.
@@ -70,7 +73,7 @@ impl Retired {
 }
 
 fn retirable(raw: &[(SiteKey, SiteCounters)], alive: impl Fn(u32) -> bool) -> Vec<(SiteKey, SiteCounters)> {
-    raw.iter().filter(|(key, c)| c.all_freed() && !alive(key.tgid)).copied().collect()
+    raw.iter().filter(|(key, c)| c.all_freed() && (key.usample != 0 || !alive(key.tgid))).copied().collect()
 }
 
 /// Whether a process (thread group) still exists.
@@ -83,7 +86,7 @@ mod tests {
     use super::*;
 
     fn key(tgid: u32) -> SiteKey {
-        SiteKey { tgid, kstack: 1, ustack: 2, cache: 0, kind: 0 }
+        SiteKey { tgid, kstack: 1, ustack: 2, ..Default::default() }
     }
 
     fn counters(alloc: u64, free: u64) -> SiteCounters {
@@ -123,6 +126,11 @@ mod tests {
         let raw = [(key(1), counters(2, 2)), (key(2), counters(2, 1)), (key(3), counters(4, 4))];
         let done: Vec<u32> = retirable(&raw, |tgid| tgid == 3).iter().map(|(k, _)| k.tgid).collect();
         assert_eq!(done, vec![1]);
+        // A sampled allocation's own site goes once freed, its process alive or not.
+        let sampled = |usample| SiteKey { usample, ..key(3) };
+        let raw = [(sampled(7), counters(1, 1)), (sampled(8), counters(1, 0))];
+        let done: Vec<u64> = retirable(&raw, |_| true).iter().map(|(k, _)| k.usample).collect();
+        assert_eq!(done, vec![7]);
         assert!(process_alive(std::process::id()));
         assert!(!process_alive(u32::MAX));
     }

@@ -172,6 +172,11 @@ impl KernelBtf {
         self.named(struct_name, &[kinds::STRUCT, kinds::UNION]).find_map(|t| self.find_member(t, member, 0))
     }
 
+    /// The size of `struct <name>` in bytes (a declaration without a body does not count).
+    pub fn struct_size(&self, name: &str) -> Option<u32> {
+        self.named(name, &[kinds::STRUCT]).map(|t| t.size_or_type).find(|&size| size > 0)
+    }
+
     /// The C types of a raw tracepoint's arguments (its TP_PROTO), from the `btf_trace_<event>` typedef the kernel
     /// declares for every tracepoint, e.g. `["struct page *", "unsigned int", "gfp_t", "int"]` for mm_page_alloc.
     /// `None` when this kernel has no such tracepoint.

@@ -122,7 +122,9 @@ fn ignored(ignore: &str, category: &str, event: &str) -> bool {
 /// `exact_anon`: tell anon pages by their memcg charge where the kernel can (`--record-all`). That costs a program
 /// run on each of the ~4 memcg stat updates of every page, more than all other tracing of a page together, so
 /// sampled mode tells them by gfp flags, as kernels without the charge tracepoint must.
-pub fn discover(exact_anon: bool) -> Result<Discovery> {
+/// `ustack_chunks`: copy that many chunks of user stack per kept allocation for unwinding in userspace (`None`:
+/// frame-pointer user stacks walked by the kernel).
+pub fn discover(exact_anon: bool, ustack_chunks: Option<u32>) -> Result<Discovery> {
     let root = tracefs::tracefs_root()?;
     let btf = KernelBtf::load()?;
     let mut config = Config::unset();
@@ -193,6 +195,16 @@ pub fn discover(exact_anon: bool) -> Result<Discovery> {
     config.kmem_cache_name = btf.member_offset("kmem_cache", "name").unwrap_or(OFFSET_NONE);
     config.page_size = page_size();
     config.oom_reaper_pid = oom_reaper_pid().unwrap_or(0);
+    let mut modes = Vec::new();
+    if let Some(chunks) = ustack_chunks {
+        match user_registers(&btf, &mut config) {
+            Ok(how) => {
+                config.ustack_chunks = chunks;
+                modes.push(format!("dwarf-unwind:{how}"));
+            }
+            Err(why) => degraded.push(format!("{why}: user stacks are walked by frame pointers")),
+        }
+    }
 
     // The gfp bit that marks memory charged to a memcg, from the page allocation event's own flag table.
     let page_alloc_fmt = tracefs::read_format(&root, "kmem", "mm_page_alloc")?.map_or(String::new(), |f| f.print_fmt);
@@ -200,7 +212,6 @@ pub fn discover(exact_anon: bool) -> Result<Discovery> {
     config.gfp_account = gfp(&["__GFP_ACCOUNT"]);
     drop_unreadable(&config, &mut events, &mut degraded);
     let has = |c: &str, e: &str| events.contains(&(c, e));
-    let mut modes = Vec::new();
     if has("kmem", "mm_page_alloc") && has("kmem", "mm_page_free") {
         modes.push("pages".to_string());
     }
@@ -304,6 +315,34 @@ fn task_walk(btf: &KernelBtf, c: &mut Config) -> Result<()> {
     c.cgroup_kn = need("cgroup", "kn")?;
     c.kn_id = need("kernfs_node", "id")?;
     Ok(())
+}
+
+/// Where the programs find the user registers of the current task, and the `struct pt_regs` layout: the
+/// `bpf_task_pt_regs` helper (5.15+, known by the kernel's helper enum in BTF), else the registers the entry code
+/// saves at the top of the task's kernel stack. Returns how, for the mode's name.
+fn user_registers(btf: &KernelBtf, c: &mut Config) -> Result<&'static str, String> {
+    let member =
+        |m: &str| btf.member_offset("pt_regs", m).ok_or_else(|| format!("no pt_regs.{m} in this kernel's BTF"));
+    (c.regs_ip, c.regs_sp, c.regs_bp, c.regs_cs) = (member("ip")?, member("sp")?, member("bp")?, member("cs")?);
+    let helper = |name: &str| btf.enum_value("bpf_func_id", name).is_some();
+    if helper("BPF_FUNC_task_pt_regs") && helper("BPF_FUNC_get_current_task_btf") {
+        c.regs_source = leak_common::regs::HELPER;
+        return Ok("task-pt-regs");
+    }
+    c.task_stack = btf.member_offset("task_struct", "stack").ok_or("no task_struct.stack in this kernel's BTF")?;
+    c.pt_regs_size = btf.struct_size("pt_regs").ok_or("no struct pt_regs in this kernel's BTF")?;
+    c.thread_size = thread_size();
+    c.regs_source = leak_common::regs::STACK_TOP;
+    Ok("stack-top")
+}
+
+/// THREAD_SIZE on x86-64: four pages, eight with KASAN (which doubles kernel stacks), as the kernel's config
+/// says when it is readable; the programs check that the registers found there are user mode.
+fn thread_size() -> u32 {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let config = std::fs::read_to_string(format!("/boot/config-{}", release.trim())).unwrap_or_default();
+    let pages = if config.lines().any(|l| l == "CONFIG_KASAN=y") { 8 } else { 4 };
+    pages * page_size()
 }
 
 fn page_size() -> u32 {
@@ -414,7 +453,7 @@ mod tests {
         if !host_has(root && std::path::Path::new("/sys/kernel/btf/vmlinux").exists(), "needs root and BTF") {
             return;
         }
-        let d = discover(true).unwrap();
+        let d = discover(true, Some(4)).unwrap();
         assert!(d.modes.iter().any(|m| m == "pages" || m == "slab"), "{:?}", d.modes);
         for event in ["mm_page_alloc", "mm_page_free", "kmalloc", "kfree", "kmem_cache_alloc", "kmem_cache_free"] {
             assert!(d.has_event("kmem", event), "{event}: {:?}", d.degraded);
@@ -427,5 +466,8 @@ mod tests {
         assert_ne!(d.config.task_cgroups, OFFSET_NONE);
         assert_ne!(d.config.kn_id, OFFSET_NONE);
         assert!(d.config.page_size >= 4096);
+        assert_ne!(d.config.regs_source, leak_common::regs::NONE, "{:?}", d.degraded);
+        assert_ne!(d.config.regs_sp, OFFSET_NONE);
+        assert!(discover(true, None).unwrap().config.ustack_chunks == 0, "--record-all takes no copies");
     }
 }

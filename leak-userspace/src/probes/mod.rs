@@ -28,6 +28,15 @@ pub const DEFAULT_LIVE_ENTRIES: u32 = 262_144;
 /// Distinct stacks the kernel side can keep; the kernel rounds the bucket count up to a power of two.
 pub const DEFAULT_STACK_ENTRIES: u32 = 16_384;
 
+/// Sites the kernel side can count at once. With frame-pointer stacks a site is a stack; with unwinding in
+/// userspace each kept allocation is a site of its own until it is freed (its entry then leaves at the next
+/// interval), so the map must hold the outstanding kept allocations and an interval's churn of them.
+const FP_SITE_ENTRIES: u32 = 16_384;
+const SAMPLED_SITE_ENTRIES: u32 = 65_536;
+
+/// The user stack sample ring buffer: ~700 samples of 12 KiB, some 80 ms of the fastest page churn measured.
+const USTACK_RING_BYTES: u32 = 8 << 20;
+
 /// A program, the tracepoint it belongs on, and the attribution modes that need it.
 pub struct Attachment {
     pub program: &'static str,
@@ -76,6 +85,11 @@ impl Probes {
             .map_max_entries("STACKS", stack_entries)
             // The second chance for colliding stacks scales with the first (4096 at the default 16384).
             .map_max_entries("STACKS_OVERFLOW", (stack_entries / 4).max(1))
+            .map_max_entries(
+                "SITES",
+                if discovery.config.ustack_chunks > 0 { SAMPLED_SITE_ENTRIES } else { FP_SITE_ENTRIES },
+            )
+            .map_max_entries("USTACKS", USTACK_RING_BYTES)
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow!("loading the eBPF programs failed: {e}"))?;
         let mut attached = Vec::new();
@@ -167,7 +181,16 @@ impl Probes {
 
     /// The OOM event ring buffer, handed out once to the event loop.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self.ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("EVENTS ring buffer already taken"))?;
+        self.take_ring("EVENTS")
+    }
+
+    /// The user stack sample ring buffer, handed out once to the unwinder.
+    pub fn take_user_stacks(&mut self) -> Result<RingBuf<MapData>> {
+        self.take_ring("USTACKS")
+    }
+
+    fn take_ring(&mut self, name: &str) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map(name).ok_or_else(|| anyhow!("{name} ring buffer already taken"))?;
         Ok(RingBuf::try_from(map)?)
     }
 

@@ -239,12 +239,24 @@ pub struct Frame {
     pub file: Option<String>,
     pub line: Option<u32>,
     pub kernel: bool,
+    /// How a user frame was found: `regs` (the leaf, from the saved registers), `dwarf` (the callee's call frame
+    /// information), `fp` (the callee's frame pointer: code without CFI), `jit` (in JIT code named by a perf map).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unwind: Option<String>,
 }
 
 impl Frame {
     /// A frame nothing is known about but its address.
     pub fn unknown(address: u64, kernel: bool) -> Self {
-        Frame { symbol: None, module: None, address: format!("{address:#x}"), file: None, line: None, kernel }
+        Frame {
+            symbol: None,
+            module: None,
+            address: format!("{address:#x}"),
+            file: None,
+            line: None,
+            kernel,
+            unwind: None,
+        }
     }
 
     /// What to show for this frame: the symbol, else the address.
@@ -365,6 +377,9 @@ pub struct Collection {
     /// (only on cgroups that run tens of thousands of processes).
     #[serde(default)]
     pub retired_sites_dropped: u64,
+    /// How the user stacks of kept allocations were unwound.
+    #[serde(default)]
+    pub unwind: crate::stacks::UnwindStats,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

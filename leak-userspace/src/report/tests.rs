@@ -12,6 +12,7 @@ pub(crate) fn frame(symbol: Option<&str>, address: u64, kernel: bool) -> Frame {
         file: None,
         line: None,
         kernel,
+        unwind: None,
     }
 }
 

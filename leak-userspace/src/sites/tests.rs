@@ -42,7 +42,7 @@ fn resolver() -> FakeResolver {
 }
 
 fn key(tgid: u32, kstack: i32, ustack: i32, kind: u32, cache: u32) -> SiteKey {
-    SiteKey { tgid, kstack, ustack, cache, kind }
+    SiteKey { tgid, kstack, ustack, cache, kind, ..Default::default() }
 }
 
 fn counters(alloc: u64, free: u64, oom_freed: u64) -> SiteCounters {

@@ -330,6 +330,7 @@ fn where_the_growth_sits() {
         file: None,
         line: None,
         kernel,
+        unwind: None,
     };
     assert_eq!(location(&site(vec![f("do_pipe2", "kernel", true)])), "the kernel (no user stack)");
     assert_eq!(
