@@ -330,6 +330,8 @@ pub struct Config {
     pub regs_sp: u32,
     pub regs_bp: u32,
     pub regs_cs: u32,
+    /// 1: every program returns at once (the benchmark's floor: what attaching alone costs).
+    pub floor: u32,
 }
 
 impl Config {
@@ -368,6 +370,7 @@ impl Config {
             regs_sp: OFFSET_NONE,
             regs_bp: OFFSET_NONE,
             regs_cs: OFFSET_NONE,
+            floor: 0,
         }
     }
 }

@@ -25,6 +25,11 @@ use crate::{
 
 pub use crate::privilege::require_root;
 
+/// `fp`: user stacks by frame-pointer walks in the kernel, as `--record-all` takes them (for the benchmark).
+pub const USER_STACKS_ENV: &str = "LEAKTRACE_USER_STACKS";
+/// Set: the programs attach and return at once (the benchmark's floor).
+pub const FLOOR_ENV: &str = "LEAKTRACE_FLOOR";
+
 /// How long the demo keeps tracing after the OOM kill, so the report shows the memory coming back.
 const AFTER_OOM: Duration = Duration::from_millis(1500);
 
@@ -60,7 +65,10 @@ pub fn trace(target: Target, args: &TraceArgs, hooks: Hooks<'_>) -> Result<PathB
     require_root()?;
     let stop = StopSignals::install()?;
     let dir = output::prepare(args.output.as_deref())?;
-    let mut discovery = probes::discover(args.record_all, args.user_stack_chunks())?;
+    // Benchmark knobs: frame-pointer user stacks in sampled mode (the cost before unwinding), and the floor.
+    let fp_stacks = std::env::var(USER_STACKS_ENV).is_ok_and(|v| v == "fp");
+    let mut discovery = probes::discover(args.record_all, args.user_stack_chunks().filter(|_| !fp_stacks))?;
+    discovery.config.floor = u32::from(std::env::var_os(FLOOR_ENV).is_some());
     discovery.config.sample_rate_shift = args.sample_rate_shift();
     let mut probes = Probes::load(&mut discovery, args.live_entries(), args.stack_entries)?;
     let ring = if discovery.config.ustack_chunks > 0 { Some(probes.take_user_stacks()?) } else { None };

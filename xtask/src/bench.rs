@@ -46,20 +46,38 @@ const WORKLOADS: &[Workload] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Tracer {
     Untraced,
+    /// leaktrace's programs attached to the same tracepoints, returning at once: what dispatch alone costs.
+    Floor,
     Default,
+    /// The default mode with frame-pointer user stacks walked in the kernel: the cost before DWARF unwinding.
+    DefaultFp,
     RecordAll,
     Bpftrace,
 }
 
 impl Tracer {
-    const ALL: [Tracer; 4] = [Tracer::Untraced, Tracer::Default, Tracer::RecordAll, Tracer::Bpftrace];
+    const ALL: [Tracer; 6] =
+        [Tracer::Untraced, Tracer::Floor, Tracer::Default, Tracer::DefaultFp, Tracer::RecordAll, Tracer::Bpftrace];
 
     fn name(self) -> &'static str {
         match self {
             Tracer::Untraced => "untraced",
+            Tracer::Floor => "floor (programs return at once)",
             Tracer::Default => "leaktrace default",
+            Tracer::DefaultFp => "default, frame-pointer stacks",
             Tracer::RecordAll => "leaktrace --record-all",
             Tracer::Bpftrace => "bpftrace script",
+        }
+    }
+
+    /// Command-line arguments and environment of a leaktrace run.
+    fn leaktrace(self) -> Option<(&'static [&'static str], &'static [(&'static str, &'static str)])> {
+        match self {
+            Tracer::Floor => Some((&[], &[("LEAKTRACE_FLOOR", "1")])),
+            Tracer::Default => Some((&[], &[])),
+            Tracer::DefaultFp => Some((&[], &[("LEAKTRACE_USER_STACKS", "fp")])),
+            Tracer::RecordAll => Some((&["--record-all"], &[])),
+            Tracer::Untraced | Tracer::Bpftrace => None,
         }
     }
 }
@@ -72,6 +90,7 @@ struct Cost {
     cpu_seconds: Option<f64>,
     peak_rss_bytes: Option<u64>,
     kept_events_per_s: Option<f64>,
+    kept_allocs_per_s: Option<f64>,
     dropped: Option<u64>,
     recursion_misses: Option<u64>,
     /// (program, runs, run time ns) over the session: counted only with kernel.bpf_stats_enabled=1.
@@ -150,16 +169,15 @@ struct RunCtx<'a> {
 impl RunCtx<'_> {
     /// One run: tracer up (if any), workload to completion, tracer down. Returns ops/s and the tracer's cost.
     fn measure(&self, w: &Workload, tracer: Tracer, target: &Memcg, home: &Memcg) -> Result<(f64, Option<Cost>)> {
+        if let Some((extra, env)) = tracer.leaktrace() {
+            let mut t = TracedLeaktrace::start(self.opts, target, extra, env)?;
+            let ops = self.workload(w, home)?;
+            let cost = t.stop()?;
+            return Ok((ops, Some(cost)));
+        }
         match tracer {
             Tracer::Untraced => Ok((self.workload(w, home)?, None)),
-            Tracer::Default | Tracer::RecordAll => {
-                let extra: &[&str] = if tracer == Tracer::RecordAll { &["--record-all"] } else { &[] };
-                let mut t = TracedLeaktrace::start(self.opts, target, extra)?;
-                let ops = self.workload(w, home)?;
-                let cost = t.stop()?;
-                Ok((ops, Some(cost)))
-            }
-            Tracer::Bpftrace => {
+            _ => {
                 let mut b = Bpftrace::start(self.script, self.subsys, target.id()?)?;
                 let ops = self.workload(w, home)?;
                 let cost = b.stop()?;
@@ -199,7 +217,7 @@ struct TracedLeaktrace {
 }
 
 impl TracedLeaktrace {
-    fn start(opts: &Options, target: &Memcg, extra: &[&str]) -> Result<Self> {
+    fn start(opts: &Options, target: &Memcg, extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut args: Vec<String> = vec![
             "--cgroup".into(),
@@ -209,6 +227,13 @@ impl TracedLeaktrace {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         std::env::set_var("LEAKTRACE_BIN", &opts.leaktrace);
+        // The child inherits the knobs of this configuration and none of another's.
+        for knob in ["LEAKTRACE_FLOOR", "LEAKTRACE_USER_STACKS"] {
+            std::env::remove_var(knob);
+        }
+        for (k, v) in env {
+            std::env::set_var(k, v);
+        }
         let begun = Instant::now();
         let mut trace = Leaktrace::spawn_echoing(&args, false)?;
         trace.wait_attached(Duration::from_secs(20))?;
@@ -233,6 +258,7 @@ impl TracedLeaktrace {
             cpu_seconds: c["tracer_cpu_seconds"].as_f64(),
             peak_rss_bytes: c["tracer_peak_rss_bytes"].as_u64(),
             kept_events_per_s: Some((n("alloc_events") + n("free_events")) as f64 / seconds),
+            kept_allocs_per_s: Some(n("alloc_events") as f64 / seconds),
             dropped: Some(dropped(c)),
             recursion_misses: Some(n("recursion_misses")),
             programs: c["programs"]
@@ -254,7 +280,9 @@ impl TracedLeaktrace {
 /// counted apart: they happen on any event of the machine while any tracing BPF program (anyone's) is preempted or
 /// interrupted on that CPU, and most of them concern other cgroups.
 fn dropped(collection: &Value) -> u64 {
-    ["live_map_full", "site_map_full", "ringbuf_drops"].iter().map(|k| collection[k].as_u64().unwrap_or(0)).sum()
+    let unwind = &collection["unwind"];
+    ["live_map_full", "site_map_full", "ringbuf_drops"].iter().map(|k| collection[k].as_u64().unwrap_or(0)).sum::<u64>()
+        + ["lost_ring_full", "lost_nested"].iter().map(|k| unwind[k].as_u64().unwrap_or(0)).sum::<u64>()
 }
 
 struct Bpftrace {
@@ -371,8 +399,8 @@ fn profile_pass(opts: &Options, exe: &Path, memcgs: &[Memcg], idle: &Memcg, seco
         for (wi, w) in WORKLOADS.iter().enumerate() {
             for tracer in [Tracer::Default, Tracer::RecordAll] {
                 let target = if w.elsewhere { idle } else { &memcgs[wi] };
-                let extra: &[&str] = if tracer == Tracer::RecordAll { &["--record-all"] } else { &[] };
-                let mut t = TracedLeaktrace::start(opts, target, extra)?;
+                let (extra, env) = tracer.leaktrace().expect("a leaktrace mode");
+                let mut t = TracedLeaktrace::start(opts, target, extra, env)?;
                 let begun = Instant::now();
                 let ops = ctx.workload(w, &memcgs[wi])? * seconds;
                 let elapsed = begun.elapsed().as_secs_f64();
@@ -435,6 +463,13 @@ const TARGETS: &[Target] = &[
         tracer: Tracer::Default,
         limit: 1.10,
         unit: "x",
+    },
+    Target {
+        label: "default above the floor: kernel-object churn",
+        workload: Some(1),
+        tracer: Tracer::Default,
+        limit: 0.05,
+        unit: "x over floor",
     },
     Target { label: "default: malloc churn", workload: Some(2), tracer: Tracer::Default, limit: 1.01, unit: "x" },
     Target {
@@ -499,9 +534,19 @@ fn assemble(
                 let v: Vec<f64> = costs.iter().filter_map(f).collect();
                 (!v.is_empty()).then(|| median(&v))
             };
+            // What a kept allocation costs the workload beyond the floor's dispatch: the extra time per operation
+            // over the kept allocations per operation (the unkept events' sampling coin included).
+            let floor_ops = median(&series(wi, Tracer::Floor).ops_per_s);
+            let kept = med(&|c| c.kept_allocs_per_s).filter(|k| *k > 0.0);
+            let ops = median(&s.ops_per_s);
+            let ns_per_kept = kept.filter(|_| t != Tracer::Floor && floor_ops > 0.0).map(|k| {
+                let per_op = 1.0 / ops - 1.0 / floor_ops;
+                per_op / (k / ops) * 1e9
+            });
             configs.insert(
                 t.name().into(),
                 json!({
+                    "ns_per_kept_alloc_above_floor": ns_per_kept,
                     "ops_per_s": s.ops_per_s,
                     "ops_per_s_median": median(&s.ops_per_s),
                     "ops_per_s_spread": (ops_hi - ops_lo) / median(&s.ops_per_s),
@@ -528,10 +573,12 @@ fn assemble(
     let targets: Vec<Value> = TARGETS
         .iter()
         .map(|tg| {
+            let slowdown = |wi: usize, t: Tracer| {
+                median(&slowdowns(&series(wi, Tracer::Untraced).ops_per_s, &series(wi, t).ops_per_s))
+            };
             let measured = match (tg.workload, tg.unit) {
-                (Some(wi), _) => {
-                    median(&slowdowns(&series(wi, Tracer::Untraced).ops_per_s, &series(wi, tg.tracer).ops_per_s))
-                }
+                (Some(wi), "x over floor") => slowdown(wi, tg.tracer) - slowdown(wi, Tracer::Floor),
+                (Some(wi), _) => slowdown(wi, tg.tracer),
                 (None, "ms") => median(&all_costs(tg.tracer).map(|c| c.attach_ms).collect::<Vec<_>>()),
                 (None, "MiB") if tg.label.starts_with("peak") => max_mib(|c| c.peak_rss_bytes),
                 (None, "MiB") => max_mib(|c| Some(c.map_bytes)),
@@ -639,9 +686,9 @@ fn markdown(r: &Value) -> String {
     let _ = writeln!(
         out,
         "| workload | mode | start to attached ms | tracer CPU s | peak RSS MiB | kernel maps MiB | kept events/s | \
-         dropped | recursion misses |"
+         ns per kept allocation above the floor | dropped | recursion misses |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
     for w in r["workloads"].as_array().map(Vec::as_slice).unwrap_or_default() {
         for t in &Tracer::ALL[1..] {
             let x = &w["configs"][t.name()];
@@ -653,7 +700,7 @@ fn markdown(r: &Value) -> String {
             };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 w["name"].as_str().unwrap_or("?"),
                 t.name(),
                 num("attach_ms_median", 1.0, 0),
@@ -661,6 +708,7 @@ fn markdown(r: &Value) -> String {
                 num("tracer_peak_rss_bytes_max", MIB, 1),
                 num("map_bytes_max", MIB, 1),
                 num("kept_events_per_s_median", 1.0, 0),
+                num("ns_per_kept_alloc_above_floor", 1.0, 0),
                 num("dropped_events", 1.0, 0),
                 num("recursion_misses", 1.0, 0),
             );
@@ -739,6 +787,7 @@ mod tests {
                 cpu_seconds: Some(0.1),
                 peak_rss_bytes: Some(20 << 20),
                 kept_events_per_s: Some(10.0),
+                kept_allocs_per_s: Some(5.0),
                 dropped: Some(0),
                 recursion_misses: Some(3),
                 programs: Vec::new(),
@@ -759,11 +808,11 @@ mod tests {
         let median_ratio = page["slowdown_median"].as_f64().unwrap();
         assert!((median_ratio - 100.0 / 95.0).abs() < 1e-9, "ratios 1.0526, 1.0, 1.1: median {median_ratio}");
         let table = markdown(&r);
-        assert!(table.contains("| page churn | 100 (±10%) | 1.05x (1.00–1.10) | n/a | n/a |"), "{table}");
+        assert!(table.contains("| page churn | 100 (±10%) | n/a | 1.05x (1.00–1.10) | n/a | n/a | n/a |"), "{table}");
         assert!(table.contains("| start to attached (median) | 150.00ms | 200ms | yes |"), "{table}");
         assert!(table.contains("| default: malloc churn | 1.05x | 1.01x | **no** |"), "{table}");
         assert!(
-            table.contains("| page churn | leaktrace default | 150 | 0.10 | 20.0 | 10.0 | 10 | 0 | 3 |"),
+            table.contains("| page churn | leaktrace default | 150 | 0.10 | 20.0 | 10.0 | 10 | n/a | 0 | 3 |"),
             "{table}"
         );
         // 1000 runs at 50 ns and 3000 at 10 ns: 4000 runs/s at 20 ns on average.

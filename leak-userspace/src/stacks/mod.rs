@@ -225,3 +225,42 @@ impl UserStacks {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(address: u64) -> UserFrame {
+        UserFrame { address, method: Method::Dwarf }
+    }
+
+    #[test]
+    fn samples_of_one_stack_merge_and_their_tokens_are_forgotten() {
+        let mut u = UserStacks::new(None);
+        let a = u.intern(vec![frame(1), frame(2)]);
+        let b = u.intern(vec![frame(1), frame(3)]);
+        assert_eq!(u.intern(vec![frame(1), frame(2)]), a, "the same stack, the same id");
+        assert_ne!(a, b);
+        u.tokens.extend([(10, a), (11, a), (12, b)]);
+        let key = |usample| SiteKey { tgid: 5, kind: 0, usample, ..Default::default() };
+        let c = |n| SiteCounters { alloc_bytes: n, alloc_count: 1, ..Default::default() };
+        let mut merged = u.canonicalize(vec![(key(10), c(4)), (key(11), c(6)), (key(12), c(1)), (key(99), c(2))]);
+        merged.sort_by_key(|(k, _)| k.ustack);
+        let got: Vec<(i32, u64, u64)> = merged.iter().map(|(k, c)| (k.ustack, k.usample, c.alloc_bytes)).collect();
+        assert_eq!(got, [(-ENOENT, 0, 2), (a, 0, 10), (b, 0, 1)], "an unknown token keeps its counts, without frames");
+        assert_eq!(u.frames(a).unwrap(), [frame(1), frame(2)]);
+        assert_eq!(u.frames(-1), None);
+        assert_eq!(u.frames(3), None, "a kernel stack id is not an unwound one");
+        u.forget(&[key(10), key(12)]);
+        assert_eq!(u.tokens.len(), 1);
+        let plain = SiteKey { ustack: 4, ..key(0) };
+        assert_eq!(u.canonical(&plain), plain, "frame-pointer keys stay as they are");
+    }
+
+    #[test]
+    fn a_short_record_is_ignored() {
+        let mut u = UserStacks::new(None);
+        u.add(&[0u8; 8]);
+        assert_eq!(u.stats([0; 4]).samples, 0);
+    }
+}

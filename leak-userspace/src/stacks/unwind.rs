@@ -118,3 +118,95 @@ pub fn walk(process: &Process, sample: &StackSample, stack: &[u8], cache: &mut C
     let end = if end == End::Failed && ran_off { End::Truncated } else { end };
     Walk { frames, end, depth }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{hint::black_box, os::unix::fs::FileExt};
+
+    use leak_common::USTACK_CHUNK;
+
+    use super::*;
+    use crate::{stacks::process::Objects, symbolize::Symbolizer};
+
+    /// This thread's registers and the top of its stack, as the kernel side would send them: whole chunks from
+    /// the stack pointer's chunk up, read through /proc/self/mem so the copy ends where the mapping does.
+    #[inline(never)]
+    fn sample_here() -> (StackSample, Vec<u8>) {
+        let (ip, sp, bp): (u64, u64, u64);
+        // SAFETY: reads three registers, touches no memory.
+        unsafe {
+            std::arch::asm!("lea {ip}, [rip]", "mov {sp}, rsp", "mov {bp}, rbp", ip = out(reg) ip, sp = out(reg) sp, bp = out(reg) bp)
+        };
+        let base = sp & !(USTACK_CHUNK as u64 - 1);
+        let mem = std::fs::File::open("/proc/self/mem").unwrap();
+        let mut stack = Vec::new();
+        let mut chunk = vec![0u8; USTACK_CHUNK];
+        while stack.len() < 7 * USTACK_CHUNK && mem.read_exact_at(&mut chunk, base + stack.len() as u64).is_ok() {
+            stack.extend_from_slice(&chunk);
+        }
+        let pid = std::process::id();
+        let sample = StackSample { token: 1, tgid: pid, tid: pid, ip, sp, bp, base, len: stack.len() as u32, flags: 0 };
+        (sample, stack)
+    }
+
+    #[inline(never)]
+    fn leaf_of_the_walk() -> (StackSample, Vec<u8>) {
+        black_box(sample_here())
+    }
+
+    #[inline(never)]
+    fn caller_of_the_leaf(n: u32) -> (StackSample, Vec<u8>) {
+        // Work after the call keeps this a real frame (no tail call).
+        let s = leaf_of_the_walk();
+        black_box(n);
+        s
+    }
+
+    /// The test binary is built with the release profile's defaults (no frame pointers forced): the walk must go
+    /// through every caller by CFI alone.
+    #[test]
+    fn unwinds_this_thread_through_its_callers() {
+        let (sample, stack) = black_box(caller_of_the_leaf(black_box(7)));
+        let mut objects = Objects::default();
+        let process = crate::stacks::process::Process::read(sample.tgid, &mut objects).unwrap();
+        let walk = walk(&process, &sample, &stack, &mut CacheX86_64::new());
+        assert!(walk.frames.len() >= 4, "{:?}", walk.frames);
+        assert_eq!(walk.frames[0].method, Method::Regs);
+        assert!(walk.frames[1..].iter().all(|f| f.method == Method::Dwarf), "{:?}", walk.frames);
+        let addrs: Vec<u64> = walk.frames.iter().map(|f| f.address).collect();
+        let names: Vec<String> = Symbolizer::new()
+            .user(sample.tgid, &addrs)
+            .into_iter()
+            .filter_map(|f| f.symbol)
+            .collect();
+        let at = |name: &str| names.iter().position(|n| n.contains(name));
+        let (leaf, caller, test) =
+            (at("sample_here"), at("caller_of_the_leaf"), at("unwinds_this_thread_through_its_callers"));
+        assert!(leaf.is_some() && leaf < caller && caller < test, "{names:?}");
+        assert!(walk.depth > 0 && walk.depth < stack.len() as u64);
+    }
+
+    #[test]
+    fn a_copy_cut_short_says_truncated() {
+        let (mut sample, stack) = black_box(caller_of_the_leaf(black_box(3)));
+        let mut objects = Objects::default();
+        let process = crate::stacks::process::Process::read(sample.tgid, &mut objects).unwrap();
+        // Only the stack pointer's own chunk: the walk needs more.
+        let cut = &stack[..(sample.sp - sample.base) as usize + 16];
+        sample.len = cut.len() as u32;
+        let walk = walk(&process, &sample, cut, &mut CacheX86_64::new());
+        assert_eq!(walk.end, End::Truncated, "{:?}", walk.frames);
+        assert!(!walk.frames.is_empty());
+    }
+
+    #[test]
+    fn garbage_never_becomes_a_frame() {
+        let (mut sample, stack) = black_box(caller_of_the_leaf(black_box(5)));
+        let mut objects = Objects::default();
+        let process = crate::stacks::process::Process::read(sample.tgid, &mut objects).unwrap();
+        // A fill byte where the instruction pointer should be, as a frame-pointer walk through memset finds.
+        sample.ip = 0x2b2b_2b2b_2b2b_2b2b;
+        let walk = walk(&process, &sample, &stack, &mut CacheX86_64::new());
+        assert_eq!((walk.frames.len(), walk.end), (0, End::NotCode));
+    }
+}
