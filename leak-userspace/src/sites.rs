@@ -269,18 +269,19 @@ struct MergeKey {
     frames: Vec<FrameId>,
 }
 
-/// A frame as code, independent of where a process happened to map it: the symbol and source line when known
-/// (the same across pids), the address otherwise.
+/// A frame as code, independent of where a process happened to map it and of the line within the function: the
+/// function when known (the same across pids, and for every call site of one function: one leak, one site), the
+/// address otherwise.
 #[derive(Debug, PartialEq, Eq, Hash)]
 enum FrameId {
-    Symbol { name: String, line: Option<u32>, kernel: bool },
+    Symbol { name: String, kernel: bool },
     Address(String),
 }
 
 impl FrameId {
     fn of(f: &Frame) -> Self {
         match &f.symbol {
-            Some(name) => FrameId::Symbol { name: name.clone(), line: f.line, kernel: f.kernel },
+            Some(name) => FrameId::Symbol { name: name.clone(), kernel: f.kernel },
             None => FrameId::Address(f.address.clone()),
         }
     }

@@ -223,3 +223,43 @@ fn the_tracing_machinery_is_not_part_of_a_site() {
     assert_eq!(tracing_frames(&names(&[alloc, Some("do_anonymous_page")])), 0, "a classic tracepoint's stack");
     assert_eq!(tracing_frames(&[]), 0);
 }
+
+/// Every user address is `remember_session`, at the line of the address.
+struct LineResolver;
+
+impl FrameResolver for LineResolver {
+    fn kernel(&mut self, addrs: &[u64]) -> Vec<Frame> {
+        addrs.iter().map(|a| frame(None, *a, true)).collect()
+    }
+    fn user(&mut self, _pid: u32, addrs: &[u64]) -> Vec<Frame> {
+        addrs.iter().map(|a| Frame { line: Some(*a as u32), ..frame(Some("remember_session"), *a, false) }).collect()
+    }
+}
+
+#[test]
+fn sites_through_the_same_functions_merge_whatever_the_lines() {
+    let stacks = FakeStacks(HashMap::from([(1, vec![12]), (2, vec![14])]));
+    let raw = [(key(1, -1, 1, kind::ANON, 0), counters(100, 0, 0)), (key(1, -1, 2, kind::ANON, 0), counters(50, 0, 0))];
+    let sites = build(&raw, &stacks, &HashMap::new(), &HashMap::new(), &mut LineResolver, Outstanding::Live, 10);
+    assert_eq!(sites.len(), 1, "{sites:?}");
+    assert_eq!(sites[0].outstanding_bytes, 150 * 4096);
+    assert_eq!(sites[0].frames[0].unwind.as_deref(), Some("regs"), "a frame-pointer stack's leaf");
+}
+
+#[test]
+fn the_label_is_the_first_application_frame_not_a_c_library_leaf() {
+    let f = |sym: &str, module: &str| Frame { module: Some(module.into()), ..frame(Some(sym), 1, false) };
+    let site = |frames| crate::report::tests::site("anon", 1, frames);
+    let write = site(vec![f("__GI___libc_write", "libc.so.6"), f("call_upstream", "svc"), f("main", "svc")]);
+    assert_eq!(app_frame(&write).unwrap().label(), "call_upstream");
+    let memset = site(vec![f("__memset_avx2_unaligned_erms", "libc.so.6"), f("fill_record", "svc")]);
+    assert_eq!(app_frame(&memset).unwrap().label(), "fill_record");
+    let new = site(vec![f("operator new(unsigned long)", "libstdc++.so.6"), f("SessionStore::remember()", "svc")]);
+    assert_eq!(app_frame(&new).unwrap().label(), "SessionStore::remember()");
+    // Nothing but the C library: its first named frame outside the allocator still says where.
+    let only_libc = site(vec![f("_int_malloc", "libc.so.6"), f("getaddrinfo", "libc.so.6")]);
+    assert_eq!(app_frame(&only_libc).unwrap().label(), "getaddrinfo");
+    // A static binary has no C library module: the C library's internal names tell its functions.
+    let static_write = site(vec![f("__libc_write", "svc"), f("call_upstream", "svc")]);
+    assert_eq!(app_frame(&static_write).unwrap().label(), "call_upstream");
+}
