@@ -29,7 +29,7 @@ pub use unwind::{Method, UserFrame};
 const MAX_STACKS: usize = 1 << 16;
 
 /// How often a process whose stacks lead into unknown code is read again.
-const REREAD_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+const REREAD_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
 const ENOENT: i32 = 2;
 const E2BIG: i32 = 7;
@@ -125,8 +125,8 @@ impl UserStacks {
             return;
         };
         let mut walk = unwind::walk(process, &sample, stack, &mut self.cache);
-        // A caller in code mapped after the process was read (a library loaded later): read it again, at most
-        // once a second.
+        // A caller in code mapped after the process was read (a library loaded later, JIT code): read it again,
+        // at most every REREAD_AFTER.
         if walk.end == unwind::End::NotCode && process.read_at.elapsed() > REREAD_AFTER {
             self.refresh_process(sample.tgid, sample.ip, true);
             if let Some(process) = self.processes.get(&sample.tgid) {
