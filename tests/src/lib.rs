@@ -592,11 +592,11 @@ pub fn names_function(symbol: &str, name: &str) -> bool {
     base == name || base.strip_suffix(name).is_some_and(|path| path.ends_with("::"))
 }
 
-/// The symbols of a site's user frames, leaf first; `?` for a frame without one.
+/// The symbols of a site's user frames (those not marked kernel), leaf first; `?` for a frame without one.
 pub fn user_symbols(site: &Value) -> Vec<&str> {
     items(&site["frames"])
         .iter()
-        .filter(|f| f["kernel"].as_bool() == Some(false))
+        .filter(|f| f["kernel"].as_bool() != Some(true))
         .map(|f| f["symbol"].as_str().unwrap_or("?"))
         .collect()
 }
@@ -610,58 +610,72 @@ pub fn ensure_user_chain(site: &Value, chain: &[&[&str]]) -> Result<()> {
     for (step, names) in chain.iter().enumerate() {
         ensure!(
             rest.any(|s| names.iter().any(|n| names_function(s, n))),
-            "the {} site's user frames miss {} (step {} of the chain {chain:?}); they are, leaf first: {}",
-            site["kind"],
+            "the site's user frames miss {} (step {} of the chain {chain:?}): {}",
             names.join(" or "),
             step + 1,
-            symbols.join(" <- ")
+            describe_site(site)
         );
     }
     Ok(())
 }
 
-/// The site's label as leaktrace names it (leak-userspace `sites::app_frame`): its first named user frame that is
-/// not allocator or standard-library code. These prefixes are those the ordinary workloads' stacks pass through;
-/// leak-userspace `sites::is_allocator` has the full list.
-pub fn app_label(site: &Value) -> Option<&str> {
-    const NOT_APPLICATION: &[&str] = &[
-        "malloc",
-        "__libc_malloc",
-        "_int_malloc",
-        "sysmalloc",
-        "calloc",
-        "__libc_calloc",
-        "realloc",
-        "tcache_",
-        "operator new",
-        "__rust_alloc",
-        "__rdl_alloc",
-        "__rg_alloc",
-        "alloc::",
-        "core::",
-        "std::",
-        "memset",
-        "__memset",
-        "memcpy",
-        "__memcpy",
-        "memmove",
-        "__memmove",
-    ];
-    user_symbols(site).into_iter().find(|s| *s != "?" && !NOT_APPLICATION.iter().any(|p| s.starts_with(p)))
+/// A site's kind, outstanding bytes and user frames, leaf first: what the unwinding tests report.
+pub fn describe_site(site: &Value) -> String {
+    format!(
+        "{} site, {} bytes outstanding, user frames (leaf first): {}",
+        site["kind"].as_str().unwrap_or("?"),
+        site["outstanding_bytes"],
+        user_symbols(site).join(" <- ")
+    )
 }
 
-/// The top sites of a report, one line each with their leading frames: what a failing assertion should show.
+/// The site's label as leaktrace names it (leak-userspace `sites::app_frame`): its first named user frame that is
+/// not allocator or standard-library code (`allocator_prefixes`).
+pub fn app_label(site: &Value) -> Option<&str> {
+    let not_application = allocator_prefixes();
+    user_symbols(site).into_iter().find(|s| *s != "?" && !not_application.iter().any(|p| s.starts_with(p)))
+}
+
+/// The prefixes of leak-userspace `sites::is_allocator`, read from its source: the tests label sites by leaktrace's
+/// own list, not a copy that would drift from it.
+pub fn allocator_prefixes() -> Vec<&'static str> {
+    const SITES: &str = include_str!("../../leak-userspace/src/sites.rs");
+    let list = SITES
+        .split_once("const PREFIXES: &[&str] = &[")
+        .and_then(|(_, rest)| rest.split_once("];"))
+        .map(|(list, _)| list)
+        .expect(
+            "leak-userspace/src/sites.rs has no `const PREFIXES: &[&str] = &[...];` (is_allocator's list) any more",
+        );
+    list.lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with('"'))
+        .flat_map(|l| l.split(','))
+        .map(|p| p.trim().trim_matches('"'))
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// The top sites of a report, one line each with their leading kernel frames and their user frames (`?` for an
+/// unnamed one): what a failing assertion should show.
 pub fn summarize(report: &Value) -> String {
     let mut text = format!("verdict: {}\nattribution: {}\n", report["verdict"], report["attribution"]);
     for site in items(&report["sites"]).iter().take(8) {
-        let frames: Vec<&str> = items(&site["frames"]).iter().filter_map(|f| f["symbol"].as_str()).take(8).collect();
+        let kernel: Vec<&str> = items(&site["frames"])
+            .iter()
+            .filter(|f| f["kernel"].as_bool() == Some(true))
+            .filter_map(|f| f["symbol"].as_str())
+            .take(4)
+            .collect();
+        let user = user_symbols(site);
+        let frames = [kernel.join(" <- "), user[..user.len().min(8)].join(" <- ")];
         text += &format!(
             "  {} outstanding={} alloc={} cache={} frames: {}\n",
             site["kind"],
             site["outstanding_bytes"],
             site["alloc_bytes"],
             site["slab_cache"],
-            frames.join(" <- ")
+            frames.iter().filter(|f| !f.is_empty()).cloned().collect::<Vec<_>>().join(" | ")
         );
     }
     text
@@ -863,6 +877,10 @@ mod tests {
         ensure_user_chain(&site, &[&["x", "remember"], &["main"]]).unwrap();
         let err = ensure_user_chain(&site, &[&["handle_request"], &["SessionStore::remember"]]).unwrap_err();
         assert!(err.to_string().contains("miss SessionStore::remember (step 2"), "{err}");
+        assert!(
+            err.to_string().contains("anon site, null bytes outstanding, user frames (leaf first): __memset"),
+            "{err}"
+        );
         assert!(err.to_string().contains("<- ? <- handle_request <- main"), "{err}");
         assert!(ensure_user_chain(&json!({"kind": "anon"}), &[&["main"]]).is_err());
         assert_eq!(app_label(&site), Some("SessionStore::remember(unsigned long)"));
@@ -872,6 +890,10 @@ mod tests {
             {"symbol": "malloc", "kernel": false}
         ]});
         assert_eq!(app_label(&broken), None);
+        let prefixes = allocator_prefixes();
+        for p in ["malloc", "_int_malloc", "operator new", "alloc::", "std::", "memset", "__memset"] {
+            assert!(prefixes.contains(&p), "{p} missing from {prefixes:?}");
+        }
     }
 
     #[test]
@@ -883,7 +905,7 @@ mod tests {
         let text = summarize(&report);
         assert!(text.contains("heap-leak"), "{text}");
         assert!(
-            text.contains("\"anon\" outstanding=42 alloc=50 cache=null frames: leak_heap_blocks <- main"),
+            text.contains("\"anon\" outstanding=42 alloc=50 cache=null frames: leak_heap_blocks <- ? <- main"),
             "{text}"
         );
         assert!(summarize(&json!({})).starts_with("verdict: null"));

@@ -1,9 +1,9 @@
 //! The end-to-end leak scenarios and what their reports must show, shared by the host e2e tests (tests/e2e.rs) and
 //! the guest kernels of `cargo xtask vm-test`, so every kernel is held to the same checks.
-use anyhow::{ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use serde_json::Value;
 
-use crate::{app_label, ensure_user_chain, has_frame, items, summarize};
+use crate::{app_label, describe_site, ensure_user_chain, has_frame, items, names_function, summarize};
 
 const MIB: u64 = 1 << 20;
 
@@ -56,28 +56,23 @@ pub const OOM_KILL: Scenario = Scenario {
 /// The ordinary workloads (tests/workloads: calls through libc, -O2 -g, no frame pointers). Their checks demand the
 /// whole user call chain from the leaking function to main, which a frame-pointer walk loses.
 ///
-/// session_heap: 8 MiB/s of 256 KiB session records for 7 s, their pages written by the leaf fill_record.
+/// session_heap: 8 MiB/s of 256 KiB session records for 7 s (as heap_leak), their pages written by the leaf
+/// fill_record.
 pub const SESSION_HEAP: Scenario = Scenario {
     name: "session-heap",
     workload: "session_heap",
-    args: &["8", "7", "120"],
-    limit_bytes: 512 * MIB,
-    seconds: 8,
     check: |report| {
         check_heap_chain(report, &[&["fill_record"], &["remember_session"], &["handle_request"], &["main"]])
     },
-    expect_oom_kill: false,
+    ..HEAP_LEAK
 };
 
-/// upstream_pipes: 200 pipes/s made by libc's pipe2 and written by its write, for 8 s.
+/// upstream_pipes: 200 pipes/s made by libc's pipe2 and written by its write, for 8 s (traced for 10).
 pub const UPSTREAM_PIPES: Scenario = Scenario {
     name: "upstream-pipes",
     workload: "upstream_pipes",
-    args: &["200", "8", "120", "pipes"],
-    limit_bytes: 512 * MIB,
-    seconds: 8,
     check: |report| check_kernel_chain(report, &[&["call_upstream"], &["handle_request"], &["main"]]),
-    expect_oom_kill: false,
+    ..PIPE_LEAK
 };
 
 /// session_cache: the heap leak inside libsessioncache.so (cache_store). Host only, as are the next two.
@@ -136,24 +131,24 @@ pub fn check_heap_chain(report: &Value, chain: &[&[&str]]) -> Result<Option<f64>
         .with_context(|| format!("no anon site:\n{}", summarize(report)))?;
     let label = app_label(top);
     ensure!(
-        label.is_some_and(|l| chain[0].iter().any(|f| crate::names_function(l, f))),
-        "the top anon site is labelled {label:?}, not {}:\n{}",
+        label.is_some_and(|l| chain[0].iter().any(|f| names_function(l, f))),
+        "the top anon site is labelled {label:?}, not {}: {}\n{}",
         chain[0].join(" or "),
+        describe_site(top),
         summarize(report)
     );
-    ensure_user_chain(top, chain).with_context(|| summarize(report))?;
+    ensure_user_chain(top, chain).map_err(|e| anyhow!("{e}\n{}", summarize(report)))?;
     anon_coverage(report)
 }
 
-/// The top slab/page site comes through a pipe syscall path in the kernel from user frames that hold `chain` leaf
+/// The top slab/page site of the pipes (a pipe syscall path in the kernel) has user frames that hold `chain` leaf
 /// to root, and the kernel memory the cgroup gained is what the slab and kernel-page sites hold.
 pub fn check_kernel_chain(report: &Value, chain: &[&[&str]]) -> Result<Option<f64>> {
     let top = items(&report["sites"])
         .iter()
-        .find(|s| matches!(s["kind"].as_str(), Some("slab" | "page")))
-        .with_context(|| format!("no slab or page site:\n{}", summarize(report)))?;
-    ensure!(has_frame(top, true, "pipe"), "the top slab/page site has no pipe syscall path:\n{}", summarize(report));
-    ensure_user_chain(top, chain).with_context(|| summarize(report))?;
+        .find(|s| matches!(s["kind"].as_str(), Some("slab" | "page")) && has_frame(s, true, "pipe"))
+        .with_context(|| format!("no slab or page site with a pipe syscall path:\n{}", summarize(report)))?;
+    ensure_user_chain(top, chain).map_err(|e| anyhow!("{e}\n{}", summarize(report)))?;
     kernel_coverage(report)
 }
 

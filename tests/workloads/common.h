@@ -39,6 +39,23 @@ static inline void paced(double per_sec, double secs, int (*step)(size_t n)) {
 
 #define PAGE 4096
 
+/* The request loop of the ordinary workloads: handle(id) for ids 0, 1, 2, ..., `per_sec` requests a second for
+ * `secs` seconds (paced); it stops early when a request fails (returns 0). */
+static int (*request_handler)(size_t id);
+static size_t requests_served;
+
+static inline int serve_due(size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!request_handler(requests_served++))
+            return 0;
+    return 1;
+}
+
+static inline void serve_requests(double per_sec, double secs, int (*handle)(size_t id)) {
+    request_handler = handle;
+    paced(per_sec, secs, serve_due);
+}
+
 /* Lifts the soft limit on open descriptors to the hard one: the descriptor leaks open thousands. */
 static inline void raise_fd_limit(void) {
     struct rlimit nofile;

@@ -9,24 +9,16 @@
 #define ENTRY (256 * 1024)
 
 /* One request: the session's state is cached under its id. */
-__attribute__((noinline)) int handle_request(unsigned long id) {
+__attribute__((noinline)) int handle_request(size_t id) {
     char state[128];
-    int len = snprintf(state, sizeof state, "session %lu: user=%lu cart=[]", id, id * 7 % 1000);
+    int len = snprintf(state, sizeof state, "session %zu: user=%zu cart=[]", id, id * 7 % 1000);
     return cache_store(id, state, (size_t)len, ENTRY - 64);
 }
 
-static unsigned long served;
-
-static int serve(size_t n) {
-    for (size_t i = 0; i < n; i++)
-        if (!handle_request(served++))
-            return 0;
-    return 1;
-}
 
 int main(int argc, char **argv) {
     double mib_per_sec = arg_or(argc, argv, 1, 8), secs = arg_or(argc, argv, 2, 8), hold_secs = arg_or(argc, argv, 3, 60);
-    paced(mib_per_sec * (1 << 20) / ENTRY, secs, serve);
+    serve_requests(mib_per_sec * (1 << 20) / ENTRY, secs, handle_request);
     fprintf(stderr, "session_cache: %zu entries cached\n", cache_entries());
     hold(hold_secs);
     return 0;

@@ -44,7 +44,7 @@ __attribute__((noinline)) int remember_session(uint64_t id) {
 }
 
 /* One request: a transient request buffer and response, both freed; the session is remembered. */
-__attribute__((noinline)) int handle_request(uint64_t id) {
+__attribute__((noinline)) int handle_request(size_t id) {
     char *request = malloc(16 * 1024);
     char *response = malloc(4 * 1024);
     if (!request || !response) {
@@ -52,7 +52,7 @@ __attribute__((noinline)) int handle_request(uint64_t id) {
         free(response);
         return 0;
     }
-    int len = snprintf(request, 16 * 1024, "GET /session/%llu\n", (unsigned long long)id);
+    int len = snprintf(request, 16 * 1024, "GET /session/%zu\n", id);
     memset(request + len, ' ', 16 * 1024 - (size_t)len);
     int ok = remember_session(id);
     memcpy(response, request, 4 * 1024);
@@ -61,18 +61,10 @@ __attribute__((noinline)) int handle_request(uint64_t id) {
     return ok;
 }
 
-static uint64_t served;
-
-static int serve(size_t n) {
-    for (size_t i = 0; i < n; i++)
-        if (!handle_request(served++))
-            return 0;
-    return 1;
-}
 
 int main(int argc, char **argv) {
     double mib_per_sec = arg_or(argc, argv, 1, 8), secs = arg_or(argc, argv, 2, 8), hold_secs = arg_or(argc, argv, 3, 60);
-    paced(mib_per_sec * (1 << 20) / RECORD, secs, serve);
+    serve_requests(mib_per_sec * (1 << 20) / RECORD, secs, handle_request);
     fprintf(stderr, "session_heap: %zu sessions, %zu MiB\n", nsessions, nsessions * RECORD >> 20);
     hold(hold_secs);
     return 0;

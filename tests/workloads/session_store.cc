@@ -43,24 +43,16 @@ __attribute__((noinline)) void SessionStore::remember(uint64_t id, const std::st
 static SessionStore store;
 
 // One request: the user's session is remembered.
-__attribute__((noinline)) int handle_request(uint64_t id) {
+__attribute__((noinline)) int handle_request(size_t id) {
     std::string user = "user-" + std::to_string(id % 1000);
     store.remember(id, user, kPayload);
     return 1;
 }
 
-static uint64_t served;
-
-static int serve(size_t n) {
-    for (size_t i = 0; i < n; i++)
-        if (!handle_request(served++))
-            return 0;
-    return 1;
-}
 
 int main(int argc, char **argv) {
     double mib_per_sec = arg_or(argc, argv, 1, 8), secs = arg_or(argc, argv, 2, 8), hold_secs = arg_or(argc, argv, 3, 60);
-    paced(mib_per_sec * (1 << 20) / kPayload, secs, serve);
+    serve_requests(mib_per_sec * (1 << 20) / kPayload, secs, handle_request);
     std::fprintf(stderr, "session_store: %zu sessions\n", store.size());
     hold(hold_secs);
     return 0;

@@ -37,20 +37,12 @@ __attribute__((noinline)) int handle_request(size_t id) {
     return call_upstream(request, (size_t)len);
 }
 
-static size_t served;
-
-static int serve(size_t n) {
-    for (size_t i = 0; i < n; i++)
-        if (!handle_request(served++))
-            return 0;
-    return 1;
-}
 
 int main(int argc, char **argv) {
     double per_sec = arg_or(argc, argv, 1, 200), secs = arg_or(argc, argv, 2, 8), hold_secs = arg_or(argc, argv, 3, 60);
     use_sockets = argc > 4 && strcmp(argv[4], "sockets") == 0;
     raise_fd_limit();
-    paced(per_sec, secs, serve);
+    serve_requests(per_sec, secs, handle_request);
     fprintf(stderr, "upstream_pipes: leaked %zu %s\n", leaked, use_sockets ? "socket pairs" : "pipes");
     hold(hold_secs);
     return 0;
