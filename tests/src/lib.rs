@@ -23,7 +23,9 @@ use std::{
 
 pub mod scenarios;
 
-use anyhow::{bail, Context, Result};
+use scenarios::Scenario;
+
+use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
 /// Prefix of every eBPF program leaktrace loads (as `bpftool prog show` lists them).
@@ -172,14 +174,33 @@ fn memory_root() -> Result<(PathBuf, CgroupVersion)> {
     bail!("no memory cgroup controller: neither cgroup2 at /sys/fs/cgroup nor v1 at /sys/fs/cgroup/memory has it")
 }
 
-/// Compiles tests/workloads/<name>.c (frame pointers kept, so user stacks walk through it) and returns the
-/// executable. Rebuilt only when a workload source is newer.
+/// The workloads written around frame-pointer walks (tests/workloads/frame_pointers.h: the leaking function is
+/// always the leaf of the stack) and the others that predate the ordinary ones: built with frame pointers, so user
+/// stacks walk through them. Every other workload is built as distributions build programs (`-O2 -g`, the compilers'
+/// default of no frame pointers): see `build_workload`.
+pub const FRAME_POINTER_WORKLOADS: &[&str] =
+    &["heap_leak", "pipe_leak", "oom_leak", "churn", "working_set", "thread_leak", "cache_growth", "bench_churn"];
+
+/// Shared libraries a workload links against: tests/workloads/lib<name>.c, built into lib<name>.so beside the
+/// executable, which finds it there through its rpath (and the VM guest copies it, as ldd lists it).
+fn workload_libraries(name: &str) -> &'static [&'static str] {
+    match name {
+        "session_cache" => &["sessioncache"],
+        _ => &[],
+    }
+}
+
+/// Compiles the workload tests/workloads/<name>.c, .cc (g++) or .rs (rustc) and returns the executable. The
+/// frame-pointer variants (`FRAME_POINTER_WORKLOADS`) are built with frame pointers, the rest with release defaults
+/// and debug info: C and C++ with `-O2 -g`, Rust with `rustc -O -g`, and their shared libraries with `-fPIC`.
+/// Rebuilt only when a workload source is newer.
 pub fn build_workload(name: &str) -> Result<PathBuf> {
     let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads");
-    let src = sources.join(format!("{name}.c"));
-    if !src.is_file() {
-        bail!("no workload {}", src.display());
-    }
+    let (ext, src) = ["c", "cc", "rs"]
+        .into_iter()
+        .map(|ext| (ext, sources.join(format!("{name}.{ext}"))))
+        .find(|(_, src)| src.is_file())
+        .with_context(|| format!("no workload {name} (.c, .cc or .rs) in {}", sources.display()))?;
     let out_dir = workspace().join("target/e2e-workloads");
     fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let exe = out_dir.join(name);
@@ -191,20 +212,64 @@ pub fn build_workload(name: &str) -> Result<PathBuf> {
     if fs::metadata(&exe).and_then(|m| m.modified()).is_ok_and(|built| built >= newest_source) {
         return Ok(exe);
     }
-    // Built under a unique name and renamed: tests running in parallel never see a half-written file.
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let tmp = out_dir.join(format!(".{name}.{}.{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
-    let out = Command::new("gcc")
-        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer", "-Wall", "-o"])
-        .arg(&tmp)
-        .arg(&src)
-        .output()
-        .context("cannot run gcc (cargo xtask bootstrap installs it)")?;
-    if !out.status.success() {
-        bail!("gcc failed on {}:\n{}", src.display(), String::from_utf8_lossy(&out.stderr));
+    for lib in workload_libraries(name) {
+        let mut cc = Command::new("gcc");
+        cc.args(["-O2", "-g", "-Wall", "-fPIC", "-shared"]).arg(sources.join(format!("lib{lib}.c")));
+        compile(cc, &out_dir.join(format!("lib{lib}.so")))?;
     }
-    fs::rename(&tmp, &exe)?;
+    let cmd = if ext == "rs" {
+        let mut rustc = Command::new(rustc());
+        rustc.args(["-O", "-g", "--edition", "2021"]).arg(&src);
+        rustc
+    } else {
+        let mut cc = Command::new(if ext == "cc" { "g++" } else { "gcc" });
+        if FRAME_POINTER_WORKLOADS.contains(&name) {
+            cc.args(["-O1", "-g", "-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer"]);
+        } else {
+            cc.args(["-O2", "-g"]);
+        }
+        cc.arg("-Wall").arg(&src);
+        for lib in workload_libraries(name) {
+            cc.arg("-L").arg(&out_dir).arg(format!("-l{lib}")).arg(format!("-Wl,-rpath,{}", out_dir.display()));
+        }
+        cc
+    };
+    compile(cmd, &exe)?;
     Ok(exe)
+}
+
+/// Runs a compiler command with `-o <a temporary name>` and renames the result to `out`: tests running in
+/// parallel never see a half-written file.
+fn compile(mut cmd: Command, out: &Path) -> Result<()> {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let file_name = out.file_name().context("no file name")?.to_string_lossy();
+    let tmp =
+        out.with_file_name(format!(".{file_name}.{}.{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+    let compiler = cmd.get_program().to_string_lossy().into_owned();
+    let output = cmd
+        .arg("-o")
+        .arg(&tmp)
+        .output()
+        .with_context(|| format!("cannot run {compiler} (cargo xtask bootstrap installs gcc and g++)"))?;
+    if !output.status.success() {
+        bail!("{} failed:\n{}", display_command(&cmd), String::from_utf8_lossy(&output.stderr));
+    }
+    fs::rename(&tmp, out)?;
+    Ok(())
+}
+
+fn display_command(cmd: &Command) -> String {
+    let args: Vec<_> = cmd.get_args().map(OsStr::to_string_lossy).collect();
+    format!("{} {}", cmd.get_program().to_string_lossy(), args.join(" "))
+}
+
+/// The rustc of the toolchain running the tests (beside `$CARGO`, which cargo sets for the tests it runs and for
+/// xtask), not Debian's rustc-web that builds the eBPF programs; plain `rustc` from PATH otherwise.
+fn rustc() -> PathBuf {
+    std::env::var_os("CARGO")
+        .map(|cargo| PathBuf::from(cargo).with_file_name("rustc"))
+        .filter(|rustc| rustc.is_file())
+        .unwrap_or_else(|| PathBuf::from("rustc"))
 }
 
 /// The leaktrace binary under test: `$LEAKTRACE_BIN`, else the workspace's release build.
@@ -370,6 +435,73 @@ impl Drop for Leaktrace {
     }
 }
 
+/// A finished trace of one workload. The memcg (and so the workload, if still running) goes when this is dropped.
+pub struct Traced {
+    pub report: Value,
+    /// leaktrace's exit status and output (its terminal summary on stdout).
+    pub output: Output,
+    pub workload: Child,
+    _memcg: Memcg,
+    _dir: tempfile::TempDir,
+}
+
+/// Attaches leaktrace (with more arguments and environment variables) to a fresh memcg, starts `workload args` in
+/// it, traces for `seconds` and reads the report.
+pub fn trace_workload_with(
+    workload: &str,
+    args: &[&str],
+    limit: Option<u64>,
+    seconds: u32,
+    leaktrace_args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Traced> {
+    let exe = build_workload(workload)?;
+    let memcg = Memcg::create(workload, limit)?;
+    let dir = tempfile::tempdir()?;
+    let mut trace = Leaktrace::trace_with(&memcg, seconds, dir.path(), leaktrace_args, env)?;
+    let mut cmd = Command::new(&exe);
+    cmd.args(args);
+    let workload = memcg.spawn_in(cmd)?;
+    let out = trace.wait(Duration::from_secs(u64::from(seconds) + 30))?;
+    ensure!(out.status.success(), "leaktrace failed: {}", describe(&out));
+    assert_nothing_attached()?;
+    let report = read_report(dir.path())?;
+    // Shown with --nocapture (and in CI logs on failure): the figures the issue notes quote.
+    eprintln!("{}: {}\n{}", exe.display(), report["collection"], summarize(&report));
+    Ok(Traced { report, output: out, workload, _memcg: memcg, _dir: dir })
+}
+
+/// Runs a shared scenario (tests/src/scenarios.rs) on the host with more leaktrace arguments and applies its checks.
+pub fn run_scenario(scenario: &Scenario, leaktrace_args: &[&str]) -> Result<Traced> {
+    let limit = Some(scenario.limit_bytes);
+    let (workload, args, seconds) = (scenario.workload, scenario.args, scenario.seconds);
+    let mut run = trace_workload_with(workload, args, limit, seconds, leaktrace_args, &[])?;
+    (scenario.check)(&run.report)?;
+    if scenario.expect_oom_kill {
+        let pid = run.workload.id();
+        let status =
+            wait_timeout(&mut run.workload, Duration::from_secs(30))?.context("the workload was never killed")?;
+        ensure!(status.signal() == Some(libc::SIGKILL), "the workload ended with {status}, not SIGKILL");
+        let killed = scenarios::first_oom_pid(&run.report);
+        ensure!(killed == Some(u64::from(pid)), "oom_kills[0] is pid {killed:?}, not the workload (pid {pid})");
+    }
+    Ok(run)
+}
+
+/// A scenario as a privileged test (skipped without root outside CI, one at a time), with `more` checks on its
+/// report.
+pub fn scenario_test(
+    scenario: &Scenario,
+    leaktrace_args: &[&str],
+    more: impl FnOnce(&Value) -> Result<()>,
+) -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let _one_at_a_time = serial();
+    more(&run_scenario(scenario, leaktrace_args)?.report)
+}
+
 /// Copies `from` into `into` line by line, echoing each line (if `echo`) and signalling the first one that says
 /// "attached".
 fn collect(
@@ -446,18 +578,104 @@ pub fn has_frame(site: &Value, kernel: bool, needle: &str) -> bool {
         .any(|f| f["kernel"].as_bool() == Some(kernel) && f["symbol"].as_str().is_some_and(|s| s.contains(needle)))
 }
 
-/// The top sites of a report, one line each with their leading frames: what a failing assertion should show.
+/// Whether `symbol` names the function `name`: the symbol without its parameter list (C++), clone suffix
+/// (`.part.0`, `[clone .constprop.0]`) and Rust hash is `name`, or ends with `::name` (so `SessionStore::remember`
+/// matches `SessionStore::remember(unsigned long)` and `main` matches the Rust `retain_blocks::main`, but not
+/// `__libc_start_main`).
+pub fn names_function(symbol: &str, name: &str) -> bool {
+    let end = symbol.find(['(', ' ', '.']).unwrap_or(symbol.len());
+    let base = &symbol[..end];
+    let base = match base.rsplit_once("::h") {
+        Some((path, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => path,
+        _ => base,
+    };
+    base == name || base.strip_suffix(name).is_some_and(|path| path.ends_with("::"))
+}
+
+/// The symbols of a site's user frames (those not marked kernel), leaf first; `?` for a frame without one.
+pub fn user_symbols(site: &Value) -> Vec<&str> {
+    items(&site["frames"])
+        .iter()
+        .filter(|f| f["kernel"].as_bool() != Some(true))
+        .map(|f| f["symbol"].as_str().unwrap_or("?"))
+        .collect()
+}
+
+/// Fails unless the site's user frames hold `chain` in order, leaf to root: `chain[i]` lists the function names
+/// accepted at step i (`names_function`). Other frames may come between (libc, inlined standard-library helpers),
+/// but a step that misses (a frame lost to the stack walk) fails, naming the frames the site has.
+pub fn ensure_user_chain(site: &Value, chain: &[&[&str]]) -> Result<()> {
+    let symbols = user_symbols(site);
+    let mut rest = symbols.iter();
+    for (step, names) in chain.iter().enumerate() {
+        ensure!(
+            rest.any(|s| names.iter().any(|n| names_function(s, n))),
+            "the site's user frames miss {} (step {} of the chain {chain:?}): {}",
+            names.join(" or "),
+            step + 1,
+            describe_site(site)
+        );
+    }
+    Ok(())
+}
+
+/// A site's kind, outstanding bytes and user frames, leaf first: what the unwinding tests report.
+pub fn describe_site(site: &Value) -> String {
+    format!(
+        "{} site, {} bytes outstanding, user frames (leaf first): {}",
+        site["kind"].as_str().unwrap_or("?"),
+        site["outstanding_bytes"],
+        user_symbols(site).join(" <- ")
+    )
+}
+
+/// The site's label as leaktrace names it (leak-userspace `sites::app_frame`): its first named user frame that is
+/// not allocator or standard-library code (`allocator_prefixes`).
+pub fn app_label(site: &Value) -> Option<&str> {
+    let not_application = allocator_prefixes();
+    user_symbols(site).into_iter().find(|s| *s != "?" && !not_application.iter().any(|p| s.starts_with(p)))
+}
+
+/// The prefixes of leak-userspace `sites::is_allocator`, read from its source: the tests label sites by leaktrace's
+/// own list, not a copy that would drift from it.
+pub fn allocator_prefixes() -> Vec<&'static str> {
+    const SITES: &str = include_str!("../../leak-userspace/src/sites.rs");
+    let list = SITES
+        .split_once("const PREFIXES: &[&str] = &[")
+        .and_then(|(_, rest)| rest.split_once("];"))
+        .map(|(list, _)| list)
+        .expect(
+            "leak-userspace/src/sites.rs has no `const PREFIXES: &[&str] = &[...];` (is_allocator's list) any more",
+        );
+    list.lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with('"'))
+        .flat_map(|l| l.split(','))
+        .map(|p| p.trim().trim_matches('"'))
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// The top sites of a report, one line each with their leading kernel frames and their user frames (`?` for an
+/// unnamed one): what a failing assertion should show.
 pub fn summarize(report: &Value) -> String {
     let mut text = format!("verdict: {}\nattribution: {}\n", report["verdict"], report["attribution"]);
     for site in items(&report["sites"]).iter().take(8) {
-        let frames: Vec<&str> = items(&site["frames"]).iter().filter_map(|f| f["symbol"].as_str()).take(8).collect();
+        let kernel: Vec<&str> = items(&site["frames"])
+            .iter()
+            .filter(|f| f["kernel"].as_bool() == Some(true))
+            .filter_map(|f| f["symbol"].as_str())
+            .take(4)
+            .collect();
+        let user = user_symbols(site);
+        let frames = [kernel.join(" <- "), user[..user.len().min(8)].join(" <- ")];
         text += &format!(
             "  {} outstanding={} alloc={} cache={} frames: {}\n",
             site["kind"],
             site["outstanding_bytes"],
             site["alloc_bytes"],
             site["slab_cache"],
-            frames.join(" <- ")
+            frames.iter().filter(|f| !f.is_empty()).cloned().collect::<Vec<_>>().join(" | ")
         );
     }
     text
@@ -629,6 +847,56 @@ mod tests {
     }
 
     #[test]
+    fn names_functions_of_c_cxx_and_rust() {
+        assert!(names_function("main", "main"));
+        assert!(!names_function("__libc_start_main", "main"));
+        assert!(!names_function("__libc_start_call_main", "main"));
+        assert!(names_function("retain_blocks::main", "main"));
+        assert!(names_function("retain_blocks::retain_block::h5796e0ae27c75452", "retain_block"));
+        assert!(names_function("SessionStore::remember(unsigned long, std::string const&)", "SessionStore::remember"));
+        assert!(names_function("SessionStore::remember(unsigned long)", "remember"));
+        assert!(!names_function("SessionStore::remember_all()", "SessionStore::remember"));
+        assert!(names_function("fill_record.part.0", "fill_record"));
+        assert!(names_function("handle_request [clone .constprop.0]", "handle_request"));
+        assert!(!names_function("handle_requests", "handle_request"));
+    }
+
+    #[test]
+    fn checks_an_ordered_chain_of_user_frames() {
+        let site = json!({"kind": "anon", "frames": [
+            {"symbol": "clear_page_erms", "kernel": true},
+            {"symbol": "__memset_avx2_unaligned_erms", "kernel": false},
+            {"symbol": "std::vector<unsigned char>::_M_fill_assign(unsigned long)", "kernel": false},
+            {"symbol": "SessionStore::remember(unsigned long)", "kernel": false},
+            {"symbol": null, "kernel": false},
+            {"symbol": "handle_request", "kernel": false},
+            {"symbol": "main", "kernel": false},
+            {"symbol": "__libc_start_call_main", "kernel": false}
+        ]});
+        ensure_user_chain(&site, &[&["SessionStore::remember"], &["handle_request"], &["main"]]).unwrap();
+        ensure_user_chain(&site, &[&["x", "remember"], &["main"]]).unwrap();
+        let err = ensure_user_chain(&site, &[&["handle_request"], &["SessionStore::remember"]]).unwrap_err();
+        assert!(err.to_string().contains("miss SessionStore::remember (step 2"), "{err}");
+        assert!(
+            err.to_string().contains("anon site, null bytes outstanding, user frames (leaf first): __memset"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("<- ? <- handle_request <- main"), "{err}");
+        assert!(ensure_user_chain(&json!({"kind": "anon"}), &[&["main"]]).is_err());
+        assert_eq!(app_label(&site), Some("SessionStore::remember(unsigned long)"));
+        let broken = json!({"frames": [
+            {"symbol": "_int_malloc", "kernel": false},
+            {"symbol": null, "kernel": false},
+            {"symbol": "malloc", "kernel": false}
+        ]});
+        assert_eq!(app_label(&broken), None);
+        let prefixes = allocator_prefixes();
+        for p in ["malloc", "_int_malloc", "operator new", "alloc::", "std::", "memset", "__memset"] {
+            assert!(prefixes.contains(&p), "{p} missing from {prefixes:?}");
+        }
+    }
+
+    #[test]
     fn summary_lists_sites_with_their_frames() {
         let report = json!({"verdict": {"class": "heap-leak"}, "sites": [
             {"kind": "anon", "outstanding_bytes": 42, "alloc_bytes": 50, "slab_cache": null,
@@ -637,7 +905,7 @@ mod tests {
         let text = summarize(&report);
         assert!(text.contains("heap-leak"), "{text}");
         assert!(
-            text.contains("\"anon\" outstanding=42 alloc=50 cache=null frames: leak_heap_blocks <- main"),
+            text.contains("\"anon\" outstanding=42 alloc=50 cache=null frames: leak_heap_blocks <- ? <- main"),
             "{text}"
         );
         assert!(summarize(&json!({})).starts_with("verdict: null"));
@@ -645,7 +913,7 @@ mod tests {
 
     #[test]
     fn builds_every_workload() {
-        for name in ["heap_leak", "pipe_leak", "oom_leak", "churn"] {
+        for name in ["heap_leak", "pipe_leak", "oom_leak", "churn", "session_cache", "session_store", "retain_blocks"] {
             let exe = build_workload(name).unwrap();
             assert!(exe.is_file());
             // Cached: a second call does not rebuild.

@@ -1,55 +1,16 @@
 //! End to end: the real leaktrace binary traces real C workloads in memcgs made for each test, and report.json must
 //! name the functions that leak. Privileged tests skip without root (and fail under CI=true); each one also checks
 //! that leaktrace left no program in the kernel.
-use std::{
-    os::unix::process::ExitStatusExt,
-    process::{Child, Command},
-    time::Duration,
-};
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use leaktrace_e2e::{
-    assert_nothing_attached, build_workload, describe, items, read_report, require_root, run_leaktrace,
-    scenarios::{self, first_oom_pid, Scenario},
-    serial, summarize, wait_timeout, Leaktrace, Memcg,
+    assert_nothing_attached, describe, items, read_report, require_root, run_leaktrace, scenario_test, scenarios,
+    serial, summarize, trace_workload_with,
 };
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
-
-/// A finished trace of one workload. The memcg (and so the workload, if still running) goes when this is dropped.
-struct Traced {
-    report: Value,
-    workload: Child,
-    _memcg: Memcg,
-    _dir: tempfile::TempDir,
-}
-
-/// Attaches leaktrace (with more arguments and environment variables) to a fresh memcg, starts `workload args` in
-/// it, traces for `seconds` and reads the report.
-fn trace_workload_with(
-    workload: &str,
-    args: &[&str],
-    limit: Option<u64>,
-    seconds: u32,
-    leaktrace_args: &[&str],
-    env: &[(&str, &str)],
-) -> Result<Traced> {
-    let exe = build_workload(workload)?;
-    let memcg = Memcg::create(workload, limit)?;
-    let dir = tempfile::tempdir()?;
-    let mut trace = Leaktrace::trace_with(&memcg, seconds, dir.path(), leaktrace_args, env)?;
-    let mut cmd = Command::new(&exe);
-    cmd.args(args);
-    let workload = memcg.spawn_in(cmd)?;
-    let out = trace.wait(Duration::from_secs(u64::from(seconds) + 30))?;
-    ensure!(out.status.success(), "leaktrace failed: {}", describe(&out));
-    assert_nothing_attached()?;
-    let report = read_report(dir.path())?;
-    // Shown with --nocapture (and in CI logs on failure): the figures the issue notes quote.
-    eprintln!("{}: {}\n{}", exe.display(), report["collection"], summarize(&report));
-    Ok(Traced { report, workload, _memcg: memcg, _dir: dir })
-}
 
 /// The default mode samples: the allocations it kept are a small share of those its scaled counts estimate, and
 /// the figures the test then checks are estimates.
@@ -60,32 +21,6 @@ fn ensure_sampled(report: &Value) -> Result<()> {
     let estimated: u64 = items(&report["sites"]).iter().filter_map(|s| s["alloc_count"].as_u64()).sum();
     ensure!(kept > 0 && kept * 4 < estimated, "kept {kept} allocations of an estimated {estimated}: no sampling?");
     Ok(())
-}
-
-/// Runs a shared scenario (tests/src/scenarios.rs) on the host with more leaktrace arguments and applies its checks.
-fn run_scenario(scenario: &Scenario, leaktrace_args: &[&str]) -> Result<Traced> {
-    let limit = Some(scenario.limit_bytes);
-    let (workload, args, seconds) = (scenario.workload, scenario.args, scenario.seconds);
-    let mut run = trace_workload_with(workload, args, limit, seconds, leaktrace_args, &[])?;
-    (scenario.check)(&run.report)?;
-    if scenario.expect_oom_kill {
-        let pid = run.workload.id();
-        let status =
-            wait_timeout(&mut run.workload, Duration::from_secs(30))?.context("the workload was never killed")?;
-        ensure!(status.signal() == Some(libc::SIGKILL), "the workload ended with {status}, not SIGKILL");
-        let killed = first_oom_pid(&run.report);
-        ensure!(killed == Some(u64::from(pid)), "oom_kills[0] is pid {killed:?}, not the workload (pid {pid})");
-    }
-    Ok(run)
-}
-
-/// A scenario as a privileged test (skipped without root outside CI, one at a time), with `more` checks on its report.
-fn scenario_test(scenario: &Scenario, leaktrace_args: &[&str], more: impl FnOnce(&Value) -> Result<()>) -> Result<()> {
-    if !require_root() {
-        return Ok(());
-    }
-    let _one_at_a_time = serial();
-    more(&run_scenario(scenario, leaktrace_args)?.report)
 }
 
 #[test]

@@ -3,7 +3,7 @@
 #include <malloc.h>
 #include <stdio.h>
 
-#include "common.h"
+#include "frame_pointers.h"
 
 #define BLOCK (1 << 20)
 

@@ -1,4 +1,4 @@
-/* Shared by the e2e workloads: argument parsing and pacing. Every workload takes
+/* Shared by the e2e workloads (C and C++): argument parsing and pacing. Every workload takes
  *   <rate per second> <seconds of activity> <seconds to hold afterwards>
  * so a test can size its run, and holding keeps leaked memory outstanding until the tracer has written its report. */
 #ifndef LEAKTRACE_WORKLOAD_COMMON_H
@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -38,13 +39,30 @@ static inline void paced(double per_sec, double secs, int (*step)(size_t n)) {
 
 #define PAGE 4096
 
-/* Mallocs `bytes` and writes every page. Always inlined: the page faults, and so the stacks leaktrace records, must
- * have the calling (named) function as their leaf. NULL when malloc fails. */
-static inline __attribute__((always_inline)) volatile char *touched_block(size_t bytes) {
-    volatile char *p = malloc(bytes);
-    for (size_t i = 0; p && i < bytes; i += PAGE)
-        p[i] = (char)(i / PAGE + 1);
-    return p;
+/* The request loop of the ordinary workloads: handle(id) for ids 0, 1, 2, ..., `per_sec` requests a second for
+ * `secs` seconds (paced); it stops early when a request fails (returns 0). */
+static int (*request_handler)(size_t id);
+static size_t requests_served;
+
+static inline int serve_due(size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!request_handler(requests_served++))
+            return 0;
+    return 1;
+}
+
+static inline void serve_requests(double per_sec, double secs, int (*handle)(size_t id)) {
+    request_handler = handle;
+    paced(per_sec, secs, serve_due);
+}
+
+/* Lifts the soft limit on open descriptors to the hard one: the descriptor leaks open thousands. */
+static inline void raise_fd_limit(void) {
+    struct rlimit nofile;
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0) {
+        nofile.rlim_cur = nofile.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &nofile);
+    }
 }
 
 static inline void hold(double secs) {

@@ -2,7 +2,7 @@
  * heap_leak [MiB/s = 8] [seconds = 8] [hold seconds = 60] */
 #include <stdio.h>
 
-#include "common.h"
+#include "frame_pointers.h"
 
 #define BLOCK (256 * 1024)
 #define MAX_BLOCKS (1 << 16)

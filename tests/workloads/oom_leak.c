@@ -2,7 +2,7 @@
  * oom_leak [MiB/s = 16] [give up after seconds = 60]: exits 1 if nothing killed it by then (no limit set?). */
 #include <stdio.h>
 
-#include "common.h"
+#include "frame_pointers.h"
 
 #define BLOCK (256 * 1024)
 

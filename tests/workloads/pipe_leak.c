@@ -3,24 +3,10 @@
  * pipe_leak [per second = 200] [seconds = 8] [hold seconds = 60] [pipes|sockets = pipes] */
 #include <stdio.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 
-#include "common.h"
-
-/* The syscall instruction sits in the leaking function itself: libc's wrappers keep no frame pointer, and a user
- * stack walked from inside one would skip the function that called it. */
-#if defined(__x86_64__)
-static inline __attribute__((always_inline)) long sys4(long nr, long a, long b, long c, long d) {
-    register long r10 __asm__("r10") = d;
-    long ret;
-    __asm__ volatile("syscall" : "=a"(ret) : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10) : "rcx", "r11", "memory");
-    return ret;
-}
-#else
-#define sys4(nr, a, b, c, d) syscall(nr, a, b, c, d)
-#endif
+#include "frame_pointers.h"
 
 static size_t leaked;
 
@@ -49,11 +35,7 @@ __attribute__((noinline)) int leak_sockets(size_t n) {
 int main(int argc, char **argv) {
     double per_sec = arg_or(argc, argv, 1, 200), secs = arg_or(argc, argv, 2, 8), hold_secs = arg_or(argc, argv, 3, 60);
     int sockets = argc > 4 && strcmp(argv[4], "sockets") == 0;
-    struct rlimit nofile;
-    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0) {
-        nofile.rlim_cur = nofile.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &nofile);
-    }
+    raise_fd_limit();
     paced(per_sec, secs, sockets ? leak_sockets : leak_pipes);
     fprintf(stderr, "pipe_leak: leaked %zu %s\n", leaked, sockets ? "socket pairs" : "pipes");
     hold(hold_secs);

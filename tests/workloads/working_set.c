@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
+#include "frame_pointers.h"
 
 #define BLOCK (1 << 20)
 

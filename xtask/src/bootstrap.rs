@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use crate::{check, step};
 
 /// Debian packages: the eBPF compiler (`/usr/bin/cargo` and `/usr/bin/rustc` 1.96 with a prebuilt `core` for
-/// bpfel, which the rustup toolchain lacks), a C compiler for the test workloads, bpftool (the tests check that
+/// bpfel, which the rustup toolchain lacks), C and C++ compilers for the test workloads, bpftool (the tests check that
 /// nothing stays attached), the real consumers the export tests check the outputs with (`go tool pprof` from
 /// golang-go for profile.pb.gz, headless Chromium for report.html), Docker with busybox for the container tests
 /// (their image is a busybox rootfs), what `vm-test` boots its guests with (QEMU, cpio), and
@@ -21,6 +21,7 @@ const PACKAGES: &[&str] = &[
     "cargo-web",
     "libstd-rust-web-dev-bpf",
     "gcc",
+    "g++",
     "libc6-dev",
     "bpftool",
     "golang-go",

@@ -138,13 +138,13 @@ pub struct Row {
 
 pub fn table(rows: &[Row]) -> String {
     let mut out = format!(
-        "\n{:<17} {:<26} {:<10} {:<6} {:>8} {:>6}  {}\n",
+        "\n{:<17} {:<26} {:<14} {:<6} {:>8} {:>6}  {}\n",
         "kernel", "release", "scenario", "result", "coverage", "secs", "modes / why it failed"
     );
     for row in rows {
         let r = &row.result;
         out += &format!(
-            "{:<17} {:<26} {:<10} {:<6} {:>8} {:>6}  {}\n",
+            "{:<17} {:<26} {:<14} {:<6} {:>8} {:>6}  {}\n",
             row.kernel,
             row.guest.release,
             r.scenario,
