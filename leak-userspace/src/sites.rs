@@ -93,6 +93,7 @@ where
                 pids: Vec::new(),
                 comms: Vec::new(),
                 frames,
+                label: None,
             },
             pids: BTreeSet::new(),
             comms: BTreeSet::new(),
@@ -207,8 +208,35 @@ pub fn is_allocator(symbol: &str) -> bool {
         // to tell them by)
         "__GI_",
         "__libc_",
+        // the C++ standard library's names as they stand mangled (inlined frames may carry linkage names)
+        "_ZSt",
+        "_ZNSt",
+        "_ZNKSt",
     ];
-    PREFIXES.iter().any(|p| symbol.starts_with(p))
+    let name = qualified_name(symbol);
+    // `<u8 as alloc::vec::SpecFromElem>::from_elem`: a standard library trait's code, whatever the type.
+    let trait_path = name.strip_prefix('<').and_then(|n| n.split_once(" as ")).map(|(_, t)| t);
+    [Some(symbol), Some(name), trait_path].into_iter().flatten().any(|n| PREFIXES.iter().any(|p| n.starts_with(p)))
+}
+
+/// A demangled C++ name without its return type: `unsigned char* std::fill_n<unsigned char*>(...)` ->
+/// `std::fill_n<unsigned char*>(...)`. Spaces inside template arguments and parameters do not count.
+fn qualified_name(symbol: &str) -> &str {
+    let mut depth = 0i32;
+    let mut start = 0;
+    for (i, c) in symbol.char_indices() {
+        match c {
+            '<' | '(' | '[' => depth += 1,
+            '>' | ']' => depth -= 1,
+            ')' => depth -= 1,
+            ' ' if depth == 0 => start = i + 1,
+            _ => {}
+        }
+        if c == '(' && depth == 1 {
+            break;
+        }
+    }
+    &symbol[start..]
 }
 
 /// How many leaf frames of a kernel stack are the tracing machinery rather than the allocating code: a stack taken
@@ -315,6 +343,7 @@ impl Merged {
     fn finish(mut self) -> Site {
         self.site.pids = self.pids.into_iter().collect();
         self.site.comms = self.comms.into_iter().collect();
+        self.site.label = app_frame(&self.site).map(|f| f.label().to_string());
         self.site
     }
 }

@@ -629,31 +629,9 @@ pub fn describe_site(site: &Value) -> String {
     )
 }
 
-/// The site's label as leaktrace names it (leak-userspace `sites::app_frame`): its first named user frame that is
-/// not allocator or standard-library code (`allocator_prefixes`).
+/// The site's label as leaktrace names it (`sites[].label`: its first application frame).
 pub fn app_label(site: &Value) -> Option<&str> {
-    let not_application = allocator_prefixes();
-    user_symbols(site).into_iter().find(|s| *s != "?" && !not_application.iter().any(|p| s.starts_with(p)))
-}
-
-/// The prefixes of leak-userspace `sites::is_allocator`, read from its source: the tests label sites by leaktrace's
-/// own list, not a copy that would drift from it.
-pub fn allocator_prefixes() -> Vec<&'static str> {
-    const SITES: &str = include_str!("../../leak-userspace/src/sites.rs");
-    let list = SITES
-        .split_once("const PREFIXES: &[&str] = &[")
-        .and_then(|(_, rest)| rest.split_once("];"))
-        .map(|(list, _)| list)
-        .expect(
-            "leak-userspace/src/sites.rs has no `const PREFIXES: &[&str] = &[...];` (is_allocator's list) any more",
-        );
-    list.lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with('"'))
-        .flat_map(|l| l.split(','))
-        .map(|p| p.trim().trim_matches('"'))
-        .filter(|p| !p.is_empty())
-        .collect()
+    site["label"].as_str()
 }
 
 /// The top sites of a report, one line each with their leading kernel frames and their user frames (`?` for an
@@ -883,17 +861,11 @@ mod tests {
         );
         assert!(err.to_string().contains("<- ? <- handle_request <- main"), "{err}");
         assert!(ensure_user_chain(&json!({"kind": "anon"}), &[&["main"]]).is_err());
-        assert_eq!(app_label(&site), Some("SessionStore::remember(unsigned long)"));
-        let broken = json!({"frames": [
-            {"symbol": "_int_malloc", "kernel": false},
-            {"symbol": null, "kernel": false},
-            {"symbol": "malloc", "kernel": false}
-        ]});
-        assert_eq!(app_label(&broken), None);
-        let prefixes = allocator_prefixes();
-        for p in ["malloc", "_int_malloc", "operator new", "alloc::", "std::", "memset", "__memset"] {
-            assert!(prefixes.contains(&p), "{p} missing from {prefixes:?}");
-        }
+        assert_eq!(
+            app_label(&json!({"label": "SessionStore::remember(unsigned long)"})),
+            Some("SessionStore::remember(unsigned long)")
+        );
+        assert_eq!(app_label(&site), None, "a report without labels names nothing");
     }
 
     #[test]

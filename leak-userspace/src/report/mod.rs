@@ -228,6 +228,10 @@ pub struct Site {
     pub comms: Vec<String>,
     /// Leaf first: the kernel frames of the allocation, then the user frames that led to it.
     pub frames: Vec<Frame>,
+    /// What names the site for people: its first application frame (`sites::app_frame`), not a C library or
+    /// allocator leaf.
+    #[serde(default)]
+    pub label: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

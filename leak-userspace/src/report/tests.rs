@@ -27,6 +27,7 @@ pub(crate) fn site(kind: &str, outstanding: i64, frames: Vec<Frame>) -> Site {
         pids: vec![42],
         comms: vec!["leaker".into()],
         frames,
+        label: None,
     }
 }
 

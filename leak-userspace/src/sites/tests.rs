@@ -263,3 +263,25 @@ fn the_label_is_the_first_application_frame_not_a_c_library_leaf() {
     let static_write = site(vec![f("__libc_write", "svc"), f("call_upstream", "svc")]);
     assert_eq!(app_frame(&static_write).unwrap().label(), "call_upstream");
 }
+
+#[test]
+fn standard_library_code_is_not_the_application_whatever_its_spelling() {
+    for name in [
+        "unsigned char* std::fill_n<unsigned char*, unsigned long, unsigned char>(unsigned char*, unsigned long)",
+        "void std::__fill_a<unsigned char*, unsigned char>(unsigned char*, unsigned char*, unsigned char const&)",
+        "std::vector<unsigned char, std::allocator<unsigned char> >::_M_fill_initialize(unsigned long)",
+        "_ZSt9__fill_a1IhEN9__gnu_cxx11__enable_ifIXsrSt9__is_byteIT_E7__valueEvE6__typeEPS3_S7_RKS3_",
+        "<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem",
+        "core::ptr::write_bytes",
+    ] {
+        assert!(is_allocator(name), "{name}");
+    }
+    for name in [
+        "SessionStore::remember(unsigned long, std::__cxx11::basic_string<char> const&, unsigned long)",
+        "retain_blocks::retain_block",
+        "<app::Cache as app::Store>::put",
+        "handle_request(unsigned long)",
+    ] {
+        assert!(!is_allocator(name), "{name}");
+    }
+}

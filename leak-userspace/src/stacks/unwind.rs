@@ -174,11 +174,8 @@ mod tests {
         assert_eq!(walk.frames[0].method, Method::Regs);
         assert!(walk.frames[1..].iter().all(|f| f.method == Method::Dwarf), "{:?}", walk.frames);
         let addrs: Vec<u64> = walk.frames.iter().map(|f| f.address).collect();
-        let names: Vec<String> = Symbolizer::new()
-            .user(sample.tgid, &addrs)
-            .into_iter()
-            .filter_map(|f| f.symbol)
-            .collect();
+        let names: Vec<String> =
+            Symbolizer::new().user(sample.tgid, &addrs).into_iter().filter_map(|f| f.symbol).collect();
         let at = |name: &str| names.iter().position(|n| n.contains(name));
         let (leaf, caller, test) =
             (at("sample_here"), at("caller_of_the_leaf"), at("unwinds_this_thread_through_its_callers"));
