@@ -455,19 +455,32 @@ pub fn trace_workload_with(
     leaktrace_args: &[&str],
     env: &[(&str, &str)],
 ) -> Result<Traced> {
-    let exe = build_workload(workload)?;
-    let memcg = Memcg::create(workload, limit)?;
+    let mut cmd = Command::new(build_workload(workload)?);
+    cmd.args(args);
+    trace_command(workload, cmd, limit, seconds, leaktrace_args, env)
+}
+
+/// Traces any command (a runtime running a script, say) in a fresh memcg named after `name`, as
+/// [`trace_workload_with`] does a built workload.
+pub fn trace_command(
+    name: &str,
+    cmd: Command,
+    limit: Option<u64>,
+    seconds: u32,
+    leaktrace_args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Traced> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let memcg = Memcg::create(name, limit)?;
     let dir = tempfile::tempdir()?;
     let mut trace = Leaktrace::trace_with(&memcg, seconds, dir.path(), leaktrace_args, env)?;
-    let mut cmd = Command::new(&exe);
-    cmd.args(args);
     let workload = memcg.spawn_in(cmd)?;
     let out = trace.wait(Duration::from_secs(u64::from(seconds) + 30))?;
     ensure!(out.status.success(), "leaktrace failed: {}", describe(&out));
     assert_nothing_attached()?;
     let report = read_report(dir.path())?;
     // Shown with --nocapture (and in CI logs on failure): the figures the issue notes quote.
-    eprintln!("{}: {}\n{}", exe.display(), report["collection"], summarize(&report));
+    eprintln!("{program}: {}\n{}", report["collection"], summarize(&report));
     Ok(Traced { report, output: out, workload, _memcg: memcg, _dir: dir })
 }
 

@@ -34,3 +34,38 @@ fn cxx_method_leaking_through_operator_new_is_named() -> Result<()> {
 fn rust_vec_leak_is_named_with_demangled_frames() -> Result<()> {
     scenario_test(&RETAIN_BLOCKS, &[], |_| Ok(()))
 }
+
+/// JavaScript through V8's JIT: the memory is touched by a V8 builtin, and the JS functions above it are named
+/// from the perf map node writes with --perf-basic-prof (read through the process's root), found by the frame
+/// pointers V8 keeps in JIT code.
+#[test]
+fn node_jit_frames_are_named_from_the_perf_map() -> Result<()> {
+    use anyhow::{ensure, Context};
+    use leaktrace_e2e::{items, require_root, serial, trace_command, SCENARIO_SAMPLE_BYTES};
+    if !require_root() {
+        return Ok(());
+    }
+    let _one = serial();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/response_cache.js");
+    let mut node = std::process::Command::new("node");
+    node.arg("--perf-basic-prof").arg(&script).args(["160", "7", "120"]);
+    let rate = SCENARIO_SAMPLE_BYTES.to_string();
+    let run = trace_command("node", node, Some(1 << 30), 9, &["--sample-bytes", &rate], &[])?;
+    let jit_frames = |site: &serde_json::Value| -> Vec<String> {
+        items(&site["frames"])
+            .iter()
+            .filter(|f| f["unwind"] == "jit" && f["module"] == "[jit]")
+            .filter_map(|f| f["symbol"].as_str().map(str::to_string))
+            .collect()
+    };
+    let top = items(&run.report["sites"]).iter().find(|s| s["kind"] == "anon").cloned().context("no anon site")?;
+    let named = jit_frames(&top);
+    let at = |name: &str| named.iter().position(|n| n.contains(name));
+    ensure!(
+        at("cacheResponseBuffer").is_some() && at("cacheResponseBuffer") < at("handleRequest"),
+        "the top anon site's JIT frames miss cacheResponseBuffer <- handleRequest: {named:?}\n{}",
+        leaktrace_e2e::summarize(&run.report)
+    );
+    let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", run.workload.id()));
+    Ok(())
+}

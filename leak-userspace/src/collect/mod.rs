@@ -244,11 +244,10 @@ impl Collector {
         }
         // Read the counters first: what follows (symbolizing) may take a while.
         let mut raw = self.sites(probes)?;
-        let earlier: Vec<u32> = self.oom_kills.iter().map(|k| k.pid).collect();
-        oom::settle_earlier_victims(&mut raw, &earlier);
         self.comms.entry(notice.victim_pid).or_insert_with(|| notice.victim_comm.clone());
-        let sites = self.build_sites(probes, &raw, Outstanding::BeforeOomKill, self.top)?;
         let t = notice.ktime_ns.saturating_sub(self.start_ktime_ns) as f64 / 1e9;
+        // The flight recorder settles earlier victims' OOM frees itself (up to the last interval before this
+        // kill): it reads the counters as the kernel has them.
         let mut grew_before_kill = Vec::new();
         for span in flight::SPANS {
             let Some((covered, delta)) = self.flight.growth(t, span, &raw) else { continue };
@@ -257,6 +256,9 @@ impl Collector {
             grown.truncate(FLIGHT_SITES);
             grew_before_kill.push(report::GrowthBeforeKill { seconds: span, covered_seconds: covered, sites: grown });
         }
+        let earlier: Vec<u32> = self.oom_kills.iter().map(|k| k.pid).collect();
+        oom::settle_earlier_victims(&mut raw, &earlier);
+        let sites = self.build_sites(probes, &raw, Outstanding::BeforeOomKill, self.top)?;
         self.oom_kills.push(report::OomKill {
             t,
             pid: notice.victim_pid,
