@@ -41,7 +41,7 @@ fn rust_vec_leak_is_named_with_demangled_frames() -> Result<()> {
 #[test]
 fn node_jit_frames_are_named_from_the_perf_map() -> Result<()> {
     use anyhow::{ensure, Context};
-    use leaktrace_e2e::{items, require_root, serial, trace_command, SCENARIO_SAMPLE_BYTES};
+    use leaktrace_e2e::{items, require_root, serial, trace_command};
     if !require_root() {
         return Ok(());
     }
@@ -49,8 +49,7 @@ fn node_jit_frames_are_named_from_the_perf_map() -> Result<()> {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/response_cache.js");
     let mut node = std::process::Command::new("node");
     node.arg("--perf-basic-prof").arg(&script).args(["160", "7", "120"]);
-    let rate = SCENARIO_SAMPLE_BYTES.to_string();
-    let run = trace_command("node", node, Some(1 << 30), 9, &["--sample-bytes", &rate], &[])?;
+    let run = trace_command("node", node, Some(1 << 30), 9, &[], &[])?;
     let jit_frames = |site: &serde_json::Value| -> Vec<String> {
         items(&site["frames"])
             .iter()

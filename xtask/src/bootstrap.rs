@@ -15,7 +15,7 @@ use crate::{check, step};
 /// nothing stays attached), the real consumers the export tests check the outputs with (`go tool pprof` from
 /// golang-go for profile.pb.gz, headless Chromium for report.html), Docker with busybox for the container tests
 /// (their image is a busybox rootfs), what `vm-test` boots its guests with (QEMU, cpio), and
-/// bpftrace, the baseline `bench` compares with.
+/// bpftrace, the baseline `bench` compares with; node for the JIT frames test.
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -31,6 +31,7 @@ const PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "cpio",
     "bpftrace",
+    "nodejs",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.10.3";
