@@ -19,6 +19,8 @@
 //! cannot afford a copy per allocation and takes frame-pointer stack ids instead.
 #![no_std]
 #![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
@@ -27,7 +29,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, generated as gen,
     },
     macros::{map, raw_tracepoint, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
     programs::{tracing::StackIdContext, RawTracePointContext, TracePointContext},
     EbpfContext,
 };
@@ -377,11 +379,15 @@ fn credit_free(rec: &LiveAlloc, by_oom: bool) {
 fn record_alloc(key: u64, site: &SiteKey, bytes: u64, shift: u32) -> bool {
     // An allocation at an address we still track means its free was missed (e.g. dropped by the kernel's
     // recursion guard): close the old record rather than let it look leaked forever.
-    if let Some(old) = unsafe { LIVE.get(&key) } {
-        let old = *old;
-        credit_free(&old, false);
-        count(counter::IMPLICIT_FREE, 1);
-    }
+    let tracked = match unsafe { LIVE.get(&key) } {
+        Some(old) => {
+            let old = *old;
+            credit_free(&old, false);
+            count(counter::IMPLICIT_FREE, 1);
+            true
+        }
+        None => false,
+    };
     let (bytes, weight) = (bytes << shift, 1u64 << shift);
     if !add_alloc(site, bytes, weight) {
         return false;
@@ -392,8 +398,43 @@ fn record_alloc(key: u64, site: &SiteKey, bytes: u64, shift: u32) -> bool {
         count(counter::LIVE_MAP_FULL, 1);
         return false;
     }
+    // An address tracked already is counted in the filter already.
+    if !tracked {
+        filter_add(key, 1);
+    }
     count(counter::ALLOC_EVENTS, 1);
     true
+}
+
+/// Outstanding kept allocations counted by a hash of their address. Nearly every free is of an allocation that
+/// was never kept; with the slot's count at zero it ends at one array read, which the verifier inlines, instead of
+/// a LIVE hash lookup. Counts change by atomic adds: an allocation and a free of two addresses sharing a slot may
+/// run on two CPUs at once.
+const FILTER_SLOTS: u32 = 1 << 19;
+
+#[map]
+static KEPT_FILTER: Array<u32> = Array::with_max_entries(FILTER_SLOTS, 0);
+
+/// Fibonacci hashing: struct page pointers (64 bytes apart) and slab objects (one size class apart) spread over
+/// the slots by the high bits of the product.
+#[inline(always)]
+fn filter_slot(key: u64) -> u32 {
+    (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 45) as u32 & (FILTER_SLOTS - 1)
+}
+
+#[inline(always)]
+fn filter_add(key: u64, delta: u32) {
+    if let Some(p) = KEPT_FILTER.get_ptr_mut(filter_slot(key)) {
+        // SAFETY: p points into the array map's value, which lives as long as the map. The result is unused, so
+        // LLVM emits the BPF atomic add that every kernel since 3.18 has (the target offers no atomic types).
+        unsafe { core::intrinsics::atomic_xadd::<u32, u32, { core::intrinsics::AtomicOrdering::Relaxed }>(p, delta) };
+    }
+}
+
+/// False when no kept allocation hashes to `key`'s slot: it cannot be in LIVE.
+#[inline(always)]
+fn maybe_kept(key: u64) -> bool {
+    KEPT_FILTER.get(filter_slot(key)).is_none_or(|&n| n != 0)
 }
 
 /// Frees of memory the OOM killer reclaims: by the victim itself as it exits, or by the oom_reaper thread.
@@ -405,14 +446,20 @@ fn freed_by_oom() -> bool {
     tgid == cfg(&CONFIG.oom_reaper_pid) || unsafe { VICTIMS.get(&tid).is_some() || VICTIMS.get(&tgid).is_some() }
 }
 
-/// Only sampled allocations are in LIVE: the free of any other one ends at this lookup's miss.
+/// Only sampled allocations are in LIVE: the free of any other one ends at the filter (or, sharing a slot with a
+/// kept one, at the lookup's miss).
 #[inline(always)]
 fn record_free(key: u64) {
+    if !maybe_kept(key) {
+        return;
+    }
     let rec = match unsafe { LIVE.get(&key) } {
         Some(r) => *r,
         None => return,
     };
-    let _ = LIVE.remove(&key);
+    if LIVE.remove(&key).is_ok() {
+        filter_add(key, u32::MAX);
+    }
     credit_free(&rec, freed_by_oom());
     count(counter::FREE_EVENTS, 1);
 }
