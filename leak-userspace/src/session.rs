@@ -30,6 +30,9 @@ pub const USER_STACKS_ENV: &str = "LEAKTRACE_USER_STACKS";
 /// Set: the programs attach and return at once (the benchmark's floor).
 pub const FLOOR_ENV: &str = "LEAKTRACE_FLOOR";
 
+/// How often the user stack samples are drained when the ring buffer does not fill up.
+const USTACK_DRAIN: Duration = Duration::from_millis(20);
+
 /// How long the demo keeps tracing after the OOM kill, so the report shows the memory coming back.
 const AFTER_OOM: Duration = Duration::from_millis(1500);
 
@@ -140,6 +143,10 @@ async fn event_loop(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(args.interval));
+    // The kernel side wakes this loop only when the user stack ring buffer fills up; it is drained on this timer
+    // otherwise, so a sample waits at most this long (its process may exit meanwhile: its mappings stay cached).
+    let mut drain = tokio::time::interval(USTACK_DRAIN);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // A far deadline stands for "no duration": simpler than an optional branch.
     let mut deadline = Instant::now() + Duration::from_secs_f64(args.duration.unwrap_or(366.0 * 86400.0));
     let mut reason = "duration elapsed".to_string();
@@ -188,6 +195,7 @@ async fn event_loop(
                 guard?.clear_ready();
                 collector.drain_user_stacks();
             }
+            _ = drain.tick(), if ustacks.is_some() => collector.drain_user_stacks(),
             _ = sigint.recv() => { reason = "interrupted (SIGINT)".to_string(); break; }
             _ = sigterm.recv() => { reason = "terminated (SIGTERM)".to_string(); break; }
             _ = sleep_until(deadline) => break,
