@@ -3,7 +3,7 @@
 //! The modules follow the data flow:
 //! `target` (which cgroup) -> `kernel` (what this kernel offers) -> `probes` (eBPF programs and their maps) ->
 //! `collect` (draining maps and events every interval) + `memory` (the cgroup's own accounting) -> `stacks` (user
-//! stack samples unwound) -> `symbolize` ->
+//! stack samples unwound, then every stack symbolized) ->
 //! `sites` (aggregated call sites) -> `attribution` (sites against memory.stat growth) -> `verdict` ->
 //! `report` (report.json model) -> `export` (folded stacks, terminal summary); `live` shows the trace as it runs.
 pub mod attribution;
@@ -22,6 +22,5 @@ pub mod session;
 pub mod sites;
 pub mod stacks;
 pub mod stop;
-pub mod symbolize;
 pub mod target;
 pub mod verdict;

@@ -18,7 +18,7 @@ pub trait StackSource {
     }
 }
 
-/// Addresses -> frames. The real one is [`crate::symbolize::Symbolizer`]; tests use fakes.
+/// Addresses -> frames. The real one is [`crate::stacks::symbolize::Symbolizer`]; tests use fakes.
 pub trait FrameResolver {
     fn kernel(&mut self, addrs: &[u64]) -> Vec<Frame>;
     fn user(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame>;
@@ -271,7 +271,9 @@ where
     for (addr, how) in addrs {
         // One address may stand for several frames (functions inlined there): all were found the same way.
         for mut f in resolver.user(key.tgid, &[addr]) {
-            f.unwind = Some(if f.module.as_deref() == Some(crate::symbolize::JIT_MODULE) { "jit" } else { how }.into());
+            f.unwind = Some(
+                if f.module.as_deref() == Some(crate::stacks::symbolize::JIT_MODULE) { "jit" } else { how }.into(),
+            );
             frames.push(f);
         }
     }

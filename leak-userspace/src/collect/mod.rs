@@ -21,8 +21,7 @@ use crate::{
     probes::{Discovery, Probes},
     report,
     sites::{self, Outstanding, StackSource},
-    stacks::UserStacks,
-    symbolize::Symbolizer,
+    stacks::{symbolize::Symbolizer, UserStacks},
     target::{self, Follower, Poll, Target},
     verdict,
 };

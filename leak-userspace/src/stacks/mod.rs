@@ -1,5 +1,6 @@
-//! User stacks: the samples the kernel side sends (registers and a copy of the top of the stack, one per kept
-//! allocation) unwound here, deduplicated, and the kernel's per-sample site keys mapped onto them.
+//! Stacks: the user stack samples the kernel side sends (registers and a copy of the top of the stack, one per
+//! kept allocation) unwound here and deduplicated, the kernel's per-sample site keys mapped onto them, and every
+//! stack's addresses symbolized (`symbolize`).
 //!
 //! The kernel cannot group allocations by a user stack it does not unwind, so each kept allocation carries its
 //! own sample token in `SiteKey::usample`. [`UserStacks::canonical`] turns such a key into the key of its
@@ -9,6 +10,7 @@ pub mod maps;
 mod object;
 pub mod perfmap;
 mod process;
+pub mod symbolize;
 pub mod unwind;
 
 use std::{

@@ -126,7 +126,7 @@ mod tests {
     use leak_common::USTACK_CHUNK;
 
     use super::*;
-    use crate::{stacks::process::Objects, symbolize::Symbolizer};
+    use crate::stacks::{process::Objects, symbolize::Symbolizer};
 
     /// This thread's registers and the top of its stack, as the kernel side would send them: whole chunks from
     /// the stack pointer's chunk up, read through /proc/self/mem so the copy ends where the mapping does.

@@ -108,7 +108,7 @@ fn spawn_sleeper_from_deleted_copy() -> (std::process::Child, u64) {
     let mut tries = 0;
     let child = loop {
         match Command::new(&exe)
-            .args(["--exact", "symbolize::tests::sleeper_child", "--ignored", "--test-threads=1"])
+            .args(["--exact", "stacks::symbolize::tests::sleeper_child", "--ignored", "--test-threads=1"])
             .env("LEAKTRACE_SLEEPER", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
