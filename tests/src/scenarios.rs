@@ -83,6 +83,24 @@ pub const SESSION_CACHE: Scenario = Scenario {
     ..SESSION_HEAP
 };
 
+/// session_heap at 16 MiB/s against a 48 MiB limit: OOM-killed after ~3 s. The sites held before the kill are
+/// unwound and symbolized from the victim's cached mappings, the victim being gone by then.
+pub const SESSION_OOM: Scenario = Scenario {
+    name: "session-oom",
+    workload: "session_heap",
+    args: &["16", "30", "120"],
+    check: |report| {
+        let kill = items(&report["oom_kills"])
+            .first()
+            .with_context(|| format!("no oom_kills in the report:\n{}", summarize(report)))?;
+        let sites = items(&kill["sites_before_kill"]);
+        let top = sites.iter().find(|s| s["kind"] == "anon").context("no anon site before the kill")?;
+        ensure_user_chain(top, &[&["fill_record"], &["remember_session"], &["handle_request"], &["main"]])?;
+        Ok(None)
+    },
+    ..OOM_KILL
+};
+
 /// session_store: C++, operator new and std::vector inside SessionStore::remember.
 pub const SESSION_STORE: Scenario = Scenario {
     name: "session-store",

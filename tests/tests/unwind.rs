@@ -7,12 +7,17 @@
 use anyhow::Result;
 use leaktrace_e2e::{
     scenario_test,
-    scenarios::{RETAIN_BLOCKS, SESSION_CACHE, SESSION_HEAP, SESSION_STORE, UPSTREAM_PIPES},
+    scenarios::{RETAIN_BLOCKS, SESSION_CACHE, SESSION_HEAP, SESSION_OOM, SESSION_STORE, UPSTREAM_PIPES},
 };
 
 #[test]
 fn heap_leak_touched_in_a_leaf_names_the_whole_call_chain() -> Result<()> {
     scenario_test(&SESSION_HEAP, &[], |_| Ok(()))
+}
+
+#[test]
+fn oom_victim_stacks_unwind_after_its_death() -> Result<()> {
+    scenario_test(&SESSION_OOM, &[], |_| Ok(()))
 }
 
 #[test]
