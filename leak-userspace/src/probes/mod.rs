@@ -89,7 +89,11 @@ impl Probes {
                 "SITES",
                 if discovery.config.ustack_chunks > 0 { SAMPLED_SITE_ENTRIES } else { FP_SITE_ENTRIES },
             )
-            .map_max_entries("USTACKS", USTACK_RING_BYTES)
+            // Frame-pointer stacks send no samples: the ring buffer then takes the least the kernel allows.
+            .map_max_entries(
+                "USTACKS",
+                if discovery.config.ustack_chunks > 0 { USTACK_RING_BYTES } else { discovery.config.page_size },
+            )
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow!("loading the eBPF programs failed: {e}"))?;
         let mut attached = Vec::new();
