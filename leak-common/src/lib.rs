@@ -163,6 +163,34 @@ pub fn sample_shift(bytes: u64, rate_shift: u32) -> u32 {
     }
 }
 
+/// The first step of a two-step coin for an allocation of at most `2^max_bits` bytes, tossed before its exact
+/// size is known or its weight computed: the low `pre` bits of the random number must be zero, `pre` being the
+/// weight of a `2^max_bits`-byte allocation, which no smaller allocation is below. Returns `pre`, or `None` when
+/// the allocation is not kept (most events end here).
+#[inline(always)]
+pub fn coin_first(random: u32, rate_shift: u32, max_bits: u32) -> Option<u32> {
+    let pre = if rate_shift > max_bits { (rate_shift - max_bits).min(31) } else { 0 };
+    if pre != 0 && random & ((1u32 << pre) - 1) != 0 {
+        return None;
+    }
+    Some(pre)
+}
+
+/// The second step, for the same random number: an allocation of `bytes` is kept when the further bits of its
+/// weight are zero too, with probability 2^-weight as the one-step coin `sample_shift` gives. One larger than the
+/// first step assumed was kept with that step's probability and carries its weight (still unbiased).
+#[inline(always)]
+pub fn coin_second(random: u32, pre: u32, bytes: u64, rate_shift: u32) -> Option<u32> {
+    let shift = sample_shift(bytes, rate_shift);
+    if shift <= pre {
+        return Some(pre);
+    }
+    if random & ((1u32 << shift) - 1) != 0 {
+        return None;
+    }
+    Some(shift)
+}
+
 /// Number of significant bits (0 for 0). Written out because the BPF target has no count-leading-zeros.
 #[inline(always)]
 pub fn bit_len(mut v: u64) -> u32 {
@@ -403,6 +431,34 @@ mod tests {
         for v in [0u64, 1, 2, 3, 4095, 4096, 4097, 65535, 1 << 40, u64::MAX] {
             assert_eq!(bit_len(v), 64 - v.leading_zeros(), "{v}");
         }
+    }
+
+    /// Over every low-bit pattern of the random number, the two-step coin keeps an allocation exactly as often as
+    /// its weight says, and no differently from the one-step coin, whatever its size.
+    #[test]
+    fn the_two_step_coin_keeps_with_the_probability_of_its_weight() {
+        let rate = 19;
+        for bytes in [1u64, 64, 100, 4096, 8192, 32768, 40000, 1 << 20] {
+            let mut kept = 0u64;
+            let mut weighted = 0f64;
+            let n = 1u32 << 20;
+            for random in 0..n {
+                if let Some(w) = coin_first(random, rate, 15).and_then(|pre| coin_second(random, pre, bytes, rate)) {
+                    kept += 1;
+                    weighted += (1u64 << w) as f64;
+                }
+            }
+            // Each kept allocation stands for 2^w: over all 2^20 patterns they add up to 2^20 allocations.
+            assert_eq!(weighted, n as f64, "{bytes} bytes: the estimate is unbiased");
+            let one_step = (0..n).filter(|r| r & ((1u32 << sample_shift(bytes, rate)) - 1) == 0).count() as u64;
+            if bytes <= 1 << 15 {
+                assert_eq!(kept, one_step, "{bytes} bytes: the same probability as the one-step coin");
+            } else {
+                assert!(kept < one_step, "{bytes} bytes: larger than assumed, kept with the first step's probability");
+            }
+        }
+        assert_eq!(coin_first(12345, 0, 15), Some(0), "rate 0 keeps everything");
+        assert_eq!(coin_second(12345, 0, 4096, 0), Some(0));
     }
 
     #[test]

@@ -329,14 +329,39 @@ fn stack_id(ctx: &RawTracePointContext, flags: u64, collision: u32) -> i32 {
 
 /// Whether to keep an allocation of `bytes`, and its weight (log2 of 1/p) when kept. Decided before anything else
 /// about the event: a random number is far cheaper than the memcg walk, and most small objects and pages of a
-/// churning workload stop here.
+/// churning workload stop here. Allocations of a page or less toss the cheap first half of the coin before their
+/// exact weight is worked out.
 #[inline(always)]
 fn sample_weight(bytes: u64) -> Option<u32> {
+    if bytes <= 1 << SMALL_BITS {
+        let (random, pre) = pre_coin(SMALL_BITS)?;
+        return finish_coin(random, pre, bytes);
+    }
     let shift = leak_common::sample_shift(bytes, cfg(&CONFIG.sample_rate_shift));
     if shift != 0 && unsafe { bpf_get_prandom_u32() } & ((1u32 << shift) - 1) != 0 {
         return None;
     }
     Some(shift)
+}
+
+/// Allocations of at most 2^SMALL_BITS bytes (a page) take the two-step coin.
+const SMALL_BITS: u32 = 12;
+/// Slab objects are assumed at most 2^CACHE_BITS bytes when their coin is tossed before their size is read (the
+/// read is a helper call, and most events end at the coin). A larger object is kept with the first step's
+/// probability and weighted by it: still unbiased.
+const CACHE_BITS: u32 = 15;
+
+/// The first step of the coin (`leak_common::coin_first`) for an allocation of at most `2^max_bits` bytes:
+/// the random number and `pre` when the allocation may be kept.
+#[inline(always)]
+fn pre_coin(max_bits: u32) -> Option<(u32, u32)> {
+    let random = unsafe { bpf_get_prandom_u32() };
+    Some((random, leak_common::coin_first(random, cfg(&CONFIG.sample_rate_shift), max_bits)?))
+}
+
+#[inline(always)]
+fn finish_coin(random: u32, pre: u32, bytes: u64) -> Option<u32> {
+    leak_common::coin_second(random, pre, bytes, cfg(&CONFIG.sample_rate_shift))
 }
 
 /// `bytes` and `allocs` are estimates: already scaled by the sampling weight.
@@ -584,13 +609,15 @@ fn cache_alloc(ctx: &RawTracePointContext) -> Option<()> {
     }
     // Each branch ends differently after its context read, so LLVM cannot merge the two reads into one at a
     // computed offset (which the verifier would refuse).
-    let (cache, bytes) = if cfg(&CONFIG.cache_alloc_has_cache) != 0 {
+    let (cache, bytes, shift) = if cfg(&CONFIG.cache_alloc_has_cache) != 0 {
+        let (random, pre) = pre_coin(CACHE_BITS)?;
         let cache = tp_arg::<{ arg::CACHE_ALLOC_CACHE }>(ctx) as *const u8;
-        (cache, unsafe { read_at::<u32>(cache, cfg(&CONFIG.kmem_cache_size))? } as u64)
+        let bytes = unsafe { read_at::<u32>(cache, cfg(&CONFIG.kmem_cache_size))? } as u64;
+        (cache, bytes, finish_coin(random, pre, bytes)?)
     } else {
-        (core::ptr::null(), tp_arg::<{ arg::CACHE_ALLOC_BYTES_ALLOC }>(ctx))
+        let bytes = tp_arg::<{ arg::CACHE_ALLOC_BYTES_ALLOC }>(ctx);
+        (core::ptr::null(), bytes, sample_weight(bytes)?)
     };
-    let shift = sample_weight(bytes)?;
     if !target_task() {
         return None;
     }
