@@ -266,7 +266,9 @@ pub mod counter {
     pub const USTACK_UNREADABLE: u32 = 13;
     pub const USTACK_RINGBUF_DROP: u32 = 14;
     pub const USTACK_NESTED: u32 = 15;
-    pub const COUNT: u32 = 16;
+    /// Kept pages khugepaged collapsed into a huge page: not credited as freed (the memory lives on).
+    pub const COLLAPSED: u32 = 16;
+    pub const COUNT: u32 = 17;
 }
 
 /// Marks a record field or struct member this kernel does not have.
@@ -342,6 +344,9 @@ pub struct Config {
     pub kmem_cache_name: u32,
     /// The `oom_reaper` kernel thread: its frees are frees caused by an OOM kill.
     pub oom_reaper_pid: u32,
+    /// The `khugepaged` kernel thread: its frees of small pages collapse them into a huge page, whose memory lives
+    /// on for the process.
+    pub khugepaged_pid: u32,
     pub page_size: u32,
     /// log2 of the sampling rate in bytes (see `sample_shift`); 0 records every allocation.
     pub sample_rate_shift: u32,
@@ -387,6 +392,7 @@ impl Config {
             kmem_cache_size: OFFSET_NONE,
             kmem_cache_name: OFFSET_NONE,
             oom_reaper_pid: 0,
+            khugepaged_pid: 0,
             page_size: 4096,
             sample_rate_shift: 0,
             regs_source: regs::NONE,

@@ -495,6 +495,12 @@ fn record_free(key: u64) {
     if LIVE.remove(&key).is_ok() {
         filter_add(key, u32::MAX);
     }
+    // khugepaged copies the small pages of a region into a huge page it allocated itself (outside the target's
+    // tasks, so unseen), then frees them: the memory stays the process's and the site that faulted it keeps it.
+    if (bpf_get_current_pid_tgid() >> 32) as u32 == cfg(&CONFIG.khugepaged_pid) && cfg(&CONFIG.khugepaged_pid) != 0 {
+        count(counter::COLLAPSED, 1);
+        return;
+    }
     credit_free(&rec, freed_by_oom());
     count(counter::FREE_EVENTS, 1);
 }

@@ -353,6 +353,7 @@ impl Collector {
                 alloc_events: c[counter::ALLOC_EVENTS as usize],
                 free_events: c[counter::FREE_EVENTS as usize],
                 oom_events: c[counter::OOM_EVENTS as usize],
+                collapsed_into_huge_pages: c[counter::COLLAPSED as usize],
                 recursion_misses: programs.iter().map(|p| p.recursion_misses).sum(),
                 intervals: self.intervals,
                 tracer_cpu_seconds: usage.0,

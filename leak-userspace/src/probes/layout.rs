@@ -194,7 +194,8 @@ pub fn discover(exact_anon: bool, ustack_chunks: Option<u32>) -> Result<Discover
     config.kmem_cache_size = btf.member_offset("kmem_cache", "size").unwrap_or(OFFSET_NONE);
     config.kmem_cache_name = btf.member_offset("kmem_cache", "name").unwrap_or(OFFSET_NONE);
     config.page_size = page_size();
-    config.oom_reaper_pid = oom_reaper_pid().unwrap_or(0);
+    config.oom_reaper_pid = kernel_thread("oom_reaper").unwrap_or(0);
+    config.khugepaged_pid = kernel_thread("khugepaged").unwrap_or(0);
     let mut modes = Vec::new();
     if let Some(chunks) = ustack_chunks {
         match user_registers(&btf, &mut config) {
@@ -351,11 +352,12 @@ fn page_size() -> u32 {
     u32::try_from(size).unwrap_or(4096)
 }
 
-fn oom_reaper_pid() -> Option<u32> {
+/// The pid of the kernel thread named `comm` (a child of kthreadd).
+fn kernel_thread(comm: &str) -> Option<u32> {
     procfs::process::all_processes()
         .ok()?
         .filter_map(|p| p.ok())
-        .find(|p| p.stat().is_ok_and(|s| s.comm == "oom_reaper" && s.ppid == 2))
+        .find(|p| p.stat().is_ok_and(|s| s.comm == comm && s.ppid == 2))
         .map(|p| p.pid as u32)
 }
 
@@ -466,6 +468,8 @@ mod tests {
         assert_ne!(d.config.task_cgroups, OFFSET_NONE);
         assert_ne!(d.config.kn_id, OFFSET_NONE);
         assert!(d.config.page_size >= 4096);
+        let khugepaged = std::path::Path::new("/sys/kernel/mm/transparent_hugepage/khugepaged").exists();
+        assert_eq!(d.config.khugepaged_pid != 0, khugepaged, "khugepaged is found when the kernel has it");
         assert_ne!(d.config.regs_source, leak_common::regs::NONE, "{:?}", d.degraded);
         assert_ne!(d.config.regs_sp, OFFSET_NONE);
         assert!(discover(true, None).unwrap().config.ustack_chunks == 0, "--record-all takes no copies");

@@ -370,6 +370,10 @@ pub struct Collection {
     pub alloc_events: u64,
     pub free_events: u64,
     pub oom_events: u64,
+    /// Kept pages that khugepaged collapsed into a huge page: still held by the site that faulted them in (the
+    /// huge page's own later free is not seen).
+    #[serde(default)]
+    pub collapsed_into_huge_pages: u64,
     pub recursion_misses: u64,
     pub intervals: u64,
     pub tracer_cpu_seconds: f64,
