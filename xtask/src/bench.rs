@@ -90,7 +90,6 @@ struct Cost {
     cpu_seconds: Option<f64>,
     peak_rss_bytes: Option<u64>,
     kept_events_per_s: Option<f64>,
-    kept_allocs_per_s: Option<f64>,
     dropped: Option<u64>,
     recursion_misses: Option<u64>,
     /// (program, runs, run time ns) over the session: counted only with kernel.bpf_stats_enabled=1.
@@ -258,7 +257,6 @@ impl TracedLeaktrace {
             cpu_seconds: c["tracer_cpu_seconds"].as_f64(),
             peak_rss_bytes: c["tracer_peak_rss_bytes"].as_u64(),
             kept_events_per_s: Some((n("alloc_events") + n("free_events")) as f64 / seconds),
-            kept_allocs_per_s: Some(n("alloc_events") as f64 / seconds),
             dropped: Some(dropped(c)),
             recursion_misses: Some(n("recursion_misses")),
             programs: c["programs"]
@@ -534,19 +532,9 @@ fn assemble(
                 let v: Vec<f64> = costs.iter().filter_map(f).collect();
                 (!v.is_empty()).then(|| median(&v))
             };
-            // What a kept allocation costs the workload beyond the floor's dispatch: the extra time per operation
-            // over the kept allocations per operation (the unkept events' sampling coin included).
-            let floor_ops = median(&series(wi, Tracer::Floor).ops_per_s);
-            let kept = med(&|c| c.kept_allocs_per_s).filter(|k| *k > 0.0);
-            let ops = median(&s.ops_per_s);
-            let ns_per_kept = kept.filter(|_| t != Tracer::Floor && floor_ops > 0.0).map(|k| {
-                let per_op = 1.0 / ops - 1.0 / floor_ops;
-                per_op / (k / ops) * 1e9
-            });
             configs.insert(
                 t.name().into(),
                 json!({
-                    "ns_per_kept_alloc_above_floor": ns_per_kept,
                     "ops_per_s": s.ops_per_s,
                     "ops_per_s_median": median(&s.ops_per_s),
                     "ops_per_s_spread": (ops_hi - ops_lo) / median(&s.ops_per_s),
@@ -686,9 +674,9 @@ fn markdown(r: &Value) -> String {
     let _ = writeln!(
         out,
         "| workload | mode | start to attached ms | tracer CPU s | peak RSS MiB | kernel maps MiB | kept events/s | \
-         ns per kept allocation above the floor | dropped | recursion misses |"
+         dropped | recursion misses |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
     for w in r["workloads"].as_array().map(Vec::as_slice).unwrap_or_default() {
         for t in &Tracer::ALL[1..] {
             let x = &w["configs"][t.name()];
@@ -700,7 +688,7 @@ fn markdown(r: &Value) -> String {
             };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 w["name"].as_str().unwrap_or("?"),
                 t.name(),
                 num("attach_ms_median", 1.0, 0),
@@ -708,7 +696,6 @@ fn markdown(r: &Value) -> String {
                 num("tracer_peak_rss_bytes_max", MIB, 1),
                 num("map_bytes_max", MIB, 1),
                 num("kept_events_per_s_median", 1.0, 0),
-                num("ns_per_kept_alloc_above_floor", 1.0, 0),
                 num("dropped_events", 1.0, 0),
                 num("recursion_misses", 1.0, 0),
             );
@@ -787,7 +774,6 @@ mod tests {
                 cpu_seconds: Some(0.1),
                 peak_rss_bytes: Some(20 << 20),
                 kept_events_per_s: Some(10.0),
-                kept_allocs_per_s: Some(5.0),
                 dropped: Some(0),
                 recursion_misses: Some(3),
                 programs: Vec::new(),
@@ -812,7 +798,7 @@ mod tests {
         assert!(table.contains("| start to attached (median) | 150.00ms | 200ms | yes |"), "{table}");
         assert!(table.contains("| default: malloc churn | 1.05x | 1.01x | **no** |"), "{table}");
         assert!(
-            table.contains("| page churn | leaktrace default | 150 | 0.10 | 20.0 | 10.0 | 10 | n/a | 0 | 3 |"),
+            table.contains("| page churn | leaktrace default | 150 | 0.10 | 20.0 | 10.0 | 10 | 0 | 3 |"),
             "{table}"
         );
         // 1000 runs at 50 ns and 3000 at 10 ns: 4000 runs/s at 20 ns on average.
