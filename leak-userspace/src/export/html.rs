@@ -51,7 +51,7 @@ fn write_body(out: &mut String, r: &Report, flamegraph: &[u8], growth_svg: &[u8]
 
     let tone = match r.verdict.class.as_str() {
         "no-leak" => "ok",
-        "inconclusive" => "",
+        "inconclusive" | "not-memory" => "",
         _ => "leak",
     };
     writeln!(out, r#"<div class="verdict {tone}"><div class="class">Verdict: {}</div>"#, esc(&r.verdict.class))?;
@@ -69,12 +69,20 @@ fn write_body(out: &mut String, r: &Report, flamegraph: &[u8], growth_svg: &[u8]
             esc(&kind_label(top))
         )?;
     }
-    writeln!(out, "</ul></div>")?;
+    writeln!(out, "</ul>")?;
+    if !r.verdict.recommendations.is_empty() {
+        writeln!(out, r#"<div class="class">What to do</div><ul class="recommendations">"#)?;
+        for line in &r.verdict.recommendations {
+            writeln!(out, "<li>{}</li>", esc(line))?;
+        }
+        writeln!(out, "</ul>")?;
+    }
+    writeln!(out, "</div>")?;
 
     let growths = super::growth_words(&r.memory.samples);
     writeln!(out, "<h2>Memory over time</h2><p>Growth over the window: {}.", growths.join(", "))?;
     for (name, c) in [("anon", &r.attribution.anon), ("slab/kernel", &r.attribution.slab)] {
-        let ratio = c.coverage.map_or("n/a".to_string(), |x| format!("{:.0}%", x * 100.0));
+        let ratio = super::coverage_ratio(c);
         write!(out, " Attributed {name}: {} ({ratio}).", human_bytes(c.attributed_bytes))?;
     }
     writeln!(out, "</p>")?;

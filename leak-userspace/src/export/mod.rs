@@ -10,8 +10,19 @@ pub mod summary;
 
 use crate::{
     attribution::growth,
-    report::{Report, Sample},
+    report::{Coverage, Report, Sample},
 };
+
+/// Growth below which a coverage ratio says nothing: a few pages of noise against a few KiB make "12800%".
+const MIN_COVERAGE_GROWTH: i64 = 1 << 20;
+
+/// A coverage as a percentage; "n/a" without growth, or over a growth too small to measure sites against.
+pub fn coverage_ratio(c: &Coverage) -> String {
+    match c.coverage {
+        Some(r) if c.growth_bytes >= MIN_COVERAGE_GROWTH => format!("{:.0}%", r * 100.0),
+        _ => "n/a".to_string(),
+    }
+}
 
 /// What was traced, for titles: the container's name when there is one, else the cgroup path.
 pub fn target_name(report: &Report) -> String {
@@ -85,6 +96,19 @@ pub fn signed(n: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::human_bytes;
+
+    #[test]
+    fn coverage_of_a_tiny_growth_is_not_a_ratio() {
+        let c = |growth_bytes, coverage| super::Coverage {
+            growth_bytes,
+            attributed_bytes: 0,
+            coverage,
+            unexplained_bytes: 0,
+        };
+        assert_eq!(super::coverage_ratio(&c(8192, Some(128.0))), "n/a");
+        assert_eq!(super::coverage_ratio(&c(64 << 20, Some(0.97))), "97%");
+        assert_eq!(super::coverage_ratio(&c(0, None)), "n/a");
+    }
 
     #[test]
     fn human_bytes_units() {

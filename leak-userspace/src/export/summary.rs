@@ -36,6 +36,9 @@ fn write_summary(out: &mut String, r: &Report) -> std::fmt::Result {
     for line in r.verdict.evidence.iter().take(TOP_EVIDENCE) {
         writeln!(out, "  - {line}")?;
     }
+    for line in &r.verdict.recommendations {
+        writeln!(out, "  > {line}")?;
+    }
     let limit = r.memory.limit_bytes.map_or("none".to_string(), |l| human_bytes(clamp(l)));
     writeln!(
         out,
@@ -108,7 +111,7 @@ pub(crate) fn site_line(site: &Site) -> String {
 }
 
 fn coverage(c: &Coverage) -> String {
-    let ratio = c.coverage.map_or("n/a".to_string(), |r| format!("{:.0}%", r * 100.0));
+    let ratio = crate::export::coverage_ratio(c);
     format!(
         "{} of {} ({ratio}, unexplained {})",
         human_bytes(c.attributed_bytes),
