@@ -216,7 +216,7 @@ async fn event_loop(
 
 fn write_outputs(dir: &Path, report: &report::Report) -> Result<()> {
     report::write_json(dir, report).with_context(|| format!("cannot write report.json into {}", dir.display()))?;
-    export::folded::write_folded(dir, &report.sites)
+    export::folded::write_folded(dir, &export::lead_sites(report).0)
         .with_context(|| format!("cannot write stacks.folded into {}", dir.display()))?;
     export::pprof::write_pprof(dir, report)
         .with_context(|| format!("cannot write profile.pb.gz into {}", dir.display()))?;

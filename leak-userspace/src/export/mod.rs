@@ -8,10 +8,30 @@ pub mod html;
 pub mod pprof;
 pub mod summary;
 
+use std::borrow::Cow;
+
 use crate::{
     attribution::growth,
-    report::{Coverage, Report, Sample},
+    report::{Coverage, Frame, Report, Sample, Site},
 };
+
+/// The sites the outputs lead with, and the OOM kill they are of (1-based; `None`: the end of the window). When the
+/// workload died at its last kill and the end holds (almost) nothing, an empty end state would hide the incident:
+/// the outputs show what the victim held just before that kill, each stack under a root frame that says so.
+pub fn lead_sites(report: &Report) -> (Cow<'_, [Site]>, Option<usize>) {
+    let held = |sites: &[Site]| sites.iter().map(|s| s.outstanding_bytes.max(0)).sum::<i64>();
+    let Some(kill) = report.oom_kills.last().filter(|k| held(&report.sites) * 10 < held(&k.sites_before_kill)) else {
+        return (Cow::Borrowed(&report.sites), None);
+    };
+    let n = report.oom_kills.len();
+    let marker =
+        Frame { symbol: Some(format!("[held before OOM kill {n} at t={:.1} s]", kill.t)), ..Frame::unknown(0, false) };
+    let sites = kill.sites_before_kill.iter().cloned().map(|mut s| {
+        s.frames.push(marker.clone());
+        s
+    });
+    (Cow::Owned(sites.collect()), Some(n))
+}
 
 /// Growth below which a coverage ratio says nothing: a few pages of noise against a few KiB make "12800%".
 const MIN_COVERAGE_GROWTH: i64 = 1 << 20;
