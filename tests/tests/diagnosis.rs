@@ -332,3 +332,17 @@ fn tmpfs_files_kept_are_shmem_growth_not_cache() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn socket_buffers_nobody_reads_are_a_kernel_leak_naming_the_writer() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let _one = serial();
+    // 16 MiB/s queued on unix socket pairs whose readers never read, for 7 s.
+    let run = diagnose("sockets", 256 * MIB, 8, "0.25", workload("socket_backlog", &["16", "7", "60"])?)?;
+    run.expect("kernel-leak", 0.6, &["socket buffers", "sent by unix_stream_sendmsg"])?;
+    let text = run.evidence();
+    ensure!(text.contains("open_upstream") || text.contains("send_reply"), "the writer is not named:\n{text}");
+    Ok(())
+}

@@ -96,6 +96,7 @@ pub const CATEGORIES: &[(&str, &str)] = &[
     ("shmem", "bytes"),
     ("rss_anon", "bytes"),
     ("tasks", "tasks"),
+    ("kernel_sites", "bytes"),
 ];
 
 /// A sample's value for a category name of [`CATEGORIES`]. `kernel` falls back to `slab` where the cgroup has no
@@ -111,6 +112,8 @@ pub fn value(s: &Sample, name: &str) -> Option<u64> {
         "shmem" => s.shmem,
         "rss_anon" => s.rss_anon,
         "tasks" => s.pids,
+        // What the traced kernel-side sites hold, charged to the memcg or not (v1 charges no socket buffers).
+        "kernel_sites" => s.sites.map(|t| (t.slab + t.page + t.percpu + t.other).max(0) as u64),
         _ => None,
     }
 }

@@ -119,10 +119,18 @@ impl<'a> Facts<'a> {
         // shmem (tmpfs, shared memory) is counted in file but cannot be reclaimed: when it carries most of the
         // file growth it is a class of its own, kills or not.
         let shmem = self.grows("shmem") && self.change("shmem") >= 0.5 * self.change("file");
-        let largest = [("anon", anon), ("kernel", kernel), ("shmem", shmem), ("file", file && kills == 0 && !shmem)]
+        // Socket buffers (v2 `sock`) are kernel memory outside the `kernel` figure.
+        let sock = self.grows("sock");
+        let change = |name: &str| match name {
+            "kernel" => self.change("kernel").max(self.change("sock")),
+            _ => self.change(name),
+        };
+        let candidates =
+            [("anon", anon), ("kernel", kernel || sock), ("shmem", shmem), ("file", file && kills == 0 && !shmem)];
+        let largest = candidates
             .into_iter()
             .filter(|(_, grows)| *grows)
-            .max_by(|a, b| self.change(a.0).total_cmp(&self.change(b.0)))
+            .max_by(|a, b| change(a.0).total_cmp(&change(b.0)))
             .map(|(name, _)| name);
         if tasks && (usage || kernel || anon) {
             self.thread_leak()
@@ -134,6 +142,8 @@ impl<'a> Facts<'a> {
             self.shmem_growth()
         } else if largest == Some("file") {
             self.cache_growth(false)
+        } else if kills == 0 && self.uncharged_socket_buffers() {
+            self.uncharged_kernel_leak()
         } else if kills == 1 && self.grew_before_kill().is_some() {
             self.one_kill_after_growth()
         } else if kills > 0 {
@@ -179,18 +189,47 @@ impl<'a> Facts<'a> {
     }
 
     fn kernel_leak(&self) -> (&'static str, f64, Vec<String>) {
-        let mut ev = vec![self.line("kernel")];
+        let lead = if self.grows("kernel") { "kernel" } else { "sock" };
+        let mut ev = vec![self.line(lead)];
         for name in ["kernel_stack", "sock"] {
-            if self.grows(name) {
+            if self.grows(name) && name != lead {
                 ev.push(self.line(name));
             }
+        }
+        if self.grows("sock") || self.kernel_sites().take(3).any(|s| sender(s).is_some()) {
+            ev.push(
+                "socket buffers grow: data queued on sockets that nobody reads (or a peer that stopped reading)".into(),
+            );
         }
         ev.push(format!("anon meanwhile: {}", self.line("anon")));
         ev.push(format!("tasks: {}", self.line("tasks")));
         ev.extend(self.top_sites(&self.r.sites, &["slab", "page", "percpu"]));
         ev.push(coverage_line("kernel memory", &self.r.attribution.slab));
         ev.extend(self.kills_line());
-        ("kernel-leak", 0.5 + 0.45 * self.strength("kernel"), ev)
+        ("kernel-leak", 0.5 + 0.45 * self.strength(lead), ev)
+    }
+
+    /// Kernel-side sites that send on sockets grow steadily while none of the cgroup's figures does: buffers the
+    /// memcg does not charge (cgroup v1 charges only TCP's, to kmem.tcp).
+    fn uncharged_socket_buffers(&self) -> bool {
+        self.grows("kernel_sites") && self.kernel_sites().take(3).any(|s| sender(s).is_some())
+    }
+
+    fn kernel_sites(&self) -> impl Iterator<Item = &Site> + '_ {
+        self.r.sites.iter().filter(|s| s.kind != "anon" && s.outstanding_bytes > 0)
+    }
+
+    fn uncharged_kernel_leak(&self) -> (&'static str, f64, Vec<String>) {
+        let mut ev = vec![format!("traced kernel-side sites: {}", self.line("kernel_sites"))];
+        ev.push(format!(
+            "the cgroup does not count them ({}; usage: {}): socket buffers outside its limit, taken from the \
+             host's memory (cgroup v1 charges none but TCP's, to memory.kmem.tcp)",
+            self.line("kernel"),
+            self.line("usage")
+        ));
+        ev.push("socket buffers queued on sockets that nobody reads".into());
+        ev.extend(self.top_sites(&self.r.sites, &["slab", "page", "other"]));
+        ("kernel-leak", 0.45 + 0.4 * self.strength("kernel_sites"), ev)
     }
 
     fn heap_leak(&self) -> (&'static str, f64, Vec<String>) {
@@ -441,6 +480,11 @@ impl<'a> Facts<'a> {
                     Some(k) if s.kind != "anon" => format!(", in the kernel via {k}"),
                     _ => String::new(),
                 };
+                let sent = match sender(s) {
+                    Some(f) if !kernel.ends_with(f) => format!(", sent by {f}"),
+                    _ => String::new(),
+                };
+                let kernel = kernel + &sent;
                 let chain = named_frames(s, false);
                 let user = if chain.is_empty() {
                     String::new()
@@ -624,6 +668,13 @@ fn signal_name(sig: i32) -> String {
         Some(n) => n.to_string(),
         None => format!("signal {sig}"),
     }
+}
+
+/// The kernel's send function in a site's stack (`unix_stream_sendmsg`, `tcp_sendmsg`, `sock_alloc_send_pskb`).
+fn sender(site: &Site) -> Option<&str> {
+    let names = named_frames(site, true);
+    let protocol = names.iter().find(|f| f.ends_with("sendmsg"));
+    protocol.or_else(|| names.iter().find(|f| f.starts_with("sock_alloc_send"))).copied()
 }
 
 /// Who the memory belongs to: application code, a language runtime, the C allocator, or the kernel.

@@ -284,6 +284,21 @@ fn tmpfs_growth_is_shmem_not_cache() {
 }
 
 #[test]
+fn socket_buffers_of_v2_are_a_kernel_leak() {
+    let v = judged(
+        series(30, |i, s| {
+            s.sock = Some(4 * i as u64 * MIB);
+            s.usage = 25 * MIB + 4 * i as u64 * MIB;
+        }),
+        vec![],
+        0,
+    );
+    assert_eq!(v.class, "kernel-leak");
+    has(&v, "sock 12.0 MiB -> 116.0 MiB");
+    has(&v, "socket buffers grow");
+}
+
+#[test]
 fn cache_with_its_kernel_metadata_is_cache() {
     let v = judged(
         series(30, |i, s| {
