@@ -150,10 +150,8 @@ impl<'a> Facts<'a> {
             self.killed_without_trend()
         } else if deaths > 0 && near < PLATEAU_SHARE && !usage {
             self.not_memory()
-        } else if near >= PLATEAU_SHARE {
-            let last = self.r.memory.samples.last();
-            let file_share = last.and_then(|s| Some(s.file? as f64 / s.usage.max(1) as f64)).unwrap_or(0.0);
-            if file_share >= 0.5 {
+        } else if near >= PLATEAU_SHARE || (usage && self.cache_at_limit()) {
+            if self.cache_at_limit() {
                 self.cache_growth(true)
             } else {
                 self.plateau_near_limit()
@@ -329,6 +327,15 @@ impl<'a> Facts<'a> {
         ev.push("the workload builds the same working set each life and it does not fit: raise the limit (or shrink the working set); a leak fast enough to fill the limit within one sampling interval would look the same".into());
         let confidence = (0.4 + 0.15 * kills.len() as f64).min(0.85);
         ("limit-too-low", confidence, ev)
+    }
+
+    /// Page cache that filled the limit and is reclaimed there: the last sample near the limit, file most of it,
+    /// no OOM kill. Its fill may have taken most of the window, so the share of samples near the limit can be small.
+    fn cache_at_limit(&self) -> bool {
+        let Some(last) = self.r.memory.samples.iter().rev().find(|s| s.processes != Some(0)) else { return false };
+        let limit = last.limit.or(self.r.memory.limit_bytes).unwrap_or(u64::MAX);
+        let file_share = last.file.map_or(0.0, |f| f as f64 / last.usage.max(1) as f64);
+        self.r.oom_kills.is_empty() && last.usage as f64 > growth::NEAR_LIMIT * limit as f64 && file_share >= 0.5
     }
 
     /// Deaths other than OOM kills.

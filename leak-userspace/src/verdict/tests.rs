@@ -284,6 +284,21 @@ fn tmpfs_growth_is_shmem_not_cache() {
 }
 
 #[test]
+fn cache_that_filled_the_limit_late_in_the_window_is_cache() {
+    // Reclaim holds file at the limit after 20 s of filling it: few samples near the limit, file's trend unsteady.
+    let v = judged(
+        series(30, |i, s| {
+            s.limit = Some(128 * MIB);
+            s.file = Some(if i < 20 { 5 * i as u64 * MIB } else { 110 * MIB - (i as u64 % 3) * 4 * MIB });
+            s.usage = s.file.unwrap() + 14 * MIB;
+        }),
+        vec![],
+        0,
+    );
+    assert_eq!(v.class, "cache-growth");
+}
+
+#[test]
 fn socket_buffers_of_v2_are_a_kernel_leak() {
     let v = judged(
         series(30, |i, s| {
