@@ -243,6 +243,67 @@ pub struct OomEvent {
     pub trigger_comm: [u8; COMM_LEN],
 }
 
+/// Sent through the `EXITS` ring buffer when a process of the target ends (its main thread exits) in a way worth a
+/// line of its own: by a signal, or with a non-zero status after living at least [`EXIT_MIN_LIFE_NS`]. Every other
+/// exit is only counted (`exit_count`), so a cgroup that runs thousands of short commands cannot flood userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExitEvent {
+    pub ktime_ns: u64,
+    /// When the process started (`task_struct.start_time`, the same clock as `ktime_ns`).
+    pub start_ns: u64,
+    pub pid: u32,
+    /// `task_struct.exit_code`: the killing signal in the low 7 bits (0x80: core dumped), else the status << 8.
+    pub exit_code: u32,
+    /// The last fatal signal sent to the process before it died (0: none seen), and who sent it.
+    pub signal: u32,
+    pub sender_pid: u32,
+    /// 1 when the sender sits in the target itself (a fault's signal, a parent killing its child).
+    pub sender_in_target: u32,
+    /// 1 when the OOM killer had chosen the process (`oom:mark_victim`).
+    pub oom_victim: u32,
+    pub comm: [u8; COMM_LEN],
+    pub sender_comm: [u8; COMM_LEN],
+}
+
+/// A fatal signal sent to a process of the target, kept by the receiving process's pid until it exits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SignalSent {
+    pub signal: u32,
+    pub sender_pid: u32,
+    pub sender_in_target: u32,
+    pub _pad: u32,
+    pub sender_comm: [u8; COMM_LEN],
+}
+
+/// Non-zero exits of processes younger than this are counted, not sent: a failing helper command is no death of
+/// the service.
+pub const EXIT_MIN_LIFE_NS: u64 = 1_000_000_000;
+
+/// Indices into the per-CPU `EXIT_COUNTS` array: exits counted but not sent, and exits lost to a full ring buffer.
+pub mod exit_count {
+    pub const UNRECORDED: u32 = 0;
+    pub const DROPPED: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+/// `task_struct` offsets the exit and signal programs read, from BTF (a global of its own beside [`Config`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitConfig {
+    pub task_exit_code: u32,
+    pub task_start_time: u32,
+    pub task_tgid: u32,
+    pub _pad: u32,
+}
+
+impl ExitConfig {
+    pub const fn unset() -> Self {
+        ExitConfig { task_exit_code: OFFSET_NONE, task_start_time: OFFSET_NONE, task_tgid: OFFSET_NONE, _pad: 0 }
+    }
+}
+
 /// Indices into the per-CPU `COUNTERS` array: everything the kernel side could not record, and what it kept.
 pub mod counter {
     pub const KSTACK_COLLISION: u32 = 0;
@@ -300,6 +361,9 @@ pub mod arg {
     pub const MEMCG: usize = 0;
     pub const MEMCG_ITEM: usize = 1;
     pub const MEMCG_VAL: usize = 2;
+    /// signal_generate (int sig, struct kernel_siginfo *info, struct task_struct *task, int group, int result)
+    pub const SIGNAL_SIG: usize = 0;
+    pub const SIGNAL_TASK: usize = 2;
 }
 
 /// Everything the programs need to know about this kernel, discovered by userspace and set as one global before
@@ -494,4 +558,7 @@ mod pod {
     unsafe impl aya::Pod for OomEvent {}
     unsafe impl aya::Pod for StackSample {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for ExitEvent {}
+    unsafe impl aya::Pod for SignalSent {}
+    unsafe impl aya::Pod for ExitConfig {}
 }

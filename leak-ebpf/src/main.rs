@@ -34,7 +34,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use leak_common::{
-    arg, counter, kind, regs, Config, LiveAlloc, OomEvent, PendingPage, SiteCounters, SiteKey, StackSample,
+    arg, counter, exit_count, kind, regs, Config, ExitConfig, ExitEvent, LiveAlloc, OomEvent, PendingPage,
+    SignalSent, SiteCounters, SiteKey, StackSample, EXIT_MIN_LIFE_NS,
     CACHE_KMALLOC_BIT, CACHE_NAME_LEN, COMM_LEN, FNV_OFFSET, OFFSET_NONE, PENDING_UNSAMPLED, STACK_OVERFLOW_BIT,
     STACK_SAMPLE_FULL, USTACK_CHUNK, USTACK_MAX_CHUNKS,
 };
@@ -162,8 +163,13 @@ unsafe fn read_ptr(base: *const u8, offset: u32) -> Option<*const u8> {
 /// `bpf_get_current_cgroup_id`, which only knows the v2 hierarchy.
 #[inline(always)]
 fn current_memcg() -> Option<u64> {
+    task_memcg(unsafe { bpf_get_current_task() } as *const u8)
+}
+
+/// The memory cgroup id of any task (see `current_memcg`).
+#[inline(always)]
+fn task_memcg(task: *const u8) -> Option<u64> {
     unsafe {
-        let task = bpf_get_current_task() as *const u8;
         let css_set = read_ptr(task, cfg(&CONFIG.task_cgroups))?;
         let css = read_ptr(css_set, cfg(&CONFIG.css_set_memory_subsys))?;
         cgroup_id(read_ptr(css, cfg(&CONFIG.css_cgroup))?)
@@ -798,6 +804,121 @@ fn mark_victim(ctx: &TracePointContext) -> Option<()> {
         let _ = unsafe { bpf_probe_read_kernel_str_bytes(src, &mut ev.victim_comm) };
     }
     entry.write(ev);
+    entry.submit(0);
+    Some(())
+}
+
+/// task_struct offsets of the exit and signal programs, discovered by userspace like `CONFIG`.
+#[no_mangle]
+static EXIT_CONFIG: ExitConfig = ExitConfig::unset();
+
+/// The last fatal signal sent to each process of the target (by pid), waiting for its exit to name the sender.
+#[map]
+static SIGNALS: LruHashMap<u32, SignalSent> = LruHashMap::with_max_entries(1024, 0);
+
+#[map]
+static EXITS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+
+#[map]
+static EXIT_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(exit_count::COUNT, 0);
+
+/// Signals whose default action ends a process: HUP INT QUIT ILL TRAP ABRT BUS FPE KILL USR1 SEGV USR2 PIPE TERM
+/// XCPU XFSZ SYS. The timer, profiling and I/O signals that runtimes take by the thousand are left out: they kill
+/// nobody in practice, and each would cost a map update.
+const FATAL_SIGNALS: u64 = signal_mask(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15, 24, 25, 31]);
+
+const fn signal_mask(signals: &[u32]) -> u64 {
+    let mut mask = 0u64;
+    let mut i = 0;
+    while i < signals.len() {
+        mask |= 1 << signals[i];
+        i += 1;
+    }
+    mask
+}
+
+#[inline(always)]
+fn count_exit(idx: u32) {
+    if let Some(p) = EXIT_COUNTS.get_ptr_mut(idx) {
+        unsafe { *p = (*p).wrapping_add(1) };
+    }
+}
+
+/// Every signal of the machine passes here; only fatal ones to the target's tasks are kept, with their sender
+/// (the current task).
+#[raw_tracepoint(tracepoint = "signal_generate")]
+pub fn lt_signal_generate(ctx: RawTracePointContext) -> i32 {
+    if floor() {
+        return 0;
+    }
+    let _ = signal_generate(&ctx);
+    0
+}
+
+fn signal_generate(ctx: &RawTracePointContext) -> Option<()> {
+    let sig = tp_arg::<{ arg::SIGNAL_SIG }>(ctx) as u32;
+    if sig >= 64 || FATAL_SIGNALS & (1u64 << sig) == 0 {
+        return None;
+    }
+    let task = tp_arg::<{ arg::SIGNAL_TASK }>(ctx) as *const u8;
+    if !task_memcg(task).is_some_and(in_target) {
+        return None;
+    }
+    let pid: u32 = unsafe { read_at(task, cfg(&EXIT_CONFIG.task_tgid))? };
+    let sent = SignalSent {
+        signal: sig,
+        sender_pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        sender_in_target: target_task() as u32,
+        _pad: 0,
+        sender_comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    };
+    SIGNALS.insert(&pid, &sent, 0).ok()
+}
+
+/// A task of the machine exits (the current task). A process of the target ends with its main thread; its death
+/// goes to userspace with the last fatal signal it was sent.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn lt_process_exit(_ctx: RawTracePointContext) -> i32 {
+    if floor() {
+        return 0;
+    }
+    let _ = process_exit();
+    0
+}
+
+fn process_exit() -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid = (pid_tgid >> 32) as u32;
+    if pid != pid_tgid as u32 || !target_task() {
+        return None;
+    }
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let exit_code: u32 = unsafe { read_at(task, cfg(&EXIT_CONFIG.task_exit_code))? };
+    let start_ns: u64 = unsafe { read_at(task, cfg(&EXIT_CONFIG.task_start_time)) }.unwrap_or(0);
+    let now = unsafe { bpf_ktime_get_ns() };
+    let sent = unsafe { SIGNALS.get(&pid) }.copied();
+    let _ = SIGNALS.remove(&pid);
+    if exit_code & 0x7f == 0 && (exit_code == 0 || now.saturating_sub(start_ns) < EXIT_MIN_LIFE_NS) {
+        count_exit(exit_count::UNRECORDED);
+        return None;
+    }
+    let Some(mut entry) = EXITS.reserve::<ExitEvent>(0) else {
+        count_exit(exit_count::DROPPED);
+        return None;
+    };
+    let sent = sent.unwrap_or_default();
+    entry.write(ExitEvent {
+        ktime_ns: now,
+        start_ns,
+        pid,
+        exit_code,
+        signal: sent.signal,
+        sender_pid: sent.sender_pid,
+        sender_in_target: sent.sender_in_target,
+        oom_victim: unsafe { VICTIMS.get(&pid).is_some() } as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        sender_comm: sent.sender_comm,
+    });
     entry.submit(0);
     Some(())
 }

@@ -24,6 +24,8 @@ pub struct Live {
     last_events: Option<(Instant, u64)>,
     /// Follower notes already printed.
     notes_shown: usize,
+    /// Decimals of `t=`: one when the interval is under a second, so consecutive lines do not repeat a time.
+    decimals: usize,
 }
 
 enum Style {
@@ -37,6 +39,7 @@ enum Style {
 #[derive(Debug, Default)]
 struct View<'a> {
     t: f64,
+    decimals: usize,
     usage: Option<u64>,
     limit: Option<u64>,
     /// (name, latest value, bytes per second over the trend window).
@@ -49,13 +52,13 @@ struct View<'a> {
 }
 
 impl Live {
-    pub fn new(quiet: bool) -> Self {
+    pub fn new(quiet: bool, interval: f64) -> Self {
         let style = match (quiet, std::io::stderr().is_terminal()) {
             (true, _) => Style::Off,
             (false, true) => Style::Screen(0),
             (false, false) => Style::Lines,
         };
-        Live { style, last_events: None, notes_shown: 0 }
+        Live { style, last_events: None, notes_shown: 0, decimals: usize::from(interval < 1.0) }
     }
 
     /// One refresh, after the collector's tick. Failing to read a map only leaves a figure out.
@@ -84,6 +87,7 @@ impl Live {
         let last = samples.last();
         let view = View {
             t: last.map_or(0.0, |s| s.t),
+            decimals: self.decimals,
             usage: last.map(|s| s.usage),
             limit: collector.limit(),
             trend: vec![
@@ -174,7 +178,8 @@ fn kills_text(v: &View) -> String {
 
 fn plain_line(v: &View) -> String {
     let mut line = format!(
-        "leaktrace: t={:.0}s usage {} | {} | {} | {}",
+        "leaktrace: t={:.*}s usage {} | {} | {} | {}",
+        v.decimals,
         v.t,
         usage_text(v),
         trend_text(v),
@@ -189,7 +194,7 @@ fn plain_line(v: &View) -> String {
 
 fn screen_lines(v: &View) -> Vec<String> {
     let mut lines = vec![
-        format!("leaktrace  t={:.0}s  usage {}  {}", v.t, usage_text(v), kills_text(v)),
+        format!("leaktrace  t={:.*}s  usage {}  {}", v.decimals, v.t, usage_text(v), kills_text(v)),
         format!("  {}", trend_text(v)),
         format!("  {}", tracer_text(v)),
     ];
@@ -237,6 +242,7 @@ mod tests {
     fn view(sites: &[Site]) -> View<'_> {
         View {
             t: 12.2,
+            decimals: 0,
             usage: Some(48 << 20),
             limit: Some(64 << 20),
             trend: vec![
@@ -262,6 +268,8 @@ mod tests {
              | OOM kills 2, restarts followed 2 | events 12345/s, lost 0 | top: anon 40.0 MiB grow_cache [leaker]"
         );
         assert!(!line.contains('\n'));
+        let fine = View { decimals: 1, ..view(&sites) };
+        assert!(plain_line(&fine).starts_with("leaktrace: t=12.2s usage"), "an interval under a second");
     }
 
     #[test]

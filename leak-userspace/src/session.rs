@@ -140,6 +140,9 @@ async fn event_loop(
         ),
         None => None,
     };
+    // SAFETY: as for `events`.
+    let mut exits = unsafe { AsyncFd::register_with_interest(probes.take_exits()?, Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("cannot watch the exit ring buffer: {e}"))?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(args.interval));
@@ -150,7 +153,7 @@ async fn event_loop(
     // A far deadline stands for "no duration": simpler than an optional branch.
     let mut deadline = Instant::now() + Duration::from_secs_f64(args.duration.unwrap_or(366.0 * 86400.0));
     let mut reason = "duration elapsed".to_string();
-    let mut live = crate::live::Live::new(args.quiet);
+    let mut live = crate::live::Live::new(args.quiet, args.interval);
     // A signal that came while attaching (before the handlers above existed) ends the window at once.
     if let Some(signal) = stop.received() {
         reason = if signal == "SIGINT" {
@@ -185,6 +188,13 @@ async fn event_loop(
                     }
                 }
             }
+            guard = exits.readable_mut() => {
+                let mut guard = guard?;
+                while let Some(item) = guard.get_inner_mut().next() {
+                    collector.exit_event(&item);
+                }
+                guard.clear_ready();
+            }
             guard = async {
                 match &ustacks {
                     Some(fd) => fd.readable().await,
@@ -201,17 +211,20 @@ async fn event_loop(
             _ = sleep_until(deadline) => break,
         }
     }
-    // Events already in the ring buffer belong to this window.
+    // Events already in the ring buffers belong to this window.
     while let Some(item) = events.get_mut().next() {
         let bytes = item.to_vec();
         collector.oom_event(probes, &bytes)?;
+    }
+    while let Some(item) = exits.get_mut().next() {
+        collector.exit_event(&item);
     }
     Ok(reason)
 }
 
 fn write_outputs(dir: &Path, report: &report::Report) -> Result<()> {
     report::write_json(dir, report).with_context(|| format!("cannot write report.json into {}", dir.display()))?;
-    export::folded::write_folded(dir, &report.sites)
+    export::folded::write_folded(dir, &export::lead_sites(report).0)
         .with_context(|| format!("cannot write stacks.folded into {}", dir.display()))?;
     export::pprof::write_pprof(dir, report)
         .with_context(|| format!("cannot write profile.pb.gz into {}", dir.display()))?;

@@ -75,6 +75,10 @@ where
             let skip = tracing_frames(&kernel);
             frames.extend(kernel.into_iter().skip(skip));
         }
+        // Pages the slab allocator takes for a cache hold objects that are sites of their own: counted once.
+        if matches!(key.kind, kind::PAGE | kind::OTHER) && frames.iter().any(backs_slab) {
+            continue;
+        }
         frames.extend(user_frames(stacks, resolver, key));
         let slab_cache = cache_name(key.cache, caches);
         let identity = MergeKey {
@@ -285,6 +289,14 @@ fn stack_of<S: StackSource + ?Sized>(stacks: &S, id: i32) -> Option<Vec<u64>> {
         return None;
     }
     stacks.stack(id)
+}
+
+/// A kernel frame of the slab allocator getting a new slab page (`allocate_slab`, `new_slab`, `alloc_slab_page`,
+/// compiler suffixes such as `.isra.0` aside).
+fn backs_slab(frame: &Frame) -> bool {
+    let name = frame.symbol.as_deref().unwrap_or("");
+    let base = name.split('.').next().unwrap_or(name);
+    frame.kernel && matches!(base, "allocate_slab" | "new_slab" | "alloc_slab_page")
 }
 
 fn labels(frames: &[Frame]) -> impl Iterator<Item = &str> {

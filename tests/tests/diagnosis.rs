@@ -88,6 +88,9 @@ fn diagnose_with(
     let run = Diagnosed { report, workload: child, _memcg: memcg, _dir: dir };
     // Shown with --nocapture: the figures the issue note quotes.
     eprintln!("{name}: verdict {} ({})\n  {}", run.class(), run.confidence(), run.evidence().replace('\n', "\n  "));
+    for line in items(&run.report["verdict"]["recommendations"]).iter().filter_map(Value::as_str) {
+        eprintln!("  > {line}");
+    }
     eprintln!("{name}: growth {}", run.report["growth"]);
     Ok(run)
 }
@@ -175,6 +178,15 @@ fn limit_too_low_plateau_verdict() -> Result<()> {
     let run = diagnose("plateau", 64 * MIB, 6, "0.25", workload("working_set", &["58", "60"])?)?;
     run.expect("limit-too-low", 0.7, &["of the 64.0 MiB limit", "usage flat"])?;
     ensure!(oom_kills(&run).is_empty(), "it fits: no kill expected, got {}", run.report["oom_kills"]);
+    // The recommended limit: the 58 MiB working set plus 20 %, within 10 %.
+    let recommendations = items(&run.report["verdict"]["recommendations"]);
+    let first = recommendations.first().and_then(Value::as_str).context("no recommendation")?;
+    let bytes: f64 = first
+        .split_once(" bytes")
+        .and_then(|(head, _)| head.rsplit('(').next()?.parse().ok())
+        .with_context(|| format!("no limit in bytes in {first:?}"))?;
+    let want = 58.0 * 1.2 * MIB as f64;
+    ensure!((bytes - want).abs() <= 0.1 * want, "recommended {bytes} bytes, want {want} +-10%: {first}");
     Ok(())
 }
 
@@ -232,5 +244,105 @@ fn restart_loop_killed_while_building_its_working_set_is_limit_too_low() -> Resu
     let run = diagnose_with("restart-ws", 48 * MIB, 8, "0.5", |m| restart_loop(m, "working_set", "80 30", "0.5"))?;
     run.expect("limit-too-low", 0.7, &["OOM kill(s)", "no growth trend within a life"])?;
     ensure!(oom_kills(&run).len() >= 3, "{} kills: {}", oom_kills(&run).len(), run.report["oom_kills"]);
+    Ok(())
+}
+
+/// A supervisor outside the memcg (tests/workloads/supervisor.c), as a runtime or a watchdog is: it runs
+/// `program args` in the memcg, SIGKILLs it every `kill_every` seconds ("0": never) and starts it again whenever it
+/// died.
+fn supervised(memcg: &Memcg, kill_every: &str, program: &str, args: &[&str]) -> Result<Child> {
+    let mut cmd = Command::new(build_workload("supervisor")?);
+    cmd.arg(memcg.path().join("cgroup.procs")).args([kill_every, "120"]).arg(build_workload(program)?).args(args);
+    cmd.spawn().context("cannot start the supervisor")
+}
+
+fn exits(run: &Diagnosed) -> &[Value] {
+    items(&run.report["exits"])
+}
+
+#[test]
+fn steady_service_killed_from_outside_is_not_memory_naming_the_sender() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let _one = serial();
+    // 32 MiB, flat, under a 256 MiB limit; the supervisor SIGKILLs it every 2 s and starts it again.
+    let run = diagnose_with("killed", 256 * MIB, 9, "0.25", |m| supervised(m, "2", "steady_service", &["32", "60"]))?;
+    run.expect(
+        "not-memory",
+        0.8,
+        &["by SIGKILL sent by pid", "(supervisor) from outside the cgroup", "memory was no cause: no OOM kill"],
+    )?;
+    let kills: Vec<&Value> = exits(&run).iter().filter(|e| e["cause"] == "signal").collect();
+    ensure!(kills.len() >= 3, "{} kills in exits: {}", kills.len(), run.report["exits"]);
+    for e in kills {
+        ensure!(e["signal"] == 9 && e["exit_code"] == 137, "{e}");
+        ensure!(e["comm"] == "steady_service" && e["sender_comm"] == "supervisor", "{e}");
+    }
+    ensure!(oom_kills(&run).is_empty(), "no OOM kill expected: {}", run.report["oom_kills"]);
+    Ok(())
+}
+
+#[test]
+fn crashing_service_is_not_memory_naming_the_signal() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let _one = serial();
+    // Crashes 2 s into each life; the supervisor never kills, only restarts.
+    let run =
+        diagnose_with("crash", 256 * MIB, 8, "0.25", |m| supervised(m, "0", "steady_service", &["32", "60", "2"]))?;
+    run.expect("not-memory", 0.7, &["by SIGSEGV raised by the process itself (a crash)", "memory was no cause"])?;
+    let crash = exits(&run).first().context("no exits")?;
+    ensure!(crash["cause"] == "signal" && crash["signal"] == 11, "{crash}");
+    ensure!(crash["sender_pid"] == crash["pid"], "a fault is raised by the process itself: {crash}");
+    Ok(())
+}
+
+#[test]
+fn service_stopping_itself_at_its_own_limit_after_growth_is_a_leak() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let _one = serial();
+    // 16 MiB/s until its 96 MiB address-space limit refuses a malloc (~6 s), then exit status 3; the memcg's 256
+    // MiB are never reached.
+    let run = diagnose("self-limit", 256 * MIB, 9, "0.25", workload("bounded_heap", &["16", "96"])?)?;
+    run.expect("heap-leak", 0.7, &["anon ", "death(s) by exit status 3", "dies of memory"])?;
+    let exit = exits(&run).first().context("no exits")?;
+    ensure!(exit["cause"] == "exit" && exit["exit_code"] == 3 && exit["comm"] == "bounded_heap", "{exit}");
+    ensure!(run.report["growth"]["lives"] == 2, "the exit ends the life: {}", run.report["growth"]);
+    Ok(())
+}
+
+#[test]
+fn tmpfs_files_kept_are_shmem_growth_not_cache() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let _one = serial();
+    let dir = tempfile::tempdir_in("/dev/shm").context("no tmpfs at /dev/shm")?;
+    let spool = dir.path().to_str().context("temp path is not UTF-8")?;
+    let run = diagnose("shmem", 256 * MIB, 7, "0.25", workload("tmpfs_files", &[spool, "16", "7", "60"])?)?;
+    run.expect("shmem-growth", 0.7, &["shmem ", "reclaim cannot drop it"])?;
+    let recommendations = items(&run.report["verdict"]["recommendations"]);
+    ensure!(
+        recommendations.first().and_then(Value::as_str).is_some_and(|r| r.starts_with("remove the files")),
+        "{recommendations:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn socket_buffers_nobody_reads_are_a_kernel_leak_naming_the_writer() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let _one = serial();
+    // 16 MiB/s queued on unix socket pairs whose readers never read, for 7 s.
+    let run = diagnose("sockets", 256 * MIB, 8, "0.25", workload("socket_backlog", &["16", "7", "60"])?)?;
+    run.expect("kernel-leak", 0.6, &["socket buffers", "sent by unix_stream_sendmsg"])?;
+    let text = run.evidence();
+    ensure!(text.contains("open_upstream") || text.contains("send_reply"), "the writer is not named:\n{text}");
     Ok(())
 }

@@ -129,10 +129,17 @@ fn docker_parent_cgroups() -> Vec<PathBuf> {
 
 /// oom_leak built static, so it runs in an image that has no libc.
 fn static_leaker(dir: &Path) -> Result<PathBuf> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/oom_leak.c");
-    let exe = dir.join("oom_leak");
+    static_workload(dir, "oom_leak", &["-O1", "-g", "-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer"])
+}
+
+/// tests/workloads/<name>.c built static with `flags`.
+fn static_workload(dir: &Path, name: &str, flags: &[&str]) -> Result<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("workloads/{name}.c"));
+    let exe = dir.join(name);
     let out = Command::new("gcc")
-        .args(["-static", "-O1", "-g", "-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer", "-o"])
+        .arg("-static")
+        .args(flags)
+        .arg("-o")
         .arg(&exe)
         .arg(&src)
         .arg("-lm")
@@ -219,6 +226,61 @@ fn follows_a_container_by_name_through_every_oom_kill_and_restart() -> Result<()
         ensure!((16 << 20..=40 << 20).contains(&held), "kill {i}: {held} bytes held before it, not ~32 MiB");
     }
     eprintln!("docker e2e took {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+#[test]
+fn docker_kill_of_a_container_with_a_restart_policy_is_not_memory_and_docker_agrees() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let _one_at_a_time = serial();
+    let dockerd = Dockerd::start()?;
+    let work = tempfile::tempdir()?;
+    dockerd.import_image("leaktrace-e2e-steady:1", &static_workload(work.path(), "steady_service", &["-O2", "-g"])?)?;
+    let name = format!("lt-e2e-steady-{}", std::process::id());
+    // A flat 32 MiB service far below its 256 MiB limit.
+    let run = ["run", "-d", "--name", &name, "--network", "none", "--memory", "256m", "--restart", "always"];
+    dockerd.docker(&[&run[..], &["leaktrace-e2e-steady:1", "/bin/steady_service", "32", "600"]].concat())?;
+    let out_dir = work.path().join("out");
+    let host = dockerd.host();
+    let args = ["--cgroup", &name, "--duration", "9", "--interval", "0.5", "--output"].map(OsStr::new);
+    let mut trace = Leaktrace::spawn_with_env(
+        &[&args[..], &[out_dir.as_os_str()]].concat(),
+        &[("DOCKER_HOST", OsStr::new(&host))],
+    )?;
+    trace.wait_attached(Duration::from_secs(15))?;
+    thread::sleep(Duration::from_secs(4));
+    dockerd.docker(&["kill", &name])?;
+    let out = trace.wait(Duration::from_secs(60))?;
+    ensure!(out.status.success(), "leaktrace failed: {}", describe(&out));
+    assert_nothing_attached()?;
+    let report = read_report(&out_dir)?;
+    let verdict = &report["verdict"];
+    let evidence: Vec<&str> = items(&verdict["evidence"]).iter().filter_map(|e| e.as_str()).collect();
+    eprintln!(
+        "verdict {} {}\n  {}\nexits {}",
+        verdict["class"],
+        verdict["confidence"],
+        evidence.join("\n  "),
+        report["exits"]
+    );
+    ensure!(verdict["class"] == "not-memory", "verdict {verdict}");
+    let kill = items(&report["exits"]).first().with_context(|| format!("no exits: {}", summarize(&report)))?;
+    ensure!(kill["cause"] == "signal" && kill["signal"] == 9 && kill["sender_outside"] == true, "{kill}");
+    ensure!(evidence.iter().any(|e| e.contains("by SIGKILL sent by pid")), "{evidence:?}");
+    let container = &report["target"]["container"];
+    ensure!(container["oom_killed"] == false, "Docker says it was OOM-killed: {container}");
+    // A restart (the policy) would clear the exit code; a kill that Docker takes as a manual stop keeps 137.
+    if container["restart_count"] == 0 {
+        ensure!(container["last_exit_code"] == 137, "{container}");
+        ensure!(
+            evidence
+                .iter()
+                .any(|e| e.contains("OOMKilled=false, ExitCode=137: its last run ended by a SIGKILL from outside")),
+            "{evidence:?}"
+        );
+    }
     Ok(())
 }
 

@@ -378,3 +378,39 @@ fn each_oom_kill_gets_a_flame_graph_of_what_was_held() -> Result<()> {
     ensure!(dom.contains("OOM kills") && dom.contains("OOM 1"), "report.html does not show the OOM kill");
     Ok(())
 }
+
+#[test]
+fn the_demo_report_leads_with_the_kill_and_its_flame_graph() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let _one_at_a_time = serial();
+    let dir = tempfile::tempdir()?;
+    let out_dir = dir.path().join("demo");
+    let out = run_leaktrace(&["demo", "--quiet", "--output", &out_dir.to_string_lossy()], Duration::from_secs(120))?;
+    ensure!(out.status.success(), "demo failed: {}", describe(&out));
+    let leak_fn = "demo_leak_cache_entries";
+    // Nothing is outstanding once the workload is dead: every export carries the kill's picture, and says so.
+    let folded = std::fs::read_to_string(out_dir.join("stacks.folded"))?;
+    ensure!(folded.contains(leak_fn) && folded.contains("[held_before_OOM_kill_1_at_t="), "stacks.folded:\n{folded}");
+    let top = pprof(&["-top"], &out_dir.join("profile.pb.gz"))?;
+    ensure!(top.contains(leak_fn) && !top.contains("Total samples = 0"), "pprof -top:\n{top}");
+    let svg = out_dir.join("flamegraph.svg");
+    let text = svg_text(&svg)?;
+    ensure!(text.contains("held before OOM kill 1 (nothing is outstanding") && text.contains(leak_fn), "{text}");
+    let summary = String::from_utf8_lossy(&out.stdout);
+    ensure!(summary.contains("held just before OOM kill 1"), "summary:\n{summary}");
+
+    let (dom, console) = chromium(&out_dir.join("report.html"), "--dump-dom")?;
+    ensure!(console.is_empty(), "report.html logged to the console:\n{}", console.join("\n"));
+    let encoded = run_tool(Command::new("base64").arg("-w0").arg(&svg), "base64", Duration::from_secs(10))?;
+    let encoded = String::from_utf8_lossy(&encoded.stdout).into_owned();
+    let kill_graph = dom.find("Flame graph before OOM kill 1").context("no flame graph of the kill on the page")?;
+    let graph_at = dom.find(&encoded).context("flamegraph.svg is not embedded in report.html")?;
+    let sites_at = dom.find("Top sites by outstanding bytes").context("no end-state table")?;
+    ensure!(kill_graph < graph_at && graph_at < sites_at, "the kill's graph does not lead the page");
+    ensure!(dom.find(leak_fn).is_some_and(|at| at < sites_at), "the kill's table does not name {leak_fn} first");
+    ensure!(!dom.contains("Flame graph of outstanding memory"), "an empty end state's graph is still shown");
+    eprintln!("demo summary:\n{summary}");
+    Ok(())
+}

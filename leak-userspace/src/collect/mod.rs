@@ -2,6 +2,7 @@
 //! kill, take the picture of the sites before the SIGKILL and of what grew in the last minute (the flight
 //! recorder); at the end, assemble the report.
 pub mod early;
+pub mod exits;
 pub mod flight;
 pub mod oom;
 mod retire;
@@ -13,7 +14,7 @@ use std::{
 };
 
 use anyhow::Result;
-use leak_common::{counter, kind, SiteCounters, SiteKey, USTACK_UNWOUND_BIT};
+use leak_common::{counter, exit_count, kind, SiteCounters, SiteKey, USTACK_UNWOUND_BIT};
 
 use crate::{
     attribution,
@@ -56,6 +57,9 @@ pub struct Collector {
     samples: Vec<report::Sample>,
     limit: Option<u64>,
     oom_kills: Vec<report::OomKill>,
+    exits: Vec<report::Exit>,
+    /// Deaths past `exits::MAX_EXITS`, counted only.
+    exits_over: u64,
     intervals: u64,
     early: early::EarlySites,
     flight: FlightRecorder,
@@ -90,6 +94,8 @@ impl Collector {
             samples: Vec::new(),
             limit: None,
             oom_kills: Vec::new(),
+            exits: Vec::new(),
+            exits_over: 0,
             intervals: 0,
             early: early::EarlySites::default(),
             flight: FlightRecorder::default(),
@@ -273,6 +279,16 @@ impl Collector {
         Ok(true)
     }
 
+    /// Handles one record of the exit ring buffer (the kernel side sends only the target's deaths).
+    pub fn exit_event(&mut self, bytes: &[u8]) {
+        let Some(exit) = exits::decode(bytes, self.start_ktime_ns) else { return };
+        if self.exits.len() < exits::MAX_EXITS {
+            self.exits.push(exit);
+        } else {
+            self.exits_over += 1;
+        }
+    }
+
     /// Kills after which the workload ran again: see [`count_restarts`].
     fn restarts(&self) -> u32 {
         let kills: Vec<(f64, u32)> = self.oom_kills.iter().map(|k| (k.t, k.pid)).collect();
@@ -312,8 +328,12 @@ impl Collector {
             }
             None => None,
         };
-        let kill_times: Vec<f64> = self.oom_kills.iter().map(|k| k.t).collect();
-        let growth = verdict::growth::analyse(&self.samples, &kill_times, self.limit, self.restarts());
+        let victims: Vec<(f64, u32)> = self.oom_kills.iter().map(|k| (k.t, k.pid)).collect();
+        exits::mark_oom_kills(&mut self.exits, &victims);
+        let kill_times: Vec<f64> = victims.iter().map(|v| v.0).collect();
+        let life_ends = verdict::growth::life_ends(&kill_times, &self.exits, &self.samples);
+        let growth = verdict::growth::analyse(&self.samples, &life_ends, self.limit, self.restarts());
+        let exit_counts = probes.exit_counts()?;
         let mut report = report::Report {
             schema: report::SCHEMA.to_string(),
             target: report::TargetInfo {
@@ -338,8 +358,14 @@ impl Collector {
             attribution,
             sites,
             oom_kills: self.oom_kills,
+            exits: self.exits,
             sites_early,
-            verdict: report::Verdict { class: "inconclusive".into(), confidence: 0.0, evidence: Vec::new() },
+            verdict: report::Verdict {
+                class: "inconclusive".into(),
+                confidence: 0.0,
+                evidence: Vec::new(),
+                recommendations: Vec::new(),
+            },
             growth,
             collection: report::Collection {
                 stack_collisions_kernel: c[counter::KSTACK_COLLISION as usize],
@@ -366,6 +392,8 @@ impl Collector {
                     c[counter::USTACK_RINGBUF_DROP as usize],
                     c[counter::USTACK_NESTED as usize],
                 ]),
+                exits_unrecorded: exit_counts[exit_count::UNRECORDED as usize] + self.exits_over,
+                exits_dropped: exit_counts[exit_count::DROPPED as usize],
             },
             sampling: report::Sampling::from_shift(self.sample_rate_shift, c[counter::ALLOC_EVENTS as usize]),
         };

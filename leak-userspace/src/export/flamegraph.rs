@@ -86,11 +86,16 @@ fn total(sites: &[Site]) -> String {
     human_bytes(sites.iter().map(|s| s.outstanding_bytes.max(0)).sum())
 }
 
-/// The window's flame graph.
+/// The window's flame graph: of the sites the outputs lead with (the last kill's when the end is empty).
 pub fn window_svg(report: &Report) -> Result<Vec<u8>> {
-    let title = format!("leaktrace: {}: outstanding memory by call site", target_name(report));
-    let subtitle = format!("{}, {} outstanding; root frame = kind of memory", window(report), total(&report.sites));
-    svg(&folded(&report.sites), &title, &subtitle)
+    match super::lead_sites(report) {
+        (_, Some(n)) => kill_svg(report, n, " (nothing is outstanding at the end: the workload died)"),
+        (sites, None) => {
+            let title = format!("leaktrace: {}: outstanding memory by call site", target_name(report));
+            let subtitle = format!("{}, {} outstanding; root frame = kind of memory", window(report), total(&sites));
+            svg(&folded(&sites), &title, &subtitle)
+        }
+    }
 }
 
 /// What grew from `sites_early` to the end of the window.
@@ -106,8 +111,13 @@ pub fn growth_svg(report: &Report) -> Result<Vec<u8>> {
 
 /// What was held just before OOM kill number `n` (1-based).
 pub fn oom_svg(report: &Report, n: usize) -> Result<Vec<u8>> {
+    kill_svg(report, n, "")
+}
+
+/// `oom_svg` with `note` after the title's kill number.
+fn kill_svg(report: &Report, n: usize, note: &str) -> Result<Vec<u8>> {
     let kill = &report.oom_kills[n - 1];
-    let title = format!("leaktrace: {}: held before OOM kill {n}", target_name(report));
+    let title = format!("leaktrace: {}: held before OOM kill {n}{note}", target_name(report));
     let subtitle = format!(
         "t={:.1} s, victim {} (pid {}), {} outstanding in the top sites",
         kill.t,
@@ -211,6 +221,13 @@ pub(crate) mod tests {
         report.sites.clear();
         report.target.container = None;
         report.target.cgroup_path = "/sys/fs/cgroup/a&b<c>".into();
+        // Nothing outstanding after the kill: the window's graph is the kill's.
+        let texts = xml_texts(&window_svg(&report).unwrap()).join("\n");
+        assert!(
+            texts.contains("held before OOM kill 1 (nothing is outstanding at the end") && texts.contains("grow_cache"),
+            "{texts}"
+        );
+        report.oom_kills.clear();
         let texts = xml_texts(&window_svg(&report).unwrap()).join("\n");
         assert!(texts.contains("/sys/fs/cgroup/a&b<c>") && texts.contains("no outstanding allocations"), "{texts}");
     }

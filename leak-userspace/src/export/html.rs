@@ -51,7 +51,7 @@ fn write_body(out: &mut String, r: &Report, flamegraph: &[u8], growth_svg: &[u8]
 
     let tone = match r.verdict.class.as_str() {
         "no-leak" => "ok",
-        "inconclusive" => "",
+        "inconclusive" | "not-memory" => "",
         _ => "leak",
     };
     writeln!(out, r#"<div class="verdict {tone}"><div class="class">Verdict: {}</div>"#, esc(&r.verdict.class))?;
@@ -59,27 +59,47 @@ fn write_body(out: &mut String, r: &Report, flamegraph: &[u8], growth_svg: &[u8]
     for line in &r.verdict.evidence {
         writeln!(out, "<li>{}</li>", esc(line))?;
     }
-    if let Some(top) = r.sites.first() {
+    let (lead, kill) = super::lead_sites(r);
+    if let Some(top) = lead.first() {
         let func = app_frame(top).map_or("?", |f| f.label());
+        let when = kill.map_or(String::new(), |n| format!(" just before OOM kill {n}"));
         writeln!(
             out,
-            "<li>largest site: <code>{}</code> holds {} ({})</li>",
+            "<li>largest site{when}: <code>{}</code> holds {} ({})</li>",
             esc(func),
             human_bytes(top.outstanding_bytes),
             esc(&kind_label(top))
         )?;
     }
-    writeln!(out, "</ul></div>")?;
+    writeln!(out, "</ul>")?;
+    if !r.verdict.recommendations.is_empty() {
+        writeln!(out, r#"<div class="class">What to do</div><ul class="recommendations">"#)?;
+        for line in &r.verdict.recommendations {
+            writeln!(out, "<li>{}</li>", esc(line))?;
+        }
+        writeln!(out, "</ul>")?;
+    }
+    writeln!(out, "</div>")?;
 
     let growths = super::growth_words(&r.memory.samples);
     writeln!(out, "<h2>Memory over time</h2><p>Growth over the window: {}.", growths.join(", "))?;
     for (name, c) in [("anon", &r.attribution.anon), ("slab/kernel", &r.attribution.slab)] {
-        let ratio = c.coverage.map_or("n/a".to_string(), |x| format!("{:.0}%", x * 100.0));
+        let ratio = super::coverage_ratio(c);
         write!(out, " Attributed {name}: {} ({ratio}).", human_bytes(c.attributed_bytes))?;
     }
     writeln!(out, "</p>")?;
     out.push_str(&chart(r));
 
+    if let Some(n) = kill {
+        writeln!(
+            out,
+            "<h2>Held just before OOM kill {n}</h2><p class=\"meta\">The workload died: nothing is outstanding at \
+             the end, so this report leads with what the victim held.</p>"
+        )?;
+        sites_table(out, &lead, TABLE_SITES)?;
+        writeln!(out, "<h2>Flame graph before OOM kill {n}</h2>")?;
+        frame(out, flamegraph, "flame graph before the OOM kill")?;
+    }
     writeln!(out, "<h2>Top sites by outstanding bytes</h2>")?;
     sites_table(out, &r.sites, TABLE_SITES)?;
     if r.sites.len() > TABLE_SITES {
@@ -105,12 +125,14 @@ fn write_body(out: &mut String, r: &Report, flamegraph: &[u8], growth_svg: &[u8]
         }
     }
 
-    writeln!(out, "<h2>Flame graph of outstanding memory</h2>")?;
-    frame(out, flamegraph, "flame graph of outstanding memory")?;
     // Not behind <details>: inferno's script sizes the graph to its frame when it loads, and a closed frame has
-    // no width.
-    writeln!(out, "<h2>What grew since early in the window</h2>")?;
-    frame(out, growth_svg, "growth flame graph")?;
+    // no width. An empty end state has no graph to show: the kill's stands first instead.
+    if kill.is_none() {
+        writeln!(out, "<h2>Flame graph of outstanding memory</h2>")?;
+        frame(out, flamegraph, "flame graph of outstanding memory")?;
+        writeln!(out, "<h2>What grew since early in the window</h2>")?;
+        frame(out, growth_svg, "growth flame graph")?;
+    }
 
     let lost = losses(&r.collection);
     writeln!(out, "<h2>Collection</h2><p>")?;

@@ -8,10 +8,41 @@ pub mod html;
 pub mod pprof;
 pub mod summary;
 
+use std::borrow::Cow;
+
 use crate::{
     attribution::growth,
-    report::{Report, Sample},
+    report::{Coverage, Frame, Report, Sample, Site},
 };
+
+/// The sites the outputs lead with, and the OOM kill they are of (1-based; `None`: the end of the window). When the
+/// workload died at its last kill and the end holds (almost) nothing, an empty end state would hide the incident:
+/// the outputs show what the victim held just before that kill, each stack under a root frame that says so.
+pub fn lead_sites(report: &Report) -> (Cow<'_, [Site]>, Option<usize>) {
+    let held = |sites: &[Site]| sites.iter().map(|s| s.outstanding_bytes.max(0)).sum::<i64>();
+    let Some(kill) = report.oom_kills.last().filter(|k| held(&report.sites) * 10 < held(&k.sites_before_kill)) else {
+        return (Cow::Borrowed(&report.sites), None);
+    };
+    let n = report.oom_kills.len();
+    let marker =
+        Frame { symbol: Some(format!("[held before OOM kill {n} at t={:.1} s]", kill.t)), ..Frame::unknown(0, false) };
+    let sites = kill.sites_before_kill.iter().cloned().map(|mut s| {
+        s.frames.push(marker.clone());
+        s
+    });
+    (Cow::Owned(sites.collect()), Some(n))
+}
+
+/// Growth below which a coverage ratio says nothing: a few pages of noise against a few KiB make "12800%".
+const MIN_COVERAGE_GROWTH: i64 = 1 << 20;
+
+/// A coverage as a percentage; "n/a" without growth, or over a growth too small to measure sites against.
+pub fn coverage_ratio(c: &Coverage) -> String {
+    match c.coverage {
+        Some(r) if c.growth_bytes >= MIN_COVERAGE_GROWTH => format!("{:.0}%", r * 100.0),
+        _ => "n/a".to_string(),
+    }
+}
 
 /// What was traced, for titles: the container's name when there is one, else the cgroup path.
 pub fn target_name(report: &Report) -> String {
@@ -85,6 +116,19 @@ pub fn signed(n: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::human_bytes;
+
+    #[test]
+    fn coverage_of_a_tiny_growth_is_not_a_ratio() {
+        let c = |growth_bytes, coverage| super::Coverage {
+            growth_bytes,
+            attributed_bytes: 0,
+            coverage,
+            unexplained_bytes: 0,
+        };
+        assert_eq!(super::coverage_ratio(&c(8192, Some(128.0))), "n/a");
+        assert_eq!(super::coverage_ratio(&c(64 << 20, Some(0.97))), "97%");
+        assert_eq!(super::coverage_ratio(&c(0, None)), "n/a");
+    }
 
     #[test]
     fn human_bytes_units() {

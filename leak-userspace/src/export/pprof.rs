@@ -135,9 +135,16 @@ pub fn encode(profile: &Profile) -> Vec<u8> {
 }
 
 /// Writes `profile.pb.gz` into `dir` atomically, mode 0600, with build ids read from this machine.
+/// The profile holds the sites the outputs lead with (`export::lead_sites`): the last kill's when the end is empty.
 pub fn write_pprof(dir: &Path, report: &Report) -> Result<()> {
     let mut ids = super::buildid::BuildIds::default();
-    let bytes = encode(&profile(report, |m, pids| ids.lookup(m, pids)));
+    let bytes = match super::lead_sites(report) {
+        (_, None) => encode(&profile(report, |m, pids| ids.lookup(m, pids))),
+        (sites, Some(_)) => {
+            let shown = Report { sites: sites.into_owned(), ..report.clone() };
+            encode(&profile(&shown, |m, pids| ids.lookup(m, pids)))
+        }
+    };
     crate::output::write_atomic(dir, "profile.pb.gz", &bytes)
 }
 

@@ -36,6 +36,9 @@ fn write_summary(out: &mut String, r: &Report) -> std::fmt::Result {
     for line in r.verdict.evidence.iter().take(TOP_EVIDENCE) {
         writeln!(out, "  - {line}")?;
     }
+    for line in &r.verdict.recommendations {
+        writeln!(out, "  > {line}")?;
+    }
     let limit = r.memory.limit_bytes.map_or("none".to_string(), |l| human_bytes(clamp(l)));
     writeln!(
         out,
@@ -50,11 +53,17 @@ fn write_summary(out: &mut String, r: &Report) -> std::fmt::Result {
     writeln!(out, "growth: {}", growths.join(", "))?;
     writeln!(out, "attributed: anon {}, slab/kernel {}", coverage(&r.attribution.anon), coverage(&r.attribution.slab))?;
 
-    if r.sites.is_empty() {
+    let (lead, kill) = super::lead_sites(r);
+    if lead.is_empty() {
         writeln!(out, "no allocation sites recorded")?;
     } else {
-        writeln!(out, "top sites by outstanding bytes:")?;
-        for (i, site) in r.sites.iter().take(TOP_SITES).enumerate() {
+        match kill {
+            Some(n) => {
+                writeln!(out, "held just before OOM kill {n} (the workload died: nothing is outstanding at the end):")?
+            }
+            None => writeln!(out, "top sites by outstanding bytes:")?,
+        }
+        for (i, site) in lead.iter().take(TOP_SITES).enumerate() {
             writeln!(out, "{:>3}. {}", i + 1, site_line(site))?;
         }
     }
@@ -108,7 +117,7 @@ pub(crate) fn site_line(site: &Site) -> String {
 }
 
 fn coverage(c: &Coverage) -> String {
-    let ratio = c.coverage.map_or("n/a".to_string(), |r| format!("{:.0}%", r * 100.0));
+    let ratio = crate::export::coverage_ratio(c);
     format!(
         "{} of {} ({ratio}, unexplained {})",
         human_bytes(c.attributed_bytes),
@@ -199,6 +208,9 @@ mod tests {
         r.memory.limit_bytes = None;
         r.sites.clear();
         r.target.container = None;
+        let text = summary(&r);
+        assert!(text.contains("held just before OOM kill 1 (the workload died"), "{text}");
+        r.oom_kills.clear();
         let text = summary(&r);
         assert!(text.contains("growth: usage n/a, anon n/a"), "{text}");
         assert!(text.contains("limit none"));

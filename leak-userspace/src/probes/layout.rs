@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Result};
-use leak_common::{arg, Config, ITEM_NONE, OFFSET_NONE};
+use leak_common::{arg, Config, ExitConfig, ITEM_NONE, OFFSET_NONE};
 
 use crate::kernel::{btf::KernelBtf, tracefs};
 
@@ -12,6 +12,8 @@ use crate::kernel::{btf::KernelBtf, tracefs};
 #[derive(Debug, Clone)]
 pub struct Discovery {
     pub config: Config,
+    /// The task offsets of the exit and signal programs.
+    pub exit_config: ExitConfig,
     /// The tracepoints present with everything the programs read from them.
     events: Vec<(&'static str, &'static str)>,
     /// Attribution paths that will be active, for the user and for report.json `kernel.modes`.
@@ -87,6 +89,13 @@ const RAW_EVENTS: &[RawEvent] = &[
         category: "memcg",
         event: "mod_memcg_lruvec_state",
         layouts: &[fixed(&[(arg::MEMCG, "struct mem_cgroup *"), (arg::MEMCG_ITEM, "int"), (arg::MEMCG_VAL, "int")])],
+    },
+    // The exiting task is the current one: its program reads no argument (6.16 added `bool group_dead`).
+    RawEvent { category: "sched", event: "sched_process_exit", layouts: &[fixed(&[])] },
+    RawEvent {
+        category: "signal",
+        event: "signal_generate",
+        layouts: &[fixed(&[(arg::SIGNAL_SIG, "int"), (arg::SIGNAL_TASK, "struct task_struct *")])],
     },
 ];
 
@@ -188,6 +197,7 @@ pub fn discover(exact_anon: bool, ustack_chunks: Option<u32>) -> Result<Discover
         }
     }
 
+    let exit_config = exit_offsets(&btf, &mut events, &mut degraded);
     config.item_anon_mapped = item(&btf, "node_stat_item", "NR_ANON_MAPPED");
     task_walk(&btf, &mut config)?;
     config.memcg_css = btf.member_offset("mem_cgroup", "css").unwrap_or(OFFSET_NONE);
@@ -231,6 +241,7 @@ pub fn discover(exact_anon: bool, ustack_chunks: Option<u32>) -> Result<Discover
         has("kmem", "kmem_cache_alloc") && (config.cache_alloc_has_cache == 0 || config.kmem_cache_name == OFFSET_NONE);
     let victim = has("oom", "mark_victim");
     let pages = has("kmem", "mm_page_alloc");
+    let (exits, senders) = (has("sched", "sched_process_exit"), has("signal", "signal_generate"));
     if anon_charges && exact_anon {
         config.anon_by_charge = 1;
         modes.push("memcg-anon-charges".to_string());
@@ -266,6 +277,18 @@ pub fn discover(exact_anon: bool, ustack_chunks: Option<u32>) -> Result<Discover
     } else {
         degraded.push("no oom:mark_victim: OOM kills are only counted from memory.oom_control / memory.events".into());
     }
+    if exits {
+        modes.push("exits".to_string());
+        if senders {
+            modes.push("exit-senders".to_string());
+        } else {
+            degraded.push("no signal:signal_generate: deaths by a signal do not name their sender".into());
+        }
+    } else {
+        degraded.push(
+            "no sched:sched_process_exit: deaths other than OOM kills are not recorded (exits[] stays empty)".into(),
+        );
+    }
     if pages && config.gfp_account == 0 {
         degraded.push(
             "cannot read __GFP_ACCOUNT of page allocations: page cache pages count as kernel `page` sites".into(),
@@ -274,7 +297,31 @@ pub fn discover(exact_anon: bool, ustack_chunks: Option<u32>) -> Result<Discover
     if config.oom_reaper_pid == 0 {
         degraded.push("no oom_reaper thread found: its frees count as ordinary frees".into());
     }
-    Ok(Discovery { config, events, modes, degraded })
+    Ok(Discovery { config, exit_config, events, modes, degraded })
+}
+
+/// The task_struct members the exit and signal programs read; an event whose members this BTF lacks is dropped.
+fn exit_offsets(
+    btf: &KernelBtf,
+    events: &mut Vec<(&'static str, &'static str)>,
+    degraded: &mut Vec<String>,
+) -> ExitConfig {
+    let offset = |m: &str| btf.member_offset("task_struct", m).unwrap_or(OFFSET_NONE);
+    let c = ExitConfig {
+        task_exit_code: offset("exit_code"),
+        task_start_time: offset("start_time"),
+        task_tgid: offset("tgid"),
+        _pad: 0,
+    };
+    for (event, member, offset) in
+        [("sched_process_exit", "exit_code", c.task_exit_code), ("signal_generate", "tgid", c.task_tgid)]
+    {
+        if offset == OFFSET_NONE && events.iter().any(|&(_, e)| e == event) {
+            events.retain(|&(_, e)| e != event);
+            degraded.push(format!("this kernel's BTF has no task_struct.{member}: {event} is not traced"));
+        }
+    }
+    c
 }
 
 /// Events whose arguments are there but whose structs lack what the programs read through them.
@@ -379,6 +426,7 @@ mod tests {
     fn a_refused_program_costs_its_modes_and_says_why() {
         let mut d = Discovery {
             config: Config::unset(),
+            exit_config: ExitConfig::unset(),
             events: vec![],
             modes: ["pages", "slab", "oom-victim-rss"].map(String::from).to_vec(),
             degraded: vec![],
@@ -470,6 +518,8 @@ mod tests {
         assert!(d.config.page_size >= 4096);
         let khugepaged = std::path::Path::new("/sys/kernel/mm/transparent_hugepage/khugepaged").exists();
         assert_eq!(d.config.khugepaged_pid != 0, khugepaged, "khugepaged is found when the kernel has it");
+        assert!(d.modes.iter().any(|m| m == "exit-senders"), "{:?}", d.degraded);
+        assert_ne!(d.exit_config.task_exit_code, OFFSET_NONE);
         assert_ne!(d.config.regs_source, leak_common::regs::NONE, "{:?}", d.degraded);
         assert_ne!(d.config.regs_sp, OFFSET_NONE);
         assert!(discover(true, None).unwrap().config.ustack_chunks == 0, "--record-all takes no copies");

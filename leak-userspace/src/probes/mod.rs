@@ -13,7 +13,7 @@ use aya::{
     programs::Program,
     Ebpf, EbpfLoader,
 };
-use leak_common::{counter, SiteCounters, SiteKey, CACHE_NAME_LEN, STACK_OVERFLOW_BIT};
+use leak_common::{counter, exit_count, SiteCounters, SiteKey, CACHE_NAME_LEN, STACK_OVERFLOW_BIT};
 
 pub use crate::report::ProgramStats;
 
@@ -65,6 +65,13 @@ pub const ATTACHMENTS: &[Attachment] = &[
         modes: &["memcg-anon-charges"],
     },
     Attachment { program: "lt_mark_victim", category: "oom", event: "mark_victim", modes: VICTIM },
+    Attachment { program: "lt_process_exit", category: "sched", event: "sched_process_exit", modes: &["exits"] },
+    Attachment {
+        program: "lt_signal_generate",
+        category: "signal",
+        event: "signal_generate",
+        modes: &["exit-senders"],
+    },
 ];
 
 /// Loaded and attached programs. Dropping this detaches everything (the links are file descriptors, so even a
@@ -81,6 +88,7 @@ impl Probes {
         }
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &discovery.config, true)
+            .override_global("EXIT_CONFIG", &discovery.exit_config, true)
             .map_max_entries("LIVE", live_entries)
             .map_max_entries("STACKS", stack_entries)
             // The second chance for colliding stacks scales with the first (4096 at the default 16384).
@@ -156,8 +164,13 @@ impl Probes {
     }
 
     pub fn counters(&self) -> Result<[u64; counter::COUNT as usize]> {
-        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map("COUNTERS")?)?;
-        let mut out = [0u64; counter::COUNT as usize];
+        self.summed("COUNTERS")
+    }
+
+    /// A per-CPU array of counters, each summed over the CPUs.
+    fn summed<const N: usize>(&self, name: &str) -> Result<[u64; N]> {
+        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(name)?)?;
+        let mut out = [0u64; N];
         for (i, slot) in out.iter_mut().enumerate() {
             *slot = map.get(&(i as u32), 0)?.iter().fold(0u64, |a, v| a.wrapping_add(*v));
         }
@@ -186,6 +199,16 @@ impl Probes {
     /// The OOM event ring buffer, handed out once to the event loop.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
         self.take_ring("EVENTS")
+    }
+
+    /// The exit ring buffer, handed out once to the event loop.
+    pub fn take_exits(&mut self) -> Result<RingBuf<MapData>> {
+        self.take_ring("EXITS")
+    }
+
+    /// Exits counted but not recorded, and those lost to a full ring buffer ([`leak_common::exit_count`]).
+    pub fn exit_counts(&self) -> Result<[u64; exit_count::COUNT as usize]> {
+        self.summed("EXIT_COUNTS")
     }
 
     /// The user stack sample ring buffer, handed out once to the unwinder.

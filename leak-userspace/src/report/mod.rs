@@ -23,6 +23,10 @@ pub struct Report {
     pub attribution: Attribution,
     pub sites: Vec<Site>,
     pub oom_kills: Vec<OomKill>,
+    /// Deaths of the target's processes: OOM kills, deaths by a signal (with its sender), non-zero exits of
+    /// processes that lived a second or more, in order. Other exits are only counted (`collection.exits_unrecorded`).
+    #[serde(default)]
+    pub exits: Vec<Exit>,
     /// The sites as they stood about a third into the window (null when the window was too short to tell): what
     /// grew since is the growth flame graph.
     pub sites_early: Option<EarlySites>,
@@ -291,6 +295,29 @@ pub struct OomKill {
     pub life: u32,
 }
 
+/// One death of a process of the target (CONTRACT "Additions": `exits[]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Exit {
+    pub t: f64,
+    pub pid: u32,
+    pub comm: String,
+    /// "oom-kill" (the OOM killer chose it), "signal" (any other fatal signal), "exit" (a non-zero status).
+    pub cause: String,
+    /// The signal it died of.
+    pub signal: Option<i32>,
+    /// Who sent that signal (the process itself for a fault such as SIGSEGV); null when no sending was seen.
+    pub sender_pid: Option<u32>,
+    pub sender_comm: Option<String>,
+    /// The exit status; for a death by a signal 128 + the signal, as a shell or Docker reports it (137: SIGKILL).
+    pub exit_code: Option<i32>,
+    /// Extension: whether the sender sits outside the target cgroup (null: no sender seen).
+    pub sender_outside: Option<bool>,
+    /// Extension: how long the process had lived.
+    pub lived_seconds: Option<f64>,
+    /// Extension: the signal dumped core.
+    pub core_dumped: bool,
+}
+
 /// Extension: the sites that grew in a span before an OOM kill; each site's `outstanding_bytes` and
 /// `outstanding_allocs` are the growth within the span, `alloc_bytes` and `alloc_count` what it allocated in it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -354,6 +381,9 @@ pub struct Verdict {
     pub class: String,
     pub confidence: f64,
     pub evidence: Vec<String>,
+    /// What to do, each with its figure (a memory limit in bytes, a pids.max, where to look instead).
+    #[serde(default)]
+    pub recommendations: Vec<String>,
 }
 
 /// Counters of what the kernel side missed or dropped, and the tracer's own cost.
@@ -388,6 +418,12 @@ pub struct Collection {
     /// How the user stacks of kept allocations were unwound.
     #[serde(default)]
     pub unwind: crate::stacks::UnwindStats,
+    /// Exits of the target's processes counted but not in `exits` (status 0, or a non-zero one within a second of
+    /// the start, or past the report's bound), and exits lost to a full ring buffer.
+    #[serde(default)]
+    pub exits_unrecorded: u64,
+    #[serde(default)]
+    pub exits_dropped: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -125,8 +125,26 @@ pub(crate) fn sample_report() -> Report {
             grew_before_kill: vec![GrowthBeforeKill { seconds: 10.0, covered_seconds: 9.5, sites: vec![heap.clone()] }],
             life: 1,
         }],
+        exits: vec![Exit {
+            t: 9.6,
+            pid: 42,
+            comm: "leaker".into(),
+            cause: "oom-kill".into(),
+            signal: Some(9),
+            sender_pid: Some(43),
+            sender_comm: Some("worker".into()),
+            exit_code: Some(137),
+            sender_outside: Some(false),
+            lived_seconds: Some(9.6),
+            core_dumped: false,
+        }],
         sites_early: Some(EarlySites { t: 3.0, sites: vec![Site { outstanding_bytes: 16 << 20, ..heap }] }),
-        verdict: Verdict { class: "inconclusive".into(), confidence: 0.0, evidence: vec!["x".into()] },
+        verdict: Verdict {
+            class: "inconclusive".into(),
+            confidence: 0.0,
+            evidence: vec!["x".into()],
+            recommendations: vec![],
+        },
         growth: Growth {
             warmup_seconds: 1.0,
             samples: 1,
@@ -241,6 +259,7 @@ fn every_contract_key_has_its_type() {
             ("attribution", Obj),
             ("sites", Arr),
             ("oom_kills", Arr),
+            ("exits", Arr),
             ("sites_early", Opt(&Obj)),
             ("verdict", Obj),
             ("collection", Obj),
@@ -306,7 +325,25 @@ fn every_contract_key_has_its_type() {
             check_site(s, "sites_before_kill[]");
         }
     }
-    keys(&v["verdict"], "verdict", &[("class", Str), ("confidence", F64), ("evidence", Arr)]);
+    keys(&v["verdict"], "verdict", &[("class", Str), ("confidence", F64), ("evidence", Arr), ("recommendations", Arr)]);
+    for e in v["exits"].as_array().unwrap() {
+        let (u, s, i) = (Opt(&U64), Opt(&Str), Opt(&I64));
+        keys(
+            e,
+            "exits[]",
+            &[
+                ("t", F64),
+                ("pid", U64),
+                ("comm", Str),
+                ("cause", Str),
+                ("signal", i),
+                ("sender_pid", u),
+                ("sender_comm", s),
+                ("exit_code", i),
+            ],
+        );
+        assert!(["oom-kill", "signal", "exit"].contains(&e["cause"].as_str().unwrap()));
+    }
     let c = &v["collection"];
     for key in [
         "stack_collisions_kernel",

@@ -285,3 +285,19 @@ fn standard_library_code_is_not_the_application_whatever_its_spelling() {
         assert!(!is_allocator(name), "{name}");
     }
 }
+
+#[test]
+fn slab_pages_are_not_sites_their_objects_are() {
+    let mut r = resolver();
+    r.kernel.insert(0xffff_0003, "allocate_slab");
+    let mut s = stacks(&[]);
+    s.0.insert(3, vec![0xffff_0001, 0xffff_0003]);
+    let raw = [
+        (key(7, 3, -1, kind::OTHER, 0), counters(8, 0, 0)),
+        (key(7, 3, -1, kind::PAGE, 0), counters(8, 0, 0)),
+        (key(7, 3, -1, kind::SLAB, 5), counters(1, 0, 0)),
+    ];
+    let sites = build(&raw, &s, &HashMap::new(), &HashMap::new(), &mut r, Outstanding::Live, 10);
+    assert_eq!(sites.len(), 1, "{sites:?}");
+    assert_eq!(sites[0].kind, "slab");
+}

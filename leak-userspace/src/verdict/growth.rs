@@ -1,10 +1,12 @@
 //! Robust trends of the memory series: Theil-Sen slopes (the median of the slopes between every pair of samples)
 //! with Kendall's tau for steadiness, computed only between samples of the same life, so that neither noise, a
-//! single spike nor the drop of an OOM kill bends them. The first 10 % of the window (at most a minute) is
-//! warm-up: start-up allocations are not a trend.
+//! single spike nor the drop of a death bends them. A life ends at every OOM kill and at every other death of the
+//! main process (a crash, an external kill, a runtime stopping itself at its own limit); samples of a cgroup with no
+//! process left are no life's. The first 10 % of the window (at most a minute) is warm-up: start-up allocations are
+//! not a trend.
 use std::collections::HashMap;
 
-use crate::report::{Growth, Sample, Trend};
+use crate::report::{Exit, Growth, Sample, Trend};
 
 /// Warm-up: this share of the window, at most `MAX_WARMUP` seconds.
 const WARMUP_SHARE: f64 = 0.1;
@@ -68,9 +70,19 @@ pub fn fit(points: &[(f64, f64, u32)]) -> Option<Fit> {
     Some(Fit { slope, tau: concordance as f64 / pairs as f64, span })
 }
 
-/// The life a moment belongs to: 0 before the first kill, 1 after it, ...
-pub fn life_at(t: f64, kill_times: &[f64]) -> u32 {
-    kill_times.iter().filter(|&&k| k < t).count() as u32
+/// The life a moment belongs to: 0 before the first end of a life, 1 after it, ...
+pub fn life_at(t: f64, life_ends: &[f64]) -> u32 {
+    life_ends.iter().filter(|&&k| k < t).count() as u32
+}
+
+/// Where lives end, in order: the OOM kills, and the deaths in `exits` of a process that was the main process (the
+/// largest by RssAnon) of some sample. Deaths of helpers and short-lived children end no life.
+pub fn life_ends(kill_times: &[f64], exits: &[Exit], samples: &[Sample]) -> Vec<f64> {
+    let main = |pid: u32| samples.iter().any(|s| s.main_process.as_ref().is_some_and(|m| m.pid == pid));
+    let mut ends: Vec<f64> = kill_times.to_vec();
+    ends.extend(exits.iter().filter(|e| e.cause != "oom-kill" && main(e.pid)).map(|e| e.t));
+    ends.sort_by(f64::total_cmp);
+    ends
 }
 
 /// The categories the verdict looks at, by name, with the unit of their trend.
@@ -84,6 +96,7 @@ pub const CATEGORIES: &[(&str, &str)] = &[
     ("shmem", "bytes"),
     ("rss_anon", "bytes"),
     ("tasks", "tasks"),
+    ("kernel_sites", "bytes"),
 ];
 
 /// A sample's value for a category name of [`CATEGORIES`]. `kernel` falls back to `slab` where the cgroup has no
@@ -99,6 +112,8 @@ pub fn value(s: &Sample, name: &str) -> Option<u64> {
         "shmem" => s.shmem,
         "rss_anon" => s.rss_anon,
         "tasks" => s.pids,
+        // What the traced kernel-side sites hold, charged to the memcg or not (v1 charges no socket buffers).
+        "kernel_sites" => s.sites.map(|t| (t.slab + t.page + t.percpu + t.other).max(0) as u64),
         _ => None,
     }
 }
@@ -109,16 +124,17 @@ pub fn warmup(samples: &[Sample]) -> f64 {
     ((last.t - first.t) * WARMUP_SHARE).min(MAX_WARMUP) + first.t
 }
 
-/// Trends of every category after the warm-up, with the limit figures. `kill_times`: the OOM kills' `t`.
-pub fn analyse(samples: &[Sample], kill_times: &[f64], limit: Option<u64>, restarts: u32) -> Growth {
+/// Trends of every category after the warm-up, with the limit figures. `life_ends`: see [`life_ends`].
+pub fn analyse(samples: &[Sample], life_ends: &[f64], limit: Option<u64>, restarts: u32) -> Growth {
     let from = warmup(samples);
-    let used: Vec<&Sample> = samples.iter().filter(|s| s.t >= from).collect();
+    // An empty cgroup after a death holds what no process can grow: its flat tail would outvote the life before.
+    let used: Vec<&Sample> = samples.iter().filter(|s| s.t >= from && s.processes != Some(0)).collect();
     let trends = CATEGORIES
         .iter()
         .filter_map(|&(name, unit)| {
             let values: Vec<(f64, u64)> = used.iter().filter_map(|s| Some((s.t, value(s, name)?))).collect();
             let points: Vec<(f64, f64, u32)> =
-                values.iter().map(|&(t, v)| (t, v as f64, life_at(t, kill_times))).collect();
+                values.iter().map(|&(t, v)| (t, v as f64, life_at(t, life_ends))).collect();
             let f = fit(&points)?;
             Some(Trend {
                 name: name.into(),
@@ -132,7 +148,8 @@ pub fn analyse(samples: &[Sample], kill_times: &[f64], limit: Option<u64>, resta
         })
         .collect::<Vec<_>>();
     let limit = samples.iter().rev().find_map(|s| s.limit).or(limit);
-    let last_usage = samples.last().map(|s| s.usage);
+    // The last sample of a life, not the empty cgroup after the last death.
+    let last_usage = used.last().copied().or(samples.last()).map(|s| s.usage);
     let near = limit
         .filter(|_| !used.is_empty())
         .map(|l| used.iter().filter(|s| s.usage as f64 > NEAR_LIMIT * l as f64).count() as f64 / used.len() as f64);
@@ -147,7 +164,7 @@ pub fn analyse(samples: &[Sample], kill_times: &[f64], limit: Option<u64>, resta
     Growth {
         warmup_seconds: from,
         samples: used.len() as u64,
-        lives: kill_times.len() as u32 + 1,
+        lives: life_ends.len() as u32 + 1,
         restarts,
         trends,
         limit_share: limit.zip(last_usage).map(|(l, u)| u as f64 / l as f64),
@@ -235,6 +252,43 @@ mod tests {
         assert_eq!(warmup(&[s(0.0), s(3600.0)]), 60.0);
         assert_eq!(warmup(&[]), 0.0);
     }
+
+    #[test]
+    fn deaths_of_the_main_process_end_lives_and_empty_samples_count_for_none() {
+        let main = |pid| Some(crate::report::ProcessRss { pid, ..Default::default() });
+        // Grows 8 MiB a second for 6 s, stops itself, and the empty cgroup stays at 0 for 6 s more.
+        let samples: Vec<Sample> = (0..12)
+            .map(|i| Sample {
+                t: i as f64,
+                anon: Some(if i < 6 { 8 * i << 20 } else { 0 }),
+                processes: Some(u64::from(i < 6)),
+                main_process: if i < 6 { main(7) } else { None },
+                ..Default::default()
+            })
+            .collect();
+        let exit = |pid, cause: &str| Exit {
+            t: 5.5,
+            pid,
+            comm: "x".into(),
+            cause: cause.into(),
+            signal: None,
+            sender_pid: None,
+            sender_comm: None,
+            exit_code: Some(1),
+            sender_outside: None,
+            lived_seconds: Some(5.5),
+            core_dumped: false,
+        };
+        assert_eq!(life_ends(&[], &[exit(7, "exit")], &samples), [5.5]);
+        assert!(life_ends(&[], &[exit(8, "exit")], &samples).is_empty(), "not the main process");
+        assert_eq!(life_ends(&[3.0], &[exit(7, "oom-kill")], &samples), [3.0], "the kill ends it already");
+        let g = analyse(&samples, &[5.5], None, 0);
+        let anon = g.trends.iter().find(|t| t.name == "anon").unwrap();
+        assert_eq!((anon.rate_per_hour, anon.steadiness, anon.last), (8.0 * 3600.0 * MIB, 1.0, Some(40 << 20)));
+        assert_eq!((g.samples, g.lives), (4, 2), "t >= 1.1 and alive: 2, 3, 4, 5");
+    }
+
+    const MIB: f64 = 1024.0 * 1024.0;
 
     #[test]
     fn limit_figures() {

@@ -4,21 +4,25 @@
 //! Rules, in order, on the robust trends of [`growth`] (after the warm-up, never across an OOM kill):
 //! - too few samples and no kill: inconclusive;
 //! - the task count rises steadily together with memory: thread (or connection) leak;
-//! - of anon, kernel memory (slab / kmem) and file, the one that rises steadily and most names the problem: heap
-//!   leak (also when it ends in OOM kills, in every life of a restart loop), kernel-side leak, or cache growth
-//!   (only without kills: the kernel reclaims cache before it kills);
+//! - of anon, kernel memory (slab / kmem), shmem and file, the one that rises steadily and most names the problem:
+//!   heap leak (also when it ends in OOM kills, in every life of a restart loop), kernel-side leak, shmem growth
+//!   (tmpfs and shared memory, most of a file growth: not reclaimable), or cache growth (only without kills: the
+//!   kernel reclaims cache before it kills);
 //! - one OOM kill ending a life too short for a trend, with the traced sites growing up to it: heap (or kernel)
 //!   leak, with less confidence;
 //! - repeated OOM kills with no growth trend within a life: limit too low (the working set does not fit);
+//! - processes that die otherwise (killed from outside, a crash, a non-zero exit) with no growth, no OOM kill and
+//!   usage away from the limit: not memory (the sender or the signal is named);
 //! - usage above 80 % of the limit for most of the window, flat: limit too low (cache growth when file memory,
 //!   which reclaim takes back, fills it);
 //! - usage rises while no category does: inconclusive (the figures contradict each other);
 //! - otherwise: no leak.
 pub mod growth;
+mod recommend;
 
 use crate::{
     export::{clamp, human_bytes, signed},
-    report::{Coverage, Growth, Report, Site, Trend, Verdict},
+    report::{Coverage, Exit, Growth, Report, Site, Trend, Verdict},
     sites::{app_frame, is_allocator},
 };
 
@@ -41,7 +45,23 @@ pub fn judge(r: &Report) -> Verdict {
     let f = Facts::new(r);
     let (class, confidence, mut evidence) = f.classify();
     evidence.extend(f.common_evidence());
-    Verdict { class: class.into(), confidence: (confidence * 100.0).round() / 100.0, evidence }
+    if class != "not-memory" {
+        evidence.extend(f.deaths_lines());
+    }
+    if matches!(class, "heap-leak" | "kernel-leak") && f.deaths().any(|e| e.cause == "exit") {
+        evidence.push(
+            "a process that stops itself after its memory grew (an allocation that failed at its own limit: a \
+             runtime's heap maximum, ulimit -v) dies of memory as surely as one the OOM killer takes"
+                .into(),
+        );
+    }
+    evidence.extend(f.runtime_facts());
+    Verdict {
+        class: class.into(),
+        confidence: (confidence * 100.0).round() / 100.0,
+        evidence,
+        recommendations: f.recommendations(class),
+    }
 }
 
 struct Facts<'a> {
@@ -79,7 +99,8 @@ impl<'a> Facts<'a> {
 
     fn classify(&self) -> (&'static str, f64, Vec<String>) {
         let kills = self.r.oom_kills.len();
-        if self.g.samples < MIN_SAMPLES && kills == 0 {
+        let deaths = self.deaths().count();
+        if self.g.samples < MIN_SAMPLES && kills == 0 && deaths == 0 {
             return (
                 "inconclusive",
                 0.0,
@@ -95,10 +116,21 @@ impl<'a> Facts<'a> {
         let near = self.g.near_limit_share.unwrap_or(0.0);
         // Among the categories that grow, the one that grows most names the problem: page cache brings its kernel
         // metadata along (buffer heads, xarray nodes), a heap leak its page tables.
-        let largest = [("anon", anon), ("kernel", kernel), ("file", file && kills == 0)]
+        // shmem (tmpfs, shared memory) is counted in file but cannot be reclaimed: when it carries most of the
+        // file growth it is a class of its own, kills or not.
+        let shmem = self.grows("shmem") && self.change("shmem") >= 0.5 * self.change("file");
+        // Socket buffers (v2 `sock`) are kernel memory outside the `kernel` figure.
+        let sock = self.grows("sock");
+        let change = |name: &str| match name {
+            "kernel" => self.change("kernel").max(self.change("sock")),
+            _ => self.change(name),
+        };
+        let candidates =
+            [("anon", anon), ("kernel", kernel || sock), ("shmem", shmem), ("file", file && kills == 0 && !shmem)];
+        let largest = candidates
             .into_iter()
             .filter(|(_, grows)| *grows)
-            .max_by(|a, b| self.change(a.0).total_cmp(&self.change(b.0)))
+            .max_by(|a, b| change(a.0).total_cmp(&change(b.0)))
             .map(|(name, _)| name);
         if tasks && (usage || kernel || anon) {
             self.thread_leak()
@@ -106,16 +138,20 @@ impl<'a> Facts<'a> {
             self.kernel_leak()
         } else if largest == Some("anon") {
             self.heap_leak()
+        } else if largest == Some("shmem") {
+            self.shmem_growth()
         } else if largest == Some("file") {
             self.cache_growth(false)
+        } else if kills == 0 && self.uncharged_socket_buffers() {
+            self.uncharged_kernel_leak()
         } else if kills == 1 && self.grew_before_kill().is_some() {
             self.one_kill_after_growth()
         } else if kills > 0 {
             self.killed_without_trend()
-        } else if near >= PLATEAU_SHARE {
-            let last = self.r.memory.samples.last();
-            let file_share = last.and_then(|s| Some(s.file? as f64 / s.usage.max(1) as f64)).unwrap_or(0.0);
-            if file_share >= 0.5 {
+        } else if deaths > 0 && near < PLATEAU_SHARE && !usage {
+            self.not_memory()
+        } else if near >= PLATEAU_SHARE || (usage && self.cache_at_limit()) {
+            if self.cache_at_limit() {
                 self.cache_growth(true)
             } else {
                 self.plateau_near_limit()
@@ -151,18 +187,47 @@ impl<'a> Facts<'a> {
     }
 
     fn kernel_leak(&self) -> (&'static str, f64, Vec<String>) {
-        let mut ev = vec![self.line("kernel")];
+        let lead = if self.grows("kernel") { "kernel" } else { "sock" };
+        let mut ev = vec![self.line(lead)];
         for name in ["kernel_stack", "sock"] {
-            if self.grows(name) {
+            if self.grows(name) && name != lead {
                 ev.push(self.line(name));
             }
+        }
+        if self.grows("sock") || self.kernel_sites().take(3).any(|s| sender(s).is_some()) {
+            ev.push(
+                "socket buffers grow: data queued on sockets that nobody reads (or a peer that stopped reading)".into(),
+            );
         }
         ev.push(format!("anon meanwhile: {}", self.line("anon")));
         ev.push(format!("tasks: {}", self.line("tasks")));
         ev.extend(self.top_sites(&self.r.sites, &["slab", "page", "percpu"]));
         ev.push(coverage_line("kernel memory", &self.r.attribution.slab));
         ev.extend(self.kills_line());
-        ("kernel-leak", 0.5 + 0.45 * self.strength("kernel"), ev)
+        ("kernel-leak", 0.5 + 0.45 * self.strength(lead), ev)
+    }
+
+    /// Kernel-side sites that send on sockets grow steadily while none of the cgroup's figures does: buffers the
+    /// memcg does not charge (cgroup v1 charges only TCP's, to kmem.tcp).
+    fn uncharged_socket_buffers(&self) -> bool {
+        self.grows("kernel_sites") && self.kernel_sites().take(3).any(|s| sender(s).is_some())
+    }
+
+    fn kernel_sites(&self) -> impl Iterator<Item = &Site> + '_ {
+        self.r.sites.iter().filter(|s| s.kind != "anon" && s.outstanding_bytes > 0)
+    }
+
+    fn uncharged_kernel_leak(&self) -> (&'static str, f64, Vec<String>) {
+        let mut ev = vec![format!("traced kernel-side sites: {}", self.line("kernel_sites"))];
+        ev.push(format!(
+            "the cgroup does not count them ({}; usage: {}): socket buffers outside its limit, taken from the \
+             host's memory (cgroup v1 charges none but TCP's, to memory.kmem.tcp)",
+            self.line("kernel"),
+            self.line("usage")
+        ));
+        ev.push("socket buffers queued on sockets that nobody reads".into());
+        ev.extend(self.top_sites(&self.r.sites, &["slab", "page", "other"]));
+        ("kernel-leak", 0.45 + 0.4 * self.strength("kernel_sites"), ev)
     }
 
     fn heap_leak(&self) -> (&'static str, f64, Vec<String>) {
@@ -201,6 +266,20 @@ impl<'a> Facts<'a> {
         ev.push("no OOM kill: the kernel reclaims the cache before it kills".into());
         let strength = if plateau { self.g.near_limit_share.unwrap_or(0.0) } else { self.strength("file") };
         ("cache-growth", 0.5 + 0.4 * strength, ev)
+    }
+
+    fn shmem_growth(&self) -> (&'static str, f64, Vec<String>) {
+        let mut ev = vec![self.line("shmem")];
+        ev.push(format!("file (which counts shmem): {}; anon meanwhile: {}", self.line("file"), self.line("anon")));
+        ev.push(
+            "shmem is tmpfs files and shared memory: reclaim cannot drop it (without swap it stays until the files \
+             are removed or the segments released), so it is no cache"
+                .into(),
+        );
+        ev.extend(self.top_sites(&self.r.sites, &["other", "page"]));
+        ev.extend(self.limit_line());
+        ev.extend(self.kills_line());
+        ("shmem-growth", 0.5 + 0.45 * self.strength("shmem"), ev)
     }
 
     /// Anon and kernel-side bytes the sites gained in the flight recorder's first span before the last kill, when
@@ -248,6 +327,87 @@ impl<'a> Facts<'a> {
         ev.push("the workload builds the same working set each life and it does not fit: raise the limit (or shrink the working set); a leak fast enough to fill the limit within one sampling interval would look the same".into());
         let confidence = (0.4 + 0.15 * kills.len() as f64).min(0.85);
         ("limit-too-low", confidence, ev)
+    }
+
+    /// Page cache that filled the limit and is reclaimed there: the last sample near the limit, file most of it,
+    /// no OOM kill. Its fill may have taken most of the window, so the share of samples near the limit can be small.
+    fn cache_at_limit(&self) -> bool {
+        let Some(last) = self.r.memory.samples.iter().rev().find(|s| s.processes != Some(0)) else { return false };
+        let limit = last.limit.or(self.r.memory.limit_bytes).unwrap_or(u64::MAX);
+        let file_share = last.file.map_or(0.0, |f| f as f64 / last.usage.max(1) as f64);
+        self.r.oom_kills.is_empty() && last.usage as f64 > growth::NEAR_LIMIT * limit as f64 && file_share >= 0.5
+    }
+
+    /// Deaths other than OOM kills.
+    fn deaths(&self) -> impl Iterator<Item = &Exit> + '_ {
+        self.r.exits.iter().filter(|e| e.cause != "oom-kill")
+    }
+
+    /// The processes die, and memory had no part in it: no OOM kill, no growth within a life, usage away from the
+    /// limit. Whoever sent the signal, or the signal a crash raised, is where to look.
+    fn not_memory(&self) -> (&'static str, f64, Vec<String>) {
+        let mut ev = self.deaths_lines();
+        let counted = crate::attribution::growth(&self.r.memory.samples, |s| s.oom_kill).unwrap_or(0).max(0);
+        let peak = self.r.memory.samples.iter().map(|s| s.usage).max().unwrap_or(0);
+        let peak = match self.r.memory.limit_bytes {
+            Some(l) => format!(
+                "usage peaked at {} = {:.0}% of the {} limit",
+                human_bytes(clamp(peak)),
+                100.0 * peak as f64 / l.max(1) as f64,
+                human_bytes(clamp(l))
+            ),
+            None => format!("usage peaked at {} (no limit)", human_bytes(clamp(peak))),
+        };
+        let flat = match self.trend("anon") {
+            Some(_) => format!("nothing grew within a life: {}", self.line("anon")),
+            None => "no life was long enough for a trend".into(),
+        };
+        ev.push(format!(
+            "memory was no cause: no OOM kill (the cgroup's oom_kill counter rose by {counted}), {peak}, and {flat}"
+        ));
+        let named = self.deaths().filter(|e| e.sender_pid.is_some() || e.cause == "exit").count();
+        let deaths = self.deaths().count();
+        let confidence = 0.6 + 0.1 * deaths.min(3) as f64 + if named == deaths { 0.05 } else { 0.0 };
+        ("not-memory", confidence, ev)
+    }
+
+    /// The deaths other than OOM kills, one line per cause (signal and sender, or exit status), with the victims.
+    fn deaths_lines(&self) -> Vec<String> {
+        let mut groups: Vec<(String, Vec<&Exit>)> = Vec::new();
+        for e in self.deaths() {
+            let key = death_cause(e);
+            match groups.iter_mut().find(|g| g.0 == key) {
+                Some(g) => g.1.push(e),
+                None => groups.push((key, vec![e])),
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(cause, exits)| {
+                let shown: Vec<String> =
+                    exits.iter().take(5).map(|e| format!("pid {} ({}) at {:.1} s", e.pid, e.comm, e.t)).collect();
+                let more = if exits.len() > 5 { format!(" and {} more", exits.len() - 5) } else { String::new() };
+                format!("{} death(s) {cause}: {}{more}", exits.len(), shown.join(", "))
+            })
+            .collect()
+    }
+
+    /// What the container runtime recorded of the last exit, set against the OOM kills the tracer saw.
+    fn runtime_facts(&self) -> Option<String> {
+        let c = self.r.target.container.as_ref()?;
+        let (oom, code) = (c.oom_killed?, c.last_exit_code?);
+        let meaning = match (oom, code) {
+            (true, _) => "the OOM killer ended its last run".to_string(),
+            (false, 137) => {
+                "its last run ended by a SIGKILL from outside (docker kill, a liveness probe, a supervisor), not the \
+                 OOM killer"
+                    .to_string()
+            }
+            (false, c) if c > 128 => format!("its last run ended by {}", signal_name((c - 128) as i32)),
+            (false, 0) => "its last run ended normally, or it is still running".to_string(),
+            (false, c) => format!("its last run exited by itself with status {c}"),
+        };
+        Some(format!("{}: OOMKilled={oom}, ExitCode={code}: {meaning}", c.runtime))
     }
 
     fn plateau_near_limit(&self) -> (&'static str, f64, Vec<String>) {
@@ -327,6 +487,11 @@ impl<'a> Facts<'a> {
                     Some(k) if s.kind != "anon" => format!(", in the kernel via {k}"),
                     _ => String::new(),
                 };
+                let sent = match sender(s) {
+                    Some(f) if !kernel.ends_with(f) => format!(", sent by {f}"),
+                    _ => String::new(),
+                };
+                let kernel = kernel + &sent;
                 let chain = named_frames(s, false);
                 let user = if chain.is_empty() {
                     String::new()
@@ -452,6 +617,73 @@ fn named_frames(site: &Site, kernel: bool) -> Vec<&str> {
     names
 }
 
+/// How a death came about, as its line in the evidence says it.
+fn death_cause(e: &Exit) -> String {
+    let Some(sig) = e.signal else {
+        return format!("by exit status {}", e.exit_code.unwrap_or(0));
+    };
+    let core = if e.core_dumped { ", core dumped" } else { "" };
+    let name = signal_name(sig);
+    match (e.sender_pid, e.sender_comm.as_deref(), e.sender_outside) {
+        (Some(pid), _, _) if pid == e.pid => format!("by {name} raised by the process itself (a crash){core}"),
+        (Some(pid), comm, outside) => format!(
+            "by {name} sent by pid {pid} ({}) {} the cgroup{core}",
+            comm.unwrap_or("?"),
+            if outside == Some(false) { "inside" } else { "from outside" }
+        ),
+        _ => format!("by {name} (sender not seen){core}"),
+    }
+}
+
+/// SIGKILL, SIGSEGV, ... ("signal 40" for the rest).
+fn signal_name(sig: i32) -> String {
+    const NAMES: &[&str] = &[
+        "",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    match usize::try_from(sig).ok().and_then(|i| NAMES.get(i)).filter(|n| !n.is_empty()) {
+        Some(n) => n.to_string(),
+        None => format!("signal {sig}"),
+    }
+}
+
+/// The kernel's send function in a site's stack (`unix_stream_sendmsg`, `tcp_sendmsg`, `sock_alloc_send_pskb`).
+fn sender(site: &Site) -> Option<&str> {
+    let names = named_frames(site, true);
+    let protocol = names.iter().find(|f| f.ends_with("sendmsg"));
+    protocol.or_else(|| names.iter().find(|f| f.starts_with("sock_alloc_send"))).copied()
+}
+
 /// Who the memory belongs to: application code, a language runtime, the C allocator, or the kernel.
 fn location(site: &Site) -> String {
     const RUNTIMES: &[&str] = &[
@@ -494,7 +726,7 @@ fn location(site: &Site) -> String {
 }
 
 fn coverage_line(what: &str, c: &Coverage) -> String {
-    let ratio = c.coverage.map_or("n/a".to_string(), |r| format!("{:.0}%", r * 100.0));
+    let ratio = crate::export::coverage_ratio(c);
     format!(
         "{what} grew {} over the window; traced sites explain {} ({ratio}), unexplained {}",
         human_bytes(c.growth_bytes),

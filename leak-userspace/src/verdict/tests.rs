@@ -1,7 +1,7 @@
 //! The classifier on synthetic series: every class, and the edges (short windows, noisy plateaus, a leak that is
 //! also near the limit, a restart loop).
 use super::*;
-use crate::report::{Frame, ProcessRss, SiteTotals};
+use crate::report::{Exit, Frame, ProcessRss, SiteTotals};
 use crate::{
     attribution,
     report::{tests::sample_report, OomKill, Sample},
@@ -47,16 +47,130 @@ fn kill(t: f64, life: u32) -> OomKill {
 }
 
 fn judged(samples: Vec<Sample>, kills: Vec<OomKill>, restarts: u32) -> Verdict {
+    judged_with(samples, kills, restarts, vec![])
+}
+
+/// As `judged`, with these deaths in `exits` (lives end at those of the main process, as the collector has it).
+fn judged_with(samples: Vec<Sample>, kills: Vec<OomKill>, restarts: u32, exits: Vec<Exit>) -> Verdict {
     let mut r = sample_report();
     r.memory.limit_bytes = samples.last().and_then(|s| s.limit);
     r.attribution = attribution::attribute(&samples, &r.sites);
     let times: Vec<f64> = kills.iter().map(|k| k.t).collect();
-    r.growth = growth::analyse(&samples, &times, r.memory.limit_bytes, restarts);
+    let ends = growth::life_ends(&times, &exits, &samples);
+    r.growth = growth::analyse(&samples, &ends, r.memory.limit_bytes, restarts);
     r.memory.samples = samples;
     r.oom_kills = kills;
+    r.exits = exits;
     let v = judge(&r);
-    eprintln!("{} {:.2}\n  {}", v.class, v.confidence, v.evidence.join("\n  "));
+    eprintln!(
+        "{} {:.2}\n  {}\n  > {}",
+        v.class,
+        v.confidence,
+        v.evidence.join("\n  "),
+        v.recommendations.join("\n  > ")
+    );
     v
+}
+
+/// A death of pid `pid` ("steady") at `t`: by `signal` from `sender` (none: an exit with status 3).
+fn death(t: f64, pid: u32, signal: Option<i32>, sender: Option<(u32, &str)>) -> Exit {
+    Exit {
+        t,
+        pid,
+        comm: "steady".into(),
+        cause: if signal.is_some() { "signal" } else { "exit" }.into(),
+        signal,
+        sender_pid: sender.map(|s| s.0),
+        sender_comm: sender.map(|s| s.1.to_string()),
+        exit_code: Some(signal.map_or(3, |s| 128 + s)),
+        sender_outside: sender.map(|s| s.0 != pid),
+        lived_seconds: Some(3.0),
+        core_dumped: false,
+    }
+}
+
+/// The main process of a sample: pid 100 + the life (every 5 s a new one).
+fn main_of(i: usize) -> Option<ProcessRss> {
+    Some(ProcessRss { pid: 100 + (i / 5) as u32, comm: "steady".into(), rss_anon: 20 * MIB, rss: 22 * MIB })
+}
+
+#[test]
+fn a_flat_service_killed_from_outside_is_not_memory() {
+    let samples = series(30, |i, s| {
+        s.main_process = main_of(i);
+        s.processes = Some(1);
+    });
+    let deaths = (0..5).map(|l| death(4.9 + 5.0 * l as f64, 100 + l, Some(9), Some((7, "supervisor")))).collect();
+    let v = judged_with(samples, vec![], 0, deaths);
+    assert_eq!(v.class, "not-memory");
+    assert!(v.confidence >= 0.9, "{}", v.confidence);
+    has(&v, "5 death(s) by SIGKILL sent by pid 7 (supervisor) from outside the cgroup: pid 100 (steady) at 4.9 s");
+    has(&v, "memory was no cause: no OOM kill");
+    assert!(
+        v.recommendations[0].contains("ask why pid 7 (supervisor) sends SIGKILL to steady"),
+        "{:?}",
+        v.recommendations
+    );
+}
+
+#[test]
+fn a_crash_is_not_memory_and_names_the_signal() {
+    let samples = series(20, |i, s| {
+        s.main_process = main_of(i.min(4));
+        s.processes = Some(u64::from(i < 5));
+    });
+    let v = judged_with(samples, vec![], 0, vec![death(4.5, 100, Some(11), Some((100, "steady")))]);
+    assert_eq!(v.class, "not-memory");
+    has(&v, "1 death(s) by SIGSEGV raised by the process itself (a crash): pid 100 (steady) at 4.5 s");
+    assert!(v.recommendations[0].contains("core dump"), "{:?}", v.recommendations);
+}
+
+#[test]
+fn a_process_that_stops_itself_after_growth_is_a_leak() {
+    // 4 MiB a second for 15 s, an exit with status 3, then an empty cgroup for 15 s.
+    let samples = series(30, |i, s| {
+        s.anon = Some(if i < 15 { 20 * MIB + 4 * i as u64 * MIB } else { 0 });
+        s.processes = Some(u64::from(i < 15));
+        s.main_process = if i < 15 { main_of(0) } else { None };
+    });
+    let v = judged_with(samples, vec![], 0, vec![death(14.5, 100, None, None)]);
+    assert_eq!(v.class, "heap-leak");
+    has(&v, "1 death(s) by exit status 3: pid 100 (steady) at 14.5 s");
+    has(&v, "dies of memory");
+    assert!(v.recommendations[0].starts_with("fix the leak in grow_cache: at 4.0 MiB/s"), "{:?}", v.recommendations);
+}
+
+#[test]
+fn a_plateau_recommends_its_working_set_and_a_fifth_more() {
+    let v = judged(
+        series(30, |_, s| {
+            s.limit = Some(64 * MIB);
+            s.anon = Some(50 * MIB);
+        }),
+        vec![],
+        0,
+    );
+    assert_eq!(v.class, "limit-too-low");
+    // 50 + 2 + 3 MiB of usage, +20 % = 66 MiB.
+    assert!(
+        v.recommendations[0].starts_with("set the memory limit to 66.0 MiB (69206016 bytes"),
+        "{:?}",
+        v.recommendations
+    );
+}
+
+#[test]
+fn a_thread_leak_recommends_pids_max() {
+    let v = judged(
+        series(30, |i, s| {
+            s.pids = Some(4 + 3 * i as u64);
+            s.kernel = Some(3 * MIB + i as u64 * MIB);
+        }),
+        vec![],
+        0,
+    );
+    assert_eq!(v.class, "thread-leak");
+    assert!(v.recommendations[0].starts_with("set pids.max to "), "{:?}", v.recommendations);
 }
 
 fn has(v: &Verdict, needle: &str) {
@@ -152,6 +266,51 @@ fn cache_growth() {
     let v = judged(series(30, |i, s| s.file = Some(2 * MIB + 4 * i as u64 * MIB)), vec![], 0);
     assert_eq!(v.class, "cache-growth");
     has(&v, "file (page cache, reclaimable)");
+}
+
+#[test]
+fn tmpfs_growth_is_shmem_not_cache() {
+    let v = judged(
+        series(30, |i, s| {
+            s.file = Some(2 * MIB + 4 * i as u64 * MIB);
+            s.shmem = Some(4 * i as u64 * MIB);
+        }),
+        vec![],
+        0,
+    );
+    assert_eq!(v.class, "shmem-growth");
+    has(&v, "reclaim cannot drop it");
+    assert!(v.recommendations[0].starts_with("remove the files"), "{:?}", v.recommendations);
+}
+
+#[test]
+fn cache_that_filled_the_limit_late_in_the_window_is_cache() {
+    // Reclaim holds file at the limit after 20 s of filling it: few samples near the limit, file's trend unsteady.
+    let v = judged(
+        series(30, |i, s| {
+            s.limit = Some(128 * MIB);
+            s.file = Some(if i < 20 { 5 * i as u64 * MIB } else { 110 * MIB - (i as u64 % 3) * 4 * MIB });
+            s.usage = s.file.unwrap() + 14 * MIB;
+        }),
+        vec![],
+        0,
+    );
+    assert_eq!(v.class, "cache-growth");
+}
+
+#[test]
+fn socket_buffers_of_v2_are_a_kernel_leak() {
+    let v = judged(
+        series(30, |i, s| {
+            s.sock = Some(4 * i as u64 * MIB);
+            s.usage = 25 * MIB + 4 * i as u64 * MIB;
+        }),
+        vec![],
+        0,
+    );
+    assert_eq!(v.class, "kernel-leak");
+    has(&v, "sock 12.0 MiB -> 116.0 MiB");
+    has(&v, "socket buffers grow");
 }
 
 #[test]

@@ -1,0 +1,160 @@
+//! `verdict.recommendations`: for each class, what to set or where to look, with the figure measured in the window.
+use super::{signal_name, Facts};
+use crate::{
+    export::{clamp, human_bytes},
+    report::Sample,
+    sites::app_frame,
+    verdict::growth,
+};
+
+/// Headroom over the measured working set in a limit recommendation.
+const HEADROOM: f64 = 1.2;
+const MIB: u64 = 1 << 20;
+
+impl Facts<'_> {
+    pub(super) fn recommendations(&self, class: &str) -> Vec<String> {
+        match class {
+            "limit-too-low" => self.limit_recommendation().into_iter().collect(),
+            "heap-leak" | "kernel-leak" => self.leak_recommendations(class),
+            "thread-leak" => self.pids_recommendation().into_iter().collect(),
+            "cache-growth" => {
+                vec!["page cache is reclaimed before any OOM kill: no limit change is needed; if reclaim at the limit \
+                 slows the service, drop what it no longer reads (posix_fadvise POSIX_FADV_DONTNEED, log rotation) \
+                 or write the files to a volume outside the container"
+                    .into()]
+            }
+            "shmem-growth" => vec![format!(
+                "remove the files the service keeps on its tmpfs (or release its shared memory segments), or bound \
+                 the mount (size=); shmem grew {} in the window and counts against the limit until then",
+                human_bytes(self.change("shmem") as i64)
+            )],
+            "not-memory" => self.elsewhere(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The working set: the highest of the lives' peaks (a plateau's level), in samples of a live cgroup.
+    fn working_set(&self) -> Option<u64> {
+        let kills: Vec<f64> = self.r.oom_kills.iter().map(|k| k.t).collect();
+        let ends = growth::life_ends(&kills, &self.r.exits, &self.r.memory.samples);
+        let live = |s: &&Sample| s.processes != Some(0);
+        let mut peaks = std::collections::BTreeMap::<u32, u64>::new();
+        for s in self.r.memory.samples.iter().filter(live) {
+            let peak = peaks.entry(growth::life_at(s.t, &ends)).or_default();
+            *peak = (*peak).max(s.usage);
+        }
+        peaks.into_values().max()
+    }
+
+    fn limit_recommendation(&self) -> Option<String> {
+        let limit = self.r.memory.limit_bytes?;
+        let ws = self.working_set()?;
+        let killed = !self.r.oom_kills.is_empty();
+        // Killed while building it, the working set was never seen whole: it is at least the limit.
+        let (ws, what) = if killed && ws < limit {
+            (limit, "at least the limit: each life was killed before its working set was built")
+        } else if killed {
+            (ws, "the peak of each life before its kill")
+        } else {
+            (ws, "the plateau's peak")
+        };
+        let want = ((ws as f64 * HEADROOM) as u64).div_ceil(MIB) * MIB;
+        Some(format!(
+            "set the memory limit to {} ({want} bytes: docker run --memory={}m, memory.max={want}): the working set is \
+             {} ({what}) plus {:.0}% headroom; the limit now is {}{}",
+            human_bytes(clamp(want)),
+            want / MIB,
+            human_bytes(clamp(ws)),
+            (HEADROOM - 1.0) * 100.0,
+            human_bytes(clamp(limit)),
+            if killed { ", so measure again after raising it" } else { "" }
+        ))
+    }
+
+    fn leak_recommendations(&self, class: &str) -> Vec<String> {
+        let category = if class == "heap-leak" { "anon" } else { "kernel" };
+        let rate = self.trend(category).map_or(0.0, |t| t.rate_per_hour) / 3600.0;
+        let site = self
+            .r
+            .sites
+            .iter()
+            .chain(self.r.oom_kills.iter().flat_map(|k| &k.sites_before_kill))
+            .find(|s| s.outstanding_bytes > 0 && (s.kind == "anon") == (class == "heap-leak"));
+        let label = site.and_then(|s| s.label.clone().or_else(|| Some(app_frame(s)?.label().to_string())));
+        let fix = match label {
+            Some(label) => format!("fix the leak in {label}"),
+            None => "fix the leak at the top site".into(),
+        };
+        let (Some(limit), true) = (self.r.memory.limit_bytes, rate > 0.0) else { return vec![fix] };
+        let left = match self.g.time_to_limit_seconds {
+            Some(secs) => format!("the limit is reached {} from the last sample", duration(secs)),
+            None => {
+                format!("each life fills the {} limit in {}", human_bytes(clamp(limit)), duration(limit as f64 / rate))
+            }
+        };
+        vec![format!(
+            "{fix}: at {}/s {left}; doubling the limit to {} ({} bytes) only buys {} more per life",
+            human_bytes(rate as i64),
+            human_bytes(clamp(limit * 2)),
+            limit * 2,
+            duration(limit as f64 / rate)
+        )]
+    }
+
+    fn pids_recommendation(&self) -> Option<String> {
+        let tasks = self.trend("tasks")?;
+        let base = tasks.first?.max(1);
+        let cap = ((base as f64 * 2.0).ceil() as u64).max(base + 16);
+        Some(format!(
+            "set pids.max to {cap} (docker run --pids-limit={cap}; twice the {base} tasks after warm-up, {} at the \
+             end) so the leak fails at thread creation, not at the memory limit, and find the code that starts \
+             threads or connections without ending them",
+            tasks.last.unwrap_or(0)
+        ))
+    }
+
+    /// Where to look when memory is not what killed the processes.
+    fn elsewhere(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in self.deaths() {
+            let line = match (e.signal, e.sender_pid) {
+                (Some(sig), Some(pid)) if pid == e.pid => format!(
+                    "{} crashed with {}: get its core dump and backtrace (ulimit -c unlimited, coredumpctl), not a \
+                     memory setting",
+                    e.comm,
+                    signal_name(sig)
+                ),
+                (Some(sig), Some(pid)) => format!(
+                    "ask why pid {pid} ({}) sends {} to {}: a supervisor, a liveness probe or `docker kill` (docker \
+                     events, the orchestrator's logs); memory settings need no change",
+                    e.sender_comm.as_deref().unwrap_or("?"),
+                    signal_name(sig),
+                    e.comm
+                ),
+                (Some(sig), None) => {
+                    format!("find who sends {} to {} (auditd, the supervisor's logs)", signal_name(sig), e.comm)
+                }
+                (None, _) => format!(
+                    "read {}'s own logs for why it exits with status {}; memory settings need no change",
+                    e.comm,
+                    e.exit_code.unwrap_or(0)
+                ),
+            };
+            if !out.contains(&line) {
+                out.push(line);
+            }
+        }
+        out
+    }
+}
+
+/// "42 s", "3.5 min", "2.1 h".
+fn duration(secs: f64) -> String {
+    if secs < 120.0 {
+        format!("{secs:.0} s")
+    } else if secs < 7200.0 {
+        format!("{:.1} min", secs / 60.0)
+    } else {
+        format!("{:.1} h", secs / 3600.0)
+    }
+}
