@@ -223,10 +223,13 @@ fn follows_a_container_by_name_through_every_oom_kill_and_restart() -> Result<()
             "kill {i}: the top site before it does not name grow_until_killed: {}",
             kill["sites_before_kill"]
         );
-        // Each kill's picture is that run's leak, not the sum of the earlier runs' (they are dead), and the whole of
-        // it: a restarted life picked up an interval late would lose up to 16 MiB.
+        // Each kill's picture is that run's leak, not the sum of the earlier runs' (they are dead).
         let held = top["outstanding_bytes"].as_i64().unwrap_or_default();
-        ensure!((24 << 20..=40 << 20).contains(&held), "kill {i}: {held} bytes held before it, not ~32 MiB");
+        ensure!((16 << 20..=40 << 20).contains(&held), "kill {i}: {held} bytes held before it, not ~32 MiB");
+        // And the whole of it: a restart's cgroup picked up at the next interval loses the life's first allocations
+        // (measured without the watch: 24.9 and 25.8 MiB of a 31.6 MiB victim; with it 30-34 MiB).
+        let rss = kill["anon_rss_bytes"].as_f64().unwrap_or(0.0);
+        ensure!(i == 0 || held as f64 >= 0.85 * rss, "kill {i}: {held} bytes traced of the victim's {rss} anon RSS");
     }
     eprintln!("docker e2e took {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
