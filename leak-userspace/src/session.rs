@@ -143,6 +143,14 @@ async fn event_loop(
     // SAFETY: as for `events`.
     let mut exits = unsafe { AsyncFd::register_with_interest(probes.take_exits()?, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("cannot watch the exit ring buffer: {e}"))?;
+    // A followed container's restarts make their cgroup beside the current one.
+    let watch = match (&collector.target().container, collector.target().path.parent()) {
+        (Some(_), Some(parent)) => target::CgroupWatch::new(parent).and_then(|w| {
+            // SAFETY: the AsyncFd owns the watch, and so its fd, for as long as it is registered.
+            unsafe { AsyncFd::register_with_interest(w, Interest::READABLE) }.ok()
+        }),
+        _ => None,
+    };
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(args.interval));
@@ -194,6 +202,19 @@ async fn event_loop(
                     collector.exit_event(&item);
                 }
                 guard.clear_ready();
+            }
+            guard = async {
+                match &watch {
+                    Some(w) => w.readable().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let mut guard = guard?;
+                let made = guard.get_inner().drain();
+                guard.clear_ready();
+                if made {
+                    collector.follow_now(probes)?;
+                }
             }
             guard = async {
                 match &ustacks {

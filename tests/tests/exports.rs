@@ -397,7 +397,7 @@ fn the_demo_report_leads_with_the_kill_and_its_flame_graph() -> Result<()> {
     ensure!(top.contains(leak_fn) && !top.contains("Total samples = 0"), "pprof -top:\n{top}");
     let svg = out_dir.join("flamegraph.svg");
     let text = svg_text(&svg)?;
-    ensure!(text.contains("held before OOM kill 1 (nothing is outstanding") && text.contains(leak_fn), "{text}");
+    ensure!(text.contains("held before OOM kill 1 (the workload died)") && text.contains(leak_fn), "{text}");
     let summary = String::from_utf8_lossy(&out.stdout);
     ensure!(summary.contains("held just before OOM kill 1"), "summary:\n{summary}");
 

@@ -171,6 +171,16 @@ impl Collector {
         Ok(())
     }
 
+    /// Between intervals, when a cgroup was made beside the target's: moves to a restarted container's new cgroup
+    /// at once, so that its first allocations are traced.
+    pub fn follow_now(&mut self, probes: &mut Probes) -> Result<()> {
+        if self.follower.poll(&mut self.target) == Poll::Moved {
+            self.target_rel = relative_to_hierarchy(&self.target.path);
+            self.follow_subtree(probes)?;
+        }
+        Ok(())
+    }
+
     /// One interval. Returns why tracing must end once the target is gone (a cgroup removed; a container gone for good).
     pub fn tick(&mut self, probes: &mut Probes) -> Result<Option<String>> {
         match self.follower.poll(&mut self.target) {

@@ -89,7 +89,7 @@ fn total(sites: &[Site]) -> String {
 /// The window's flame graph: of the sites the outputs lead with (the last kill's when the end is empty).
 pub fn window_svg(report: &Report) -> Result<Vec<u8>> {
     match super::lead_sites(report) {
-        (_, Some(n)) => kill_svg(report, n, " (nothing is outstanding at the end: the workload died)"),
+        (_, Some(n)) => kill_svg(report, n, " (the workload died)"),
         (sites, None) => {
             let title = format!("leaktrace: {}: outstanding memory by call site", target_name(report));
             let subtitle = format!("{}, {} outstanding; root frame = kind of memory", window(report), total(&sites));
@@ -224,7 +224,7 @@ pub(crate) mod tests {
         // Nothing outstanding after the kill: the window's graph is the kill's.
         let texts = xml_texts(&window_svg(&report).unwrap()).join("\n");
         assert!(
-            texts.contains("held before OOM kill 1 (nothing is outstanding at the end") && texts.contains("grow_cache"),
+            texts.contains("held before OOM kill 1 (the workload died)") && texts.contains("grow_cache"),
             "{texts}"
         );
         report.oom_kills.clear();

@@ -9,6 +9,7 @@ mod resolve;
 #[cfg(test)]
 pub(crate) mod testing;
 mod walk;
+mod watch;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ pub use follow::{Follower, Poll};
 pub use layout::{CgroupLayout, CgroupVersion};
 pub use resolve::{resolve, Resolver};
 pub use walk::{member_pids, member_tids, subtree_ids};
+pub use watch::CgroupWatch;
 
 /// A resolved memcg.
 #[derive(Debug, Clone)]

@@ -235,7 +235,7 @@ impl<'a> Facts<'a> {
         ev.push(format!("load: {}{}", self.line("tasks"), self.allocation_rate().unwrap_or_default()));
         ev.extend(self.top_sites(&self.r.sites, &["anon"]));
         ev.extend(self.rss_line());
-        ev.push(coverage_line("anon", &self.r.attribution.anon));
+        ev.push(self.kill_coverage().unwrap_or_else(|| coverage_line("anon", &self.r.attribution.anon)));
         ev.extend(self.interval_coverage());
         ev.extend(self.limit_line());
         ev.extend(self.kills_line());
@@ -336,6 +336,30 @@ impl<'a> Facts<'a> {
         let limit = last.limit.or(self.r.memory.limit_bytes).unwrap_or(u64::MAX);
         let file_share = last.file.map_or(0.0, |f| f as f64 / last.usage.max(1) as f64);
         self.r.oom_kills.is_empty() && last.usage as f64 > growth::NEAR_LIMIT * limit as f64 && file_share >= 0.5
+    }
+
+    /// When the window ends after the workload died at an OOM kill (its growth over the window is nothing), the
+    /// reconciliation that means something is the kill's: what the sites held against the life's last anon figure.
+    fn kill_coverage(&self) -> Option<String> {
+        let (n, kill) = (self.r.oom_kills.len(), self.r.oom_kills.last()?);
+        if self.r.attribution.anon.growth_bytes > 0 {
+            return None;
+        }
+        let held: i64 = kill.sites_before_kill.iter().filter(|s| s.kind == "anon").map(|s| s.outstanding_bytes).sum();
+        // The victim's own anon RSS at the kill where the kernel reports it, else the life's last sample.
+        let (anon, of) = match kill.anon_rss_bytes {
+            Some(rss) => (rss, "the victim's anon RSS at the kill"),
+            None => (
+                self.r.memory.samples.iter().rev().find(|s| s.t <= kill.t).and_then(|s| s.anon)?,
+                "the last sample's anon",
+            ),
+        };
+        Some(format!(
+            "just before OOM kill {n}, the traced anon sites held {} of {of}, {} ({:.0}%)",
+            human_bytes(held),
+            human_bytes(clamp(anon)),
+            100.0 * held as f64 / anon.max(1) as f64
+        ))
     }
 
     /// Deaths other than OOM kills.

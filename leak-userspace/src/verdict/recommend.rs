@@ -86,7 +86,8 @@ impl Facts<'_> {
             None => "fix the leak at the top site".into(),
         };
         let (Some(limit), true) = (self.r.memory.limit_bytes, rate > 0.0) else { return vec![fix] };
-        let left = match self.g.time_to_limit_seconds {
+        // Once killed, the next life starts from nothing: its time to the limit is the whole limit's.
+        let left = match self.g.time_to_limit_seconds.filter(|_| self.r.oom_kills.is_empty()) {
             Some(secs) => format!("the limit is reached {} from the last sample", duration(secs)),
             None => {
                 format!("each life fills the {} limit in {}", human_bytes(clamp(limit)), duration(limit as f64 / rate))

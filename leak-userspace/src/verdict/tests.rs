@@ -527,3 +527,17 @@ fn page_sized_drift_does_not_shake_no_leak() {
     assert_eq!(v.class, "no-leak");
     assert!(v.confidence >= 0.89, "{}", v.confidence);
 }
+
+#[test]
+fn a_window_that_ends_after_the_kill_reconciles_at_the_kill() {
+    // Grows to its kill at t=20, then the cgroup is empty: over the window anon did not grow at all.
+    let samples = series(30, |i, s| {
+        s.anon = Some(if i <= 20 { 20 * MIB + 2 * i as u64 * MIB } else { 0 });
+        s.processes = Some(u64::from(i <= 20));
+        s.main_process = if i <= 20 { main_of(0) } else { None };
+    });
+    let mut k = kill(20.5, 1);
+    k.anon_rss_bytes = Some(64 << 20);
+    let v = judged(samples, vec![k], 0);
+    has(&v, "just before OOM kill 1, the traced anon sites held 64.0 MiB of the victim's anon RSS at the kill, 64.0 MiB (100%)");
+}
