@@ -53,7 +53,9 @@ fn node_jit_frames_are_named_from_the_perf_map() -> Result<()> {
     let _one = serial();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/response_cache.js");
     let mut node = std::process::Command::new("node");
-    node.arg("--perf-basic-prof").arg(&script).args(["160", "7", "120"]);
+    // node writes an isolate log beside the perf map into its working directory: a scratch one, not the tree.
+    let scratch = tempfile::tempdir()?;
+    node.current_dir(scratch.path()).arg("--perf-basic-prof").arg(&script).args(["160", "7", "120"]);
     let run = trace_command("node", node, Some(1 << 30), 9, &[], &[])?;
     let jit_frames = |site: &serde_json::Value| -> Vec<String> {
         items(&site["frames"])

@@ -115,11 +115,18 @@ impl Collector {
         self.ustacks.drain();
     }
 
-    /// Every site: the kernel's, each sampled allocation's mapped to its unwound user stack, and the retired ones.
-    /// The map is read before the samples are drained: a sample is sent before its allocation is counted.
-    fn sites(&mut self, probes: &Probes) -> Result<Vec<(SiteKey, SiteCounters)>> {
+    /// The kernel's sites as they are (a sampled allocation's under its sample token), every token's sample
+    /// unwound: the map is read before the samples are drained, as a sample is sent before its allocation is
+    /// counted.
+    fn kernel_sites(&mut self, probes: &Probes) -> Result<Vec<(SiteKey, SiteCounters)>> {
         let raw = probes.sites()?;
         self.ustacks.drain();
+        Ok(raw)
+    }
+
+    /// Every site: the kernel's, each sampled allocation's mapped to its unwound user stack, and the retired ones.
+    fn sites(&mut self, probes: &Probes) -> Result<Vec<(SiteKey, SiteCounters)>> {
+        let raw = self.kernel_sites(probes)?;
         Ok(self.retired.merged(self.ustacks.canonicalize(raw)))
     }
 
@@ -147,8 +154,7 @@ impl Collector {
     /// The `n` sites holding the most now. Only the largest raw sites are symbolized, so this is cheap enough for
     /// every interval.
     pub fn top_sites(&mut self, probes: &Probes, n: usize) -> Result<Vec<report::Site>> {
-        let raw = probes.sites()?;
-        self.ustacks.drain();
+        let raw = self.kernel_sites(probes)?;
         let mut raw = self.ustacks.canonicalize(raw);
         raw.sort_unstable_by_key(|(_, c)| {
             std::cmp::Reverse(c.alloc_bytes.saturating_sub(c.free_bytes.saturating_add(c.oom_freed_bytes)))
@@ -190,8 +196,7 @@ impl Collector {
             Poll::Gone(why) => return Ok(Some(why)),
         }
         self.follow_subtree(probes)?;
-        let mut raw = probes.sites()?;
-        self.ustacks.drain();
+        let mut raw = self.kernel_sites(probes)?;
         // Processes that allocated and left between two scans are known only from the sites they made.
         let tgids: BTreeSet<u32> = raw.iter().map(|(key, _)| key.tgid).collect();
         for tgid in tgids {
