@@ -527,6 +527,15 @@ mod tests {
                 assert!(kept < one_step, "{bytes} bytes: larger than assumed, kept with the first step's probability");
             }
         }
+        // A first step assuming no bound passes always: the second alone is the one-step coin.
+        for random in [0u32, 1, 0xffff, 0x8_0000, u32::MAX] {
+            assert_eq!(coin_first(random, 19, u32::MAX), Some(0));
+            for bytes in [1u64, 4096, 65536, 1 << 20] {
+                let one_step = sample_shift(bytes, 19);
+                let kept = random & ((1u32 << one_step) - 1) == 0;
+                assert_eq!(coin_second(random, 0, bytes, 19), kept.then_some(one_step), "{random:#x} {bytes}");
+            }
+        }
         assert_eq!(coin_first(12345, 0, 15), Some(0), "rate 0 keeps everything");
         assert_eq!(coin_second(12345, 0, 4096, 0), Some(0));
     }

@@ -338,15 +338,10 @@ fn stack_id(ctx: &RawTracePointContext, flags: u64, collision: u32) -> i32 {
 /// exact weight is worked out.
 #[inline(always)]
 fn sample_weight(bytes: u64) -> Option<u32> {
-    if bytes <= 1 << SMALL_BITS {
-        let (random, pre) = pre_coin(SMALL_BITS)?;
-        return finish_coin(random, pre, bytes);
-    }
-    let shift = leak_common::sample_shift(bytes, cfg(&CONFIG.sample_rate_shift));
-    if shift != 0 && unsafe { bpf_get_prandom_u32() } & ((1u32 << shift) - 1) != 0 {
-        return None;
-    }
-    Some(shift)
+    // A larger allocation's first step has weight 0 (always passes): its whole coin is the second step.
+    let max_bits = if bytes <= 1 << SMALL_BITS { SMALL_BITS } else { u32::MAX };
+    let (random, pre) = pre_coin(max_bits)?;
+    finish_coin(random, pre, bytes)
 }
 
 /// Allocations of at most 2^SMALL_BITS bytes (a page) take the two-step coin.
