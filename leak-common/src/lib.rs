@@ -18,6 +18,9 @@ pub mod kind {
     pub const PERCPU: u32 = 3;
     /// Other pages from the page allocator: page cache, and kernel pages not charged to any memcg.
     pub const OTHER: u32 = 4;
+    /// Bytes a process got from its allocator (`malloc` and kin, probed with `--heap`) and has not freed: who
+    /// holds the heap, where `ANON` says who first touched its pages.
+    pub const HEAP: u32 = 5;
 }
 
 /// `SiteKey::cache` for kmalloc objects: this bit set, the size class in the low bits. Otherwise `cache` is the
@@ -206,6 +209,53 @@ pub fn bit_len(mut v: u64) -> u32 {
     n + v as u32
 }
 
+/// An outstanding heap allocation of a process: user addresses repeat from one process to the next.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HeapKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub ptr: u64,
+}
+
+/// The allocator functions `--heap` probes, by how their arguments read (`HeapCall::func`).
+pub mod heap_fn {
+    /// `malloc(size)`, `calloc(n, size)`, `free(ptr)`: they call no other probed function, so a call needs an
+    /// entry in `HEAP_CALLS` only when its allocation is kept.
+    pub const MALLOC: u32 = 0;
+    pub const CALLOC: u32 = 1;
+    /// The rest may call `malloc` on the way (glibc's `realloc(NULL, n)`, `aligned_alloc` with a small
+    /// alignment): every call is entered in `HEAP_CALLS`, so that the inner call is not counted a second time
+    /// nor its stack unwound through the outer call's hijacked return address.
+    /// `realloc(ptr, size)`:
+    pub const REALLOC: u32 = 2;
+    /// `reallocarray(ptr, n, size)`:
+    pub const REALLOCARRAY: u32 = 3;
+    /// `memalign(align, size)`, `aligned_alloc(align, size)`:
+    pub const MEMALIGN: u32 = 4;
+    /// `posix_memalign(&ptr, align, size)`: the pointer is read back at the return.
+    pub const POSIX_MEMALIGN: u32 = 5;
+    /// `valloc(size)`, `pvalloc(size)`, C++ `operator new(size, ...)` where the allocator defines it:
+    pub const SIZED: u32 = 6;
+}
+
+/// `HeapCall::shift` of a call whose allocation was not kept (the call is entered only to fence inner calls).
+pub const HEAP_NOT_KEPT: u32 = u32::MAX;
+
+/// An allocator call in flight on a thread (keyed by thread id), from its entry to its return.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HeapCall {
+    /// The stack pointer at the entry (pointing at the return address): the matching return's is 8 above it, an
+    /// inner call's below it.
+    pub sp: u64,
+    pub bytes: u64,
+    /// `realloc`: the block given back. `posix_memalign`: where the new pointer is stored.
+    pub arg: u64,
+    pub shift: u32,
+    pub func: u32,
+}
+
 /// The last page a task took from the page allocator on this CPU, so that the anon charge that follows in the
 /// same page fault can mark that page as anonymous.
 #[repr(C)]
@@ -329,7 +379,11 @@ pub mod counter {
     pub const USTACK_NESTED: u32 = 15;
     /// Kept pages khugepaged collapsed into a huge page: not credited as freed (the memory lives on).
     pub const COLLAPSED: u32 = 16;
-    pub const COUNT: u32 = 17;
+    /// `--heap`: kept allocator calls lost because the table of calls in flight was full, and allocator returns
+    /// that did not match their call (a `longjmp` out of the allocator, a probe detached mid-call).
+    pub const HEAP_CALLS_FULL: u32 = 17;
+    pub const HEAP_UNMATCHED_RETURN: u32 = 18;
+    pub const COUNT: u32 = 19;
 }
 
 /// Marks a record field or struct member this kernel does not have.
@@ -570,4 +624,5 @@ mod pod {
     unsafe impl aya::Pod for ExitEvent {}
     unsafe impl aya::Pod for SignalSent {}
     unsafe impl aya::Pod for ExitConfig {}
+    unsafe impl aya::Pod for HeapKey {}
 }

@@ -33,6 +33,8 @@ use aya_ebpf::{
     programs::{tracing::StackIdContext, RawTracePointContext, TracePointContext},
     EbpfContext,
 };
+
+mod heap;
 use leak_common::{
     arg, counter, exit_count, kind, regs, Config, ExitConfig, ExitEvent, LiveAlloc, OomEvent, PendingPage, SignalSent,
     SiteCounters, SiteKey, StackSample, CACHE_KMALLOC_BIT, CACHE_NAME_LEN, COMM_LEN, EXIT_MIN_LIFE_NS, FNV_OFFSET,
@@ -192,15 +194,22 @@ fn target_task() -> bool {
 fn site_here(ctx: &RawTracePointContext, kind: u32, cache: u32) -> SiteKey {
     let kstack = stack_id(ctx, 0, counter::KSTACK_COLLISION);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let (ustack, usample) = if cfg(&CONFIG.regs_source) == regs::NONE {
+    let (ustack, usample) = user_site(ctx, user_regs);
+    SiteKey { tgid, kstack, ustack, cache, kind, _pad: 0, usample }
+}
+
+/// The user half of a site key: a frame-pointer stack id (`regs::NONE`), or the token of a user stack sample
+/// taken from the registers `regs` gives; a negative errno when there is none.
+#[inline(always)]
+fn user_site<C: StackIdContext>(ctx: &C, regs: impl FnOnce() -> Option<(u64, u64, u64)>) -> (i32, u64) {
+    if cfg(&CONFIG.regs_source) == regs::NONE {
         (stack_id(ctx, BPF_F_USER_STACK as u64, counter::USTACK_COLLISION), 0)
     } else {
-        match user_stack_sample() {
+        match user_stack_sample(regs) {
             Ok(token) => (-1, token),
             Err(e) => (e, 0),
         }
-    };
-    SiteKey { tgid, kstack, ustack, cache, kind, _pad: 0, usample }
+    }
 }
 
 const ENODATA: i32 = 61;
@@ -210,7 +219,7 @@ const EBUSY: i32 = 16;
 /// Sends the current task's user registers and the top of its user stack to userspace; returns the sample's
 /// token, or the negative errno that stands in for the user stack of the site (counted).
 #[inline(always)]
-fn user_stack_sample() -> Result<u64, i32> {
+fn user_stack_sample(regs: impl FnOnce() -> Option<(u64, u64, u64)>) -> Result<u64, i32> {
     let depth = SCRATCH_DEPTH.get_ptr_mut(0).ok_or(-EBUSY)?;
     let level = unsafe { *depth };
     if level >= SCRATCH_LEVELS {
@@ -218,15 +227,15 @@ fn user_stack_sample() -> Result<u64, i32> {
         return Err(-EBUSY);
     }
     unsafe { *depth = level + 1 };
-    let sent = fill_and_send(level);
+    let sent = fill_and_send(level, regs);
     unsafe { *depth = level };
     sent
 }
 
 #[inline(always)]
-fn fill_and_send(level: u32) -> Result<u64, i32> {
+fn fill_and_send(level: u32, regs: impl FnOnce() -> Option<(u64, u64, u64)>) -> Result<u64, i32> {
     let scratch = STACK_SCRATCH.get_ptr_mut(level).ok_or(-EBUSY)?;
-    let Some((ip, sp, bp)) = user_regs() else {
+    let Some((ip, sp, bp)) = regs() else {
         count(counter::USTACK_NO_REGS, 1);
         return Err(-ENODATA);
     };
@@ -317,7 +326,7 @@ fn user_regs() -> Option<(u64, u64, u64)> {
 }
 
 #[inline(always)]
-fn stack_id(ctx: &RawTracePointContext, flags: u64, collision: u32) -> i32 {
+fn stack_id<C: StackIdContext>(ctx: &C, flags: u64, collision: u32) -> i32 {
     let id = match ctx.get_stackid(&STACKS, flags) {
         Err(e) if e == -EEXIST => ctx.get_stackid(&STACKS_OVERFLOW, flags).map(|id| id as i32 | STACK_OVERFLOW_BIT),
         other => other.map(|id| id as i32),
@@ -412,9 +421,16 @@ fn credit_free(rec: &LiveAlloc, by_oom: bool) {
 /// Records a kept allocation of `bytes` sampled with weight `shift` (see `sample_weight`).
 #[inline(always)]
 fn record_alloc(key: u64, site: &SiteKey, bytes: u64, shift: u32) -> bool {
+    record_alloc_in(&LIVE, &key, key, site, bytes, shift)
+}
+
+/// `record_alloc` into a table of outstanding allocations `live` under `key`, counted in the filter as
+/// `filter_key`.
+#[inline(always)]
+fn record_alloc_in<K>(live: &HashMap<K, LiveAlloc>, key: &K, filter_key: u64, site: &SiteKey, bytes: u64, shift: u32) -> bool {
     // An allocation at an address we still track means its free was missed (e.g. dropped by the kernel's
     // recursion guard): close the old record rather than let it look leaked forever.
-    let tracked = match unsafe { LIVE.get(&key) } {
+    let tracked = match unsafe { live.get(key) } {
         Some(old) => {
             let old = *old;
             credit_free(&old, false);
@@ -428,14 +444,14 @@ fn record_alloc(key: u64, site: &SiteKey, bytes: u64, shift: u32) -> bool {
         return false;
     }
     let rec = LiveAlloc { site: *site, weight_shift: shift, bytes };
-    if LIVE.insert(&key, &rec, 0).is_err() {
+    if live.insert(key, &rec, 0).is_err() {
         sub_alloc(site, bytes, weight);
         count(counter::LIVE_MAP_FULL, 1);
         return false;
     }
     // An address tracked already is counted in the filter already.
     if !tracked {
-        filter_add(key, 1);
+        filter_add(filter_key, 1);
     }
     count(counter::ALLOC_EVENTS, 1);
     true
@@ -485,15 +501,21 @@ fn freed_by_oom() -> bool {
 /// kept one, at the lookup's miss).
 #[inline(always)]
 fn record_free(key: u64) {
-    if !maybe_kept(key) {
+    record_free_in(&LIVE, &key, key)
+}
+
+/// `record_free` from the table `live` (see `record_alloc_in`).
+#[inline(always)]
+fn record_free_in<K>(live: &HashMap<K, LiveAlloc>, key: &K, filter_key: u64) {
+    if !maybe_kept(filter_key) {
         return;
     }
-    let rec = match unsafe { LIVE.get(&key) } {
+    let rec = match unsafe { live.get(key) } {
         Some(r) => *r,
         None => return,
     };
-    if LIVE.remove(&key).is_ok() {
-        filter_add(key, u32::MAX);
+    if live.remove(key).is_ok() {
+        filter_add(filter_key, u32::MAX);
     }
     // khugepaged copies the small pages of a region into a huge page it allocated itself (outside the target's
     // tasks, so unseen), then frees them: the memory stays the process's and the site that faulted it keeps it.

@@ -43,7 +43,9 @@ pub fn attribute(samples: &[Sample], sites: &[Site]) -> Attribution {
         Some(g) => coverage(Some(g), sum(V2_SLAB_KINDS)),
         None => coverage(growth(samples, |s| s.kernel), sum(V1_KERNEL_KINDS)),
     };
-    Attribution { anon, slab, intervals: intervals(samples) }
+    // The heap sites are another view of the anon memory (who holds the malloc'd bytes), never added to it.
+    let heap = sites.iter().any(|s| s.kind == "heap").then(|| coverage(growth(samples, |s| s.anon), sum(&["heap"])));
+    Attribution { anon, slab, heap, intervals: intervals(samples) }
 }
 
 /// Each interval between two samples that both carry site totals.

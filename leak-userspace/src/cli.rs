@@ -72,7 +72,21 @@ pub struct TraceArgs {
     /// up, in whole chunks, at most 28 KiB). report.json `collection.unwind` counts the walks it cut short.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_USER_STACK_BYTES, value_parser = user_stack_bytes)]
     pub user_stack_bytes: u32,
+
+    /// Also probe the allocator (malloc, free and kin, in libc, the executable, or jemalloc/tcmalloc/mimalloc)
+    /// of every process of the target: heap sites then name who holds the malloc'd bytes, not who first touched
+    /// their pages. Sampled by size as the kernel side is; each probe hit costs the process a trap into the kernel.
+    #[arg(long)]
+    pub heap: bool,
+
+    /// With --heap: the most of a process's CPU time (percent) the allocator probes may take, estimated from its
+    /// probe hits and the cost of a hit measured at the start; a process over it is detached, and the report says so.
+    #[arg(long, value_name = "PERCENT", default_value_t = DEFAULT_HEAP_BUDGET, value_parser = heap_budget, requires = "heap")]
+    pub heap_budget: f64,
 }
+
+/// See the README ("Heap") for the measurements behind it.
+pub const DEFAULT_HEAP_BUDGET: f64 = 10.0;
 
 /// 16 KiB of user stack per kept allocation: see the README ("User stacks") for the depths measured.
 pub const DEFAULT_USER_STACK_BYTES: u32 = 16 << 10;
@@ -166,6 +180,13 @@ fn user_stack_bytes(s: &str) -> Result<u32, String> {
         return Err(format!("must be from {} to {max} bytes", leak_common::USTACK_CHUNK));
     }
     Ok(bytes)
+}
+
+fn heap_budget(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 100.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a percentage above 0 and at most 100")),
+    }
 }
 
 fn sample_bytes(s: &str) -> Result<u64, String> {

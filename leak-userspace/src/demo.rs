@@ -41,6 +41,8 @@ pub fn run(output: Option<PathBuf>, quiet: bool) -> Result<()> {
         sample_bytes: crate::cli::DEFAULT_SAMPLE_BYTES,
         record_all: false,
         user_stack_bytes: crate::cli::DEFAULT_USER_STACK_BYTES,
+        heap: false,
+        heap_budget: crate::cli::DEFAULT_HEAP_BUDGET,
     };
     let mut child: Option<Child> = None;
     let cgroup_path = cgroup.path.clone();

@@ -15,7 +15,7 @@ use tokio::{
 
 use crate::{
     cli::{Cli, Command, TraceArgs},
-    collect::Collector,
+    collect::{heap::HeapTracer, Collector},
     export, output,
     probes::{self, Probes},
     report,
@@ -73,9 +73,15 @@ pub fn trace(target: Target, args: &TraceArgs, hooks: Hooks<'_>) -> Result<PathB
     let mut discovery = probes::discover(args.record_all, args.user_stack_chunks().filter(|_| !fp_stacks))?;
     discovery.config.floor = u32::from(std::env::var_os(FLOOR_ENV).is_some());
     discovery.config.sample_rate_shift = args.sample_rate_shift();
-    let mut probes = Probes::load(&mut discovery, args.live_entries(), args.stack_entries)?;
+    let mut probes = Probes::load(&mut discovery, args.live_entries(), args.stack_entries, args.heap)?;
     let ring = if discovery.config.ustack_chunks > 0 { Some(probes.take_user_stacks()?) } else { None };
-    let mut collector = Collector::new(target, &discovery, args.top, crate::stacks::UserStacks::new(ring));
+    let heap = if args.heap {
+        let hit = probes.measure_heap_hit().context("cannot measure what a heap probe hit costs")?;
+        Some(HeapTracer::new(args.heap_budget, hit.as_nanos() as f64))
+    } else {
+        None
+    };
+    let mut collector = Collector::new(target, &discovery, args.top, crate::stacks::UserStacks::new(ring), heap);
     // The first sample is the baseline that growth is measured from.
     collector.tick(&mut probes)?;
     let say = |line: &str| {
@@ -94,6 +100,7 @@ pub fn trace(target: Target, args: &TraceArgs, hooks: Hooks<'_>) -> Result<PathB
     for line in &discovery.degraded {
         say(&format!("note: {line}"));
     }
+    say_notices(&mut collector, args.quiet);
     say(&format!(
         "tracing {}; outputs go to {}",
         args.duration.map_or("until Ctrl-C".to_string(), |d| format!("for {d} s (Ctrl-C stops early)")),
@@ -176,6 +183,7 @@ async fn event_loop(
         tokio::select! {
             _ = tick.tick() => {
                 let gone = collector.tick(probes)?;
+                say_notices(collector, args.quiet);
                 live.show(collector, probes);
                 if let Some(why) = gone {
                     reason = why;
@@ -241,6 +249,15 @@ async fn event_loop(
         collector.exit_event(&item);
     }
     Ok(reason)
+}
+
+/// What the collector has to say on the terminal (heap probes detached from a process, say).
+fn say_notices(collector: &mut Collector, quiet: bool) {
+    for line in collector.take_notices() {
+        if !quiet {
+            eprintln!("leaktrace: {line}");
+        }
+    }
 }
 
 fn write_outputs(dir: &Path, report: &report::Report) -> Result<()> {

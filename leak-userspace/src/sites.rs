@@ -39,6 +39,7 @@ pub fn kind_name(k: u32) -> &'static str {
         kind::SLAB => "slab",
         kind::PAGE => "page",
         kind::PERCPU => "percpu",
+        kind::HEAP => "heap",
         _ => "other",
     }
 }

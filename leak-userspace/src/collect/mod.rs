@@ -4,6 +4,7 @@
 pub mod early;
 pub mod exits;
 pub mod flight;
+pub mod heap;
 pub mod oom;
 mod retire;
 
@@ -69,10 +70,18 @@ pub struct Collector {
     retired: retire::Retired,
     /// The user stacks of sampled allocations, unwound.
     ustacks: UserStacks,
+    /// `--heap`: the allocator probes of the target's processes.
+    heap: Option<heap::HeapTracer>,
 }
 
 impl Collector {
-    pub fn new(target: Target, discovery: &Discovery, top: usize, ustacks: UserStacks) -> Self {
+    pub fn new(
+        target: Target,
+        discovery: &Discovery,
+        top: usize,
+        ustacks: UserStacks,
+        heap: Option<heap::HeapTracer>,
+    ) -> Self {
         let target_rel = relative_to_hierarchy(&target.path);
         Collector {
             follower: Follower::new(&target),
@@ -102,7 +111,13 @@ impl Collector {
             first_seen: HashMap::new(),
             retired: retire::Retired::default(),
             ustacks,
+            heap,
         }
+    }
+
+    /// Lines for the terminal from the last intervals (heap probes detached, say).
+    pub fn take_notices(&mut self) -> Vec<String> {
+        self.heap.as_mut().map(|h| h.take_notices()).unwrap_or_default()
     }
 
     /// The user stack sample ring buffer's fd (none with frame-pointer stacks), for the event loop.
@@ -119,8 +134,12 @@ impl Collector {
     /// unwound: the map is read before the samples are drained, as a sample is sent before its allocation is
     /// counted.
     fn kernel_sites(&mut self, probes: &Probes) -> Result<Vec<(SiteKey, SiteCounters)>> {
-        let raw = probes.sites()?;
+        let mut raw = probes.sites()?;
         self.ustacks.drain();
+        if let Some(h) = &self.heap {
+            let victims: Vec<u32> = self.oom_kills.iter().map(|k| k.pid).collect();
+            heap::settle(&mut raw, |tgid| h.covers(tgid), &victims);
+        }
         Ok(raw)
     }
 
@@ -163,7 +182,8 @@ impl Collector {
         self.build_sites(probes, &raw, Outstanding::Live, n)
     }
 
-    /// Keeps the kernel filter on the target's current subtree and learns the processes living in it.
+    /// Keeps the kernel filter on the target's current subtree and learns the processes living in it (with
+    /// `--heap`, probing their allocators).
     fn follow_subtree(&mut self, probes: &mut Probes) -> Result<()> {
         let mut ids = target::subtree_ids(&self.target.path);
         ids.sort_unstable();
@@ -171,8 +191,12 @@ impl Collector {
             probes.set_memcgs(&ids)?;
             self.memcg_ids = ids;
         }
-        for pid in target::member_pids(&self.target.path) {
+        let pids = target::member_pids(&self.target.path);
+        for &pid in &pids {
             self.learn_process(pid);
+        }
+        if let Some(h) = &mut self.heap {
+            h.tick(probes, &pids, self.start.elapsed().as_secs_f64());
         }
         Ok(())
     }
@@ -409,6 +433,7 @@ impl Collector {
                 ]),
                 exits_unrecorded: exit_counts[exit_count::UNRECORDED as usize] + self.exits_over,
                 exits_dropped: exit_counts[exit_count::DROPPED as usize],
+                heap: self.heap.as_ref().map(|h| h.report()),
             },
             sampling: report::Sampling::from_shift(self.sample_rate_shift, c[counter::ALLOC_EVENTS as usize]),
         };
@@ -474,6 +499,7 @@ fn site_totals(raw: &[(SiteKey, SiteCounters)]) -> report::SiteTotals {
             kind::SLAB => &mut t.slab,
             kind::PAGE => &mut t.page,
             kind::PERCPU => &mut t.percpu,
+            kind::HEAP => &mut t.heap,
             _ => &mut t.other,
         };
         *slot = slot.saturating_add(held);

@@ -1,5 +1,7 @@
 //! The eBPF side as userspace sees it: discovering this kernel's layouts, loading and attaching the embedded
 //! programs, and reading their maps.
+pub mod allocator;
+mod heap;
 mod layout;
 
 use std::{
@@ -79,10 +81,14 @@ pub const ATTACHMENTS: &[Attachment] = &[
 pub struct Probes {
     ebpf: Ebpf,
     pub attached: Vec<&'static str>,
+    /// `--heap`: the allocator programs are loaded, and the probes attached to each traced process.
+    heap_enabled: bool,
+    heap_links: StdHashMap<u32, heap::Attached>,
 }
 
 impl Probes {
-    pub fn load(discovery: &mut Discovery, live_entries: u32, stack_entries: u32) -> Result<Self> {
+    /// `heap`: load the allocator programs too (`--heap`).
+    pub fn load(discovery: &mut Discovery, live_entries: u32, stack_entries: u32, heap: bool) -> Result<Self> {
         if EBPF_OBJECT.is_empty() {
             bail!("this leaktrace was built without its eBPF programs (LEAKTRACE_SKIP_EBPF); rebuild it with `cargo xtask build`");
         }
@@ -90,6 +96,7 @@ impl Probes {
             .override_global("CONFIG", &discovery.config, true)
             .override_global("EXIT_CONFIG", &discovery.exit_config, true)
             .map_max_entries("LIVE", live_entries)
+            .map_max_entries("HEAP_LIVE", if heap { live_entries } else { 1 })
             .map_max_entries("STACKS", stack_entries)
             // The second chance for colliding stacks scales with the first (4096 at the default 16384).
             .map_max_entries("STACKS_OVERFLOW", (stack_entries / 4).max(1))
@@ -117,7 +124,12 @@ impl Probes {
         if !discovery.modes.iter().any(|m| m == "pages" || m == "slab") {
             bail!("this kernel refused the allocation programs: {}", discovery.degraded.join("; "));
         }
-        Ok(Probes { ebpf, attached })
+        let mut probes = Probes { ebpf, attached, heap_enabled: false, heap_links: StdHashMap::new() };
+        if heap {
+            probes.load_heap()?;
+            discovery.modes.push("heap".into());
+        }
+        Ok(probes)
     }
 
     /// Makes the kernel side follow exactly these memcgs (target and descendants).

@@ -188,6 +188,9 @@ pub struct SiteTotals {
     pub page: i64,
     pub percpu: i64,
     pub other: i64,
+    /// `--heap`: what the `heap` sites hold (malloc'd bytes, a view of the anon memory above, not more of it).
+    #[serde(default)]
+    pub heap: i64,
     pub allocated_bytes: u64,
 }
 
@@ -195,6 +198,9 @@ pub struct SiteTotals {
 pub struct Attribution {
     pub anon: Coverage,
     pub slab: Coverage,
+    /// `--heap`: how much of the anon growth the `heap` sites (the malloc'd bytes still held) explain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heap: Option<Coverage>,
     /// Extension: the same reconciliation for every interval between two samples (`t0`..`t1`), from the site
     /// totals recorded with each sample. Empty when the samples carry no site totals.
     pub intervals: Vec<IntervalCoverage>,
@@ -424,6 +430,40 @@ pub struct Collection {
     pub exits_unrecorded: u64,
     #[serde(default)]
     pub exits_dropped: u64,
+    /// `--heap`: the processes probed, what the probes cost each one, and which were let go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heap: Option<HeapCollection>,
+}
+
+/// `collection.heap`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeapCollection {
+    /// What one probe hit costs here, measured at the start on the tracer's own `malloc` and `free`.
+    pub hit_cost_ns: f64,
+    /// `--heap-budget`: the most of a process's CPU time the probes may take before they are detached from it.
+    pub budget_percent: f64,
+    pub processes: Vec<HeapProcess>,
+}
+
+/// One process of the target as `--heap` saw it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeapProcess {
+    pub pid: u32,
+    pub comm: String,
+    /// The object probed (the process's path): its libc, the executable, jemalloc...
+    pub allocator: Option<String>,
+    pub probes: u32,
+    /// Seconds since the start.
+    pub attached_at: f64,
+    /// `traced`, `exited`, `over-budget` (detached), `not-traced` (no allocator found, or attaching failed).
+    pub state: String,
+    pub hits: u64,
+    /// In the first interval after attaching.
+    pub hits_per_second: Option<f64>,
+    /// The highest estimated cost over an interval, in CPUs (hits/s times the cost of a hit).
+    pub cost_cpu: f64,
+    pub detached_at: Option<f64>,
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -100,6 +100,7 @@ pub(crate) fn sample_report() -> Report {
             samples: vec![sample(0.0, 10 << 20, 8 << 20), sample(10.0, 80 << 20, 72 << 20)],
         },
         attribution: Attribution {
+            heap: None,
             anon: Coverage {
                 growth_bytes: 64 << 20,
                 attributed_bytes: 64 << 20,

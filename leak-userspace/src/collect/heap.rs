@@ -1,0 +1,243 @@
+//! `--heap` over a session: attaching the allocator probes to every process of the target as it appears,
+//! measuring what they cost each one, taking them off a process they would slow down past the budget, and
+//! settling the heap of processes that are gone or no longer traced.
+use std::collections::BTreeMap;
+
+use leak_common::{kind, SiteCounters, SiteKey};
+
+use crate::{
+    probes::{allocator, Probes},
+    report::{HeapCollection, HeapProcess},
+};
+
+/// Below this estimated cost (a share of one CPU) a process is never detached, whatever its share: a process
+/// that barely runs is not slowed down in any way anyone would notice, and its CPU time is too coarse (10 ms
+/// ticks) to divide by.
+const MIN_COST_CPU: f64 = 0.01;
+
+/// Processes whose probing is announced on the terminal; later ones only go into the report.
+const ANNOUNCED: usize = 8;
+
+pub struct HeapTracer {
+    /// The most of a process's CPU time the probes may take (a fraction).
+    budget: f64,
+    hit_ns: f64,
+    procs: BTreeMap<u32, Traced>,
+    /// Lines for the terminal, taken by the session.
+    notices: Vec<String>,
+}
+
+struct Traced {
+    report: HeapProcess,
+    exe_inode: Option<u64>,
+    /// At the last look: seconds since the start, probe hits, CPU seconds of the process.
+    last: Option<(f64, u64, f64)>,
+    /// Still probed (not gone, detached or failed).
+    attached: bool,
+}
+
+impl HeapTracer {
+    pub fn new(budget_percent: f64, hit_ns: f64) -> Self {
+        let notices = vec![format!(
+            "--heap: a probe hit costs {hit_ns:.0} ns here; processes whose probes would take over {budget_percent} % of their CPU time are detached"
+        )];
+        HeapTracer { budget: budget_percent / 100.0, hit_ns, procs: BTreeMap::new(), notices }
+    }
+
+    /// Lines worth showing on the terminal since the last call.
+    pub fn take_notices(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// One interval at `t`: probes every new process among `pids`, checks what each costs, and lets go of
+    /// processes that are gone. Returns the processes whose heap is no longer traced from now on.
+    pub fn tick(&mut self, probes: &mut Probes, pids: &[u32], t: f64) -> Vec<u32> {
+        for &pid in pids {
+            let exe_inode = exe_inode(pid);
+            match self.procs.get(&pid) {
+                // An exec replaced the program (and maybe its allocator): probed anew.
+                Some(p) if p.attached && exe_inode.is_some() && p.exe_inode != exe_inode => probes.detach_heap(pid),
+                Some(_) => continue,
+                None => {}
+            }
+            self.attach(probes, pid, t, exe_inode);
+        }
+        let hits = probes.heap_hits().unwrap_or_default();
+        let mut ended = Vec::new();
+        for (&pid, p) in self.procs.iter_mut().filter(|(_, p)| p.attached) {
+            let Some(cpu) = cpu_seconds(pid) else {
+                probes.detach_heap(pid);
+                p.attached = false;
+                p.report.state = "exited".into();
+                ended.push(pid);
+                continue;
+            };
+            let n = hits.get(&pid).copied().unwrap_or(p.report.hits);
+            p.report.hits = n;
+            if let Some((t0, n0, cpu0)) = p.last {
+                let dt = t - t0;
+                if dt <= 0.0 {
+                    continue;
+                }
+                let cost = n.saturating_sub(n0) as f64 * self.hit_ns * 1e-9 / dt;
+                let share = cost * dt / (cpu - cpu0).max(1e-3);
+                let rate = n.saturating_sub(n0) as f64 / dt;
+                p.report.hits_per_second.get_or_insert(rate);
+                p.report.cost_cpu = p.report.cost_cpu.max(cost);
+                if cost >= MIN_COST_CPU && share > self.budget {
+                    probes.detach_heap(pid);
+                    p.attached = false;
+                    p.report.state = "over-budget".into();
+                    p.report.detached_at = Some(t);
+                    let why = format!(
+                        "{:.0} probe hits/s would take about {:.0} % of its CPU time ({:.2} CPU), over the --heap-budget of {:.0} %",
+                        rate,
+                        share.min(1.0) * 100.0,
+                        cost,
+                        self.budget * 100.0
+                    );
+                    self.notices.push(format!("heap probes detached from pid {pid} ({}): {why}", p.report.comm));
+                    p.report.note = Some(why);
+                    ended.push(pid);
+                    continue;
+                }
+            }
+            p.last = Some((t, n, cpu));
+        }
+        if !ended.is_empty() {
+            let _ = probes.forget_heap_blocks(&ended);
+        }
+        ended
+    }
+
+    fn attach(&mut self, probes: &mut Probes, pid: u32, t: f64, exe_inode: Option<u64>) {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim_end().to_string();
+        let mut report = HeapProcess { pid, comm, attached_at: t, state: "traced".into(), ..Default::default() };
+        let found = allocator::find(pid);
+        let attached = match found.and_then(|a| probes.attach_heap(pid, &a).map(|n| (a, n))) {
+            Ok((a, n)) => {
+                report.allocator = Some(a.path);
+                report.probes = n as u32;
+                true
+            }
+            Err(e) => {
+                report.state = "not-traced".into();
+                report.note = Some(format!("{e:#}"));
+                false
+            }
+        };
+        if self.procs.len() < ANNOUNCED {
+            self.notices.push(match (&report.allocator, &report.note) {
+                (Some(a), _) => format!("heap probes on pid {pid} ({}): {} probes in {a}", report.comm, report.probes),
+                (None, note) => {
+                    format!("pid {pid} ({}) is not heap-traced: {}", report.comm, note.as_deref().unwrap_or(""))
+                }
+            });
+        }
+        self.procs.insert(pid, Traced { report, exe_inode, last: None, attached });
+    }
+
+    /// Whether process `tgid`'s heap is traced now (its sites' frees are still seen).
+    pub fn covers(&self, tgid: u32) -> bool {
+        self.procs.get(&tgid).is_some_and(|p| p.attached)
+    }
+
+    pub fn report(&self) -> HeapCollection {
+        HeapCollection {
+            hit_cost_ns: self.hit_ns,
+            budget_percent: self.budget * 100.0,
+            processes: self.procs.values().map(|p| p.report.clone()).collect(),
+        }
+    }
+}
+
+/// The heap sites of processes whose heap is no longer traced (gone, or detached) are settled: what they still
+/// held went with the process (an OOM victim's counted as freed by the kill), or can no longer be followed.
+pub fn settle(raw: &mut [(SiteKey, SiteCounters)], traced: impl Fn(u32) -> bool, victims: &[u32]) {
+    for (key, c) in raw.iter_mut().filter(|(k, _)| k.kind == kind::HEAP) {
+        if traced(key.tgid) {
+            continue;
+        }
+        let bytes = c.alloc_bytes.saturating_sub(c.free_bytes.saturating_add(c.oom_freed_bytes));
+        let count = c.alloc_count.saturating_sub(c.free_count.saturating_add(c.oom_freed_count));
+        if victims.contains(&key.tgid) {
+            c.oom_freed_bytes += bytes;
+            c.oom_freed_count += count;
+        } else {
+            c.free_bytes += bytes;
+            c.free_count += count;
+        }
+    }
+}
+
+fn exe_inode(pid: u32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/exe")).ok().map(|m| m.ino())
+}
+
+/// User and system CPU seconds of a process so far; `None` once it is gone (or a zombie: its memory is freed).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_cpu_seconds(&stat, clock_ticks())
+}
+
+fn parse_cpu_seconds(stat: &str, ticks: f64) -> Option<f64> {
+    // The command may hold spaces and parentheses: the fields start after the last ')'.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / ticks)
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heap_site(tgid: u32, alloc: u64, free: u64) -> (SiteKey, SiteCounters) {
+        let key = SiteKey { tgid, kind: kind::HEAP, ..Default::default() };
+        (
+            key,
+            SiteCounters {
+                alloc_bytes: alloc * 100,
+                alloc_count: alloc,
+                free_bytes: free * 100,
+                free_count: free,
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn heap_of_processes_no_longer_traced_is_settled() {
+        let mut raw = vec![heap_site(1, 10, 4), heap_site(2, 10, 4), heap_site(3, 5, 0)];
+        raw.push((SiteKey { tgid: 2, kind: kind::ANON, ..Default::default() }, raw[1].1));
+        settle(&mut raw, |tgid| tgid == 1, &[3]);
+        assert!(!raw[0].1.all_freed(), "a traced process keeps its heap");
+        assert_eq!((raw[1].1.free_bytes, raw[1].1.free_count, raw[1].1.oom_freed_bytes), (1000, 10, 0));
+        assert_eq!((raw[2].1.oom_freed_bytes, raw[2].1.oom_freed_count, raw[2].1.free_bytes), (500, 5, 0));
+        assert!(raw[1].1.all_freed() && raw[2].1.all_freed());
+        assert!(!raw[3].1.all_freed(), "anon sites are the kernel's business");
+    }
+
+    #[test]
+    fn cpu_seconds_from_stat() {
+        let stat = "4242 (a (weird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 12345 0 0";
+        assert_eq!(parse_cpu_seconds(stat, 100.0), Some(3.0));
+        assert_eq!(parse_cpu_seconds("1 (z) Z 1 1 1 0 -1 0 0 0 0 0 5 5", 100.0), None, "a zombie's memory is gone");
+        assert_eq!(parse_cpu_seconds("garbage", 100.0), None);
+        assert!(cpu_seconds(std::process::id()).is_some());
+    }
+}

@@ -1,0 +1,146 @@
+//! `--heap`: the allocator uprobes, attached to one process at a time (a uprobe of one process never fires in
+//! another, so the rest of the host pays nothing), and what they cost.
+use std::{
+    collections::HashMap as StdHashMap,
+    num::NonZeroU32,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, Context, Result};
+use aya::{
+    maps::{HashMap, MapData},
+    programs::{
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+        UProbe,
+    },
+};
+use leak_common::{HeapKey, LiveAlloc};
+
+use super::{
+    allocator::{self, Allocator},
+    Probes,
+};
+
+/// The probes attached to one process.
+#[derive(Default)]
+pub struct Attached {
+    links: Vec<(&'static str, UProbeLinkId)>,
+}
+
+impl Probes {
+    /// Loads the `--heap` programs (attached later, process by process).
+    pub(super) fn load_heap(&mut self) -> Result<()> {
+        for name in allocator::PROGRAMS {
+            let prog = self.uprobe(name)?;
+            prog.load().map_err(|e| anyhow!("the kernel refused program {name}: {e}"))?;
+        }
+        self.heap_enabled = true;
+        Ok(())
+    }
+
+    pub fn heap_enabled(&self) -> bool {
+        self.heap_enabled
+    }
+
+    fn uprobe(&mut self, name: &str) -> Result<&mut UProbe> {
+        let prog = self.ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+        prog.try_into().map_err(|e| anyhow!("program {name}: {e}"))
+    }
+
+    /// Attaches the allocator probes of `alloc` to process `pid` (entered in `HEAP_PROCS` first, so that no hit
+    /// goes uncounted). All or nothing: a probe that fails takes the others back. Returns the probes attached.
+    pub fn attach_heap(&mut self, pid: u32, alloc: &Allocator) -> Result<usize> {
+        let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).context("pid 0")?);
+        self.heap_procs()?.insert(pid, 0, 0).context("the table of heap-traced processes is full")?;
+        let mut attached = Attached::default();
+        let result = (|| -> Result<()> {
+            for probe in &alloc.probes {
+                let mut points = vec![probe.entry.program];
+                if probe.entry.returns {
+                    points.push(allocator::RETURN_PROGRAM);
+                }
+                for program in points {
+                    let id = self
+                        .uprobe(program)?
+                        .attach(UProbeAttachLocation::AbsoluteOffset(probe.offset), &alloc.host_path, scope)
+                        .map_err(|e| anyhow!("{}:{}: {e}", alloc.path, probe.symbol))?;
+                    attached.links.push((program, id));
+                }
+            }
+            Ok(())
+        })();
+        let n = attached.links.len();
+        self.heap_links.insert(pid, attached);
+        if let Err(e) = result {
+            self.detach_heap(pid);
+            return Err(e);
+        }
+        Ok(n)
+    }
+
+    /// Takes process `pid`'s probes off (whatever state it is in) and its entry out of `HEAP_PROCS`.
+    pub fn detach_heap(&mut self, pid: u32) {
+        if let Some(attached) = self.heap_links.remove(&pid) {
+            for (program, id) in attached.links {
+                if let Ok(p) = self.uprobe(program) {
+                    let _ = p.detach(id);
+                }
+            }
+        }
+        if let Ok(mut procs) = self.heap_procs() {
+            let _ = procs.remove(&pid);
+        }
+    }
+
+    /// Probe hits so far of every traced process.
+    pub fn heap_hits(&self) -> Result<StdHashMap<u32, u64>> {
+        let map: HashMap<&MapData, u32, u64> = HashMap::try_from(self.map("HEAP_PROCS")?)?;
+        Ok(map.iter().filter_map(|r| r.ok()).collect())
+    }
+
+    fn heap_procs(&mut self) -> Result<HashMap<&mut MapData, u32, u64>> {
+        Ok(HashMap::try_from(self.map_mut("HEAP_PROCS")?)?)
+    }
+
+    /// Drops the outstanding heap blocks of processes that are gone: their memory went with them, and their
+    /// entries would fill the table.
+    pub fn forget_heap_blocks(&mut self, tgids: &[u32]) -> Result<usize> {
+        let mut map: HashMap<&mut MapData, HeapKey, LiveAlloc> = HashMap::try_from(self.map_mut("HEAP_LIVE")?)?;
+        let gone: Vec<HeapKey> = map.keys().filter_map(|k| k.ok()).filter(|k| tgids.contains(&k.tgid)).collect();
+        for key in &gone {
+            let _ = map.remove(key);
+        }
+        Ok(gone.len())
+    }
+
+    /// What one probe hit costs on this machine and kernel: this process's own `malloc` and `free`, timed bare
+    /// and then with the entry, return and free probes attached (the programs return at once: this process is
+    /// not traced). The trap into the kernel and back is most of the cost of a hit.
+    pub fn measure_heap_hit(&mut self) -> Result<Duration> {
+        const CALLS: u32 = 20_000;
+        let me = std::process::id();
+        let alloc = allocator::find(me).context("cannot find this process's own allocator")?;
+        let pair = || {
+            let start = Instant::now();
+            for i in 0..CALLS {
+                // SAFETY: a block allocated and freed at once; black_box keeps the pair from being optimised out.
+                unsafe { libc::free(std::hint::black_box(libc::malloc(32 + (i as usize & 7)))) };
+            }
+            start.elapsed()
+        };
+        let bare = pair().min(pair());
+        let only = |name: &str| Allocator {
+            probes: alloc.probes.iter().filter(|p| p.symbol == name).cloned().collect(),
+            ..alloc.clone()
+        };
+        let mut probes = only("malloc");
+        probes.probes.extend(only("free").probes);
+        self.attach_heap(me, &probes)?;
+        // Not entered in HEAP_PROCS: the programs return at their first lookup, as for an untraced call.
+        self.heap_procs()?.remove(&me).ok();
+        let probed = pair().min(pair());
+        self.detach_heap(me);
+        // Three hits a pair: malloc's entry and return, free's entry.
+        Ok(probed.saturating_sub(bare) / (3 * CALLS))
+    }
+}
