@@ -15,7 +15,8 @@ use crate::{check, step};
 /// nothing stays attached), the real consumers the export tests check the outputs with (`go tool pprof` from
 /// golang-go for profile.pb.gz, headless Chromium for report.html), Docker with busybox for the container tests
 /// (their image is a busybox rootfs), what `vm-test` boots its guests with (QEMU, cpio), and
-/// bpftrace, the baseline `bench` compares with; node for the JIT frames test.
+/// bpftrace, the baseline `bench` compares with; node for the JIT frames test; jemalloc for the `--heap` test of a
+/// program linked with it, and Redis (which Debian links with jemalloc) for the `--heap` bench row.
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -32,6 +33,9 @@ const PACKAGES: &[&str] = &[
     "cpio",
     "bpftrace",
     "nodejs",
+    "libjemalloc-dev",
+    "redis-server",
+    "redis-tools",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.10.3";
