@@ -8,13 +8,16 @@
 //! caller is the leaf and the allocator's frames are gone. Frees end at the counting filter unless a kept
 //! allocation may live at that address.
 use aya_ebpf::{
-    macros::{map, uprobe, uretprobe},
-    maps::HashMap,
-    programs::{ProbeContext, RetProbeContext},
+    macros::{map, raw_tracepoint, uprobe, uretprobe},
+    maps::{HashMap, RingBuf},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
 use leak_common::{counter, heap_fn, kind, HeapCall, HeapKey, LiveAlloc, SiteKey, HEAP_NOT_KEPT};
 
-use crate::{bpf_get_current_pid_tgid, count, floor, record_alloc_in, record_free_in, sample_weight, user_site};
+use crate::{
+    bpf_get_current_pid_tgid, cfg, count, floor, read_at, record_alloc_in, record_free_in, sample_weight,
+    target_task, tp_arg, user_site, EXIT_CONFIG,
+};
 
 /// The traced processes (tgid) and their probe hits, which userspace reads to tell what the probes cost each one.
 #[map]
@@ -29,6 +32,35 @@ static HEAP_CALLS: HashMap<u32, HeapCall> = HashMap::with_max_entries(16384, 0);
 static HEAP_LIVE: HashMap<HeapKey, LiveAlloc> = HashMap::with_max_entries(65536, 0);
 
 const ENOENT: i32 = 2;
+
+/// Processes of the target that were just made (fork) or that replaced their program (exec), by pid: userspace
+/// probes them at once rather than at its next interval, so a short life (a crash loop's) is traced whole.
+#[map]
+static SPAWNS: RingBuf = RingBuf::with_byte_size(16 * 1024, 0);
+
+/// sched_process_fork (struct task_struct *parent, struct task_struct *child), in the parent: a new process, not
+/// a thread, of a target task.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn lt_heap_fork(ctx: RawTracePointContext) -> i32 {
+    if floor() {
+        return 0;
+    }
+    let child = tp_arg::<1>(&ctx) as *const u8;
+    let Some(tgid) = (unsafe { read_at::<u32>(child, cfg(&EXIT_CONFIG.task_tgid)) }) else { return 0 };
+    if tgid != (bpf_get_current_pid_tgid() >> 32) as u32 && target_task() {
+        let _ = SPAWNS.output::<u32>(&tgid, 0);
+    }
+    0
+}
+
+/// sched_process_exec, in the process that now runs another program.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn lt_heap_exec(_ctx: RawTracePointContext) -> i32 {
+    if !floor() && target_task() {
+        let _ = SPAWNS.output::<u32>(&((bpf_get_current_pid_tgid() >> 32) as u32), 0);
+    }
+    0
+}
 
 /// Counts `n` probe hits of the current process; `None` when it is not traced.
 #[inline(always)]

@@ -150,6 +150,14 @@ async fn event_loop(
     // SAFETY: as for `events`.
     let mut exits = unsafe { AsyncFd::register_with_interest(probes.take_exits()?, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("cannot watch the exit ring buffer: {e}"))?;
+    // SAFETY: as for `events`.
+    let mut spawns = match probes.heap_enabled() {
+        true => Some(
+            unsafe { AsyncFd::register_with_interest(probes.take_spawns()?, Interest::READABLE) }
+                .map_err(|e| anyhow::anyhow!("cannot watch the spawn ring buffer: {e}"))?,
+        ),
+        false => None,
+    };
     // A followed container's restarts make their cgroup beside the current one.
     let watch = match (&collector.target().container, collector.target().path.parent()) {
         (Some(_), Some(parent)) => target::CgroupWatch::new(parent).and_then(|w| {
@@ -234,7 +242,26 @@ async fn event_loop(
                 guard?.clear_ready();
                 collector.drain_user_stacks();
             }
-            _ = drain.tick(), if ustacks.is_some() => collector.drain_user_stacks(),
+            guard = async {
+                match &mut spawns {
+                    Some(fd) => fd.readable_mut().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let mut guard = guard?;
+                let mut pids = Vec::new();
+                while let Some(item) = guard.get_inner_mut().next() {
+                    pids.push(item.to_vec());
+                }
+                guard.clear_ready();
+                for pid in pids {
+                    collector.spawned(probes, &pid);
+                }
+            }
+            _ = drain.tick(), if ustacks.is_some() || spawns.is_some() => {
+                collector.drain_user_stacks();
+                collector.retry_spawned(probes);
+            }
             _ = sigint.recv() => { reason = "interrupted (SIGINT)".to_string(); break; }
             _ = sigterm.recv() => { reason = "terminated (SIGTERM)".to_string(); break; }
             _ = sleep_until(deadline) => break,

@@ -190,15 +190,19 @@ fn workload_libraries(name: &str) -> &'static [&'static str] {
     }
 }
 
+/// Workloads built from another's source with more linker arguments: (name, source workload, arguments).
+const VARIANTS: &[(&str, &str, &[&str])] = &[("render_sessions_jemalloc", "render_sessions", &["-ljemalloc"])];
+
 /// Compiles the workload tests/workloads/<name>.c, .cc (g++) or .rs (rustc) and returns the executable. The
 /// frame-pointer variants (`FRAME_POINTER_WORKLOADS`) are built with frame pointers, the rest with release defaults
 /// and debug info: C and C++ with `-O2 -g`, Rust with `rustc -O -g`, and their shared libraries with `-fPIC`.
 /// Rebuilt only when a workload source is newer.
 pub fn build_workload(name: &str) -> Result<PathBuf> {
     let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads");
+    let (source, link) = VARIANTS.iter().find(|v| v.0 == name).map_or((name, &[][..]), |v| (v.1, v.2));
     let (ext, src) = ["c", "cc", "rs"]
         .into_iter()
-        .map(|ext| (ext, sources.join(format!("{name}.{ext}"))))
+        .map(|ext| (ext, sources.join(format!("{source}.{ext}"))))
         .find(|(_, src)| src.is_file())
         .with_context(|| format!("no workload {name} (.c, .cc or .rs) in {}", sources.display()))?;
     let out_dir = workspace().join("target/e2e-workloads");
@@ -228,7 +232,7 @@ pub fn build_workload(name: &str) -> Result<PathBuf> {
         } else {
             cc.args(["-O2", "-g"]);
         }
-        cc.arg("-Wall").arg(&src);
+        cc.arg("-Wall").arg(&src).args(link);
         for lib in workload_libraries(name) {
             cc.arg("-L").arg(&out_dir).arg(format!("-l{lib}")).arg(format!("-Wl,-rpath,{}", out_dir.display()));
         }
@@ -488,7 +492,8 @@ pub fn trace_command(
 pub fn run_scenario(scenario: &Scenario, leaktrace_args: &[&str]) -> Result<Traced> {
     let limit = Some(scenario.limit_bytes);
     let (workload, args, seconds) = (scenario.workload, scenario.args, scenario.seconds);
-    let mut run = trace_workload_with(workload, args, limit, seconds, leaktrace_args, &[])?;
+    let all_args: Vec<&str> = scenario.leaktrace_args.iter().chain(leaktrace_args).copied().collect();
+    let mut run = trace_workload_with(workload, args, limit, seconds, &all_args, &[])?;
     (scenario.check)(&run.report)?;
     if scenario.expect_oom_kill {
         let pid = run.workload.id();

@@ -1,7 +1,10 @@
 //! `--heap` over a session: attaching the allocator probes to every process of the target as it appears,
 //! measuring what they cost each one, taking them off a process they would slow down past the budget, and
 //! settling the heap of processes that are gone or no longer traced.
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use leak_common::{kind, SiteCounters, SiteKey};
 
@@ -15,6 +18,9 @@ use crate::{
 /// ticks) to divide by.
 const MIN_COST_CPU: f64 = 0.01;
 
+/// How long a spawned process is waited for to map its allocator before it is declared not traceable.
+const SPAWN_WAIT: Duration = Duration::from_secs(1);
+
 /// Processes whose probing is announced on the terminal; later ones only go into the report.
 const ANNOUNCED: usize = 8;
 
@@ -23,8 +29,11 @@ pub struct HeapTracer {
     budget: f64,
     hit_ns: f64,
     procs: BTreeMap<u32, Traced>,
+    /// Processes reported by the kernel as just spawned, waiting for their allocator to be mapped, since when.
+    pending: Vec<(u32, Instant)>,
     /// Lines for the terminal, taken by the session.
     notices: Vec<String>,
+    announced: usize,
 }
 
 struct Traced {
@@ -41,7 +50,14 @@ impl HeapTracer {
         let notices = vec![format!(
             "--heap: a probe hit costs {hit_ns:.0} ns here; processes whose probes would take over {budget_percent} % of their CPU time are detached"
         )];
-        HeapTracer { budget: budget_percent / 100.0, hit_ns, procs: BTreeMap::new(), notices }
+        HeapTracer {
+            budget: budget_percent / 100.0,
+            hit_ns,
+            procs: BTreeMap::new(),
+            pending: Vec::new(),
+            notices,
+            announced: 0,
+        }
     }
 
     /// Lines worth showing on the terminal since the last call.
@@ -49,18 +65,49 @@ impl HeapTracer {
         std::mem::take(&mut self.notices)
     }
 
+    /// A process of the target was just made or ran another program (the kernel's `SPAWNS`): probed at once, or
+    /// as soon as its allocator is mapped (the dynamic linker maps libc after the exec).
+    pub fn spawned(&mut self, pid: u32) {
+        if !self.pending.iter().any(|(p, _)| *p == pid) {
+            self.pending.push((pid, Instant::now()));
+        }
+    }
+
+    /// Tries the processes waiting since their spawn; called often (every user stack drain).
+    pub fn retry(&mut self, probes: &mut Probes, t: f64) {
+        for (pid, since) in std::mem::take(&mut self.pending) {
+            if !self.offer(probes, pid, t, since.elapsed() >= SPAWN_WAIT) {
+                self.pending.push((pid, since));
+            }
+        }
+    }
+
+    /// Probes process `pid` if it is new or runs another program since it was probed. Returns false when it
+    /// should be tried again (its allocator is not mapped yet), which only a `last` try never does.
+    fn offer(&mut self, probes: &mut Probes, pid: u32, t: f64, last: bool) -> bool {
+        let Some(exe_inode) = exe_inode(pid) else { return true };
+        if let Some(p) = self.procs.get_mut(&pid) {
+            if p.exe_inode == Some(exe_inode) {
+                return true;
+            }
+            // An exec replaced the program, and maybe its allocator.
+            if p.attached {
+                probes.detach_heap(pid);
+                p.attached = false;
+            }
+            p.exe_inode = None;
+        }
+        self.attach(probes, pid, t, exe_inode, last) || last
+    }
+
     /// One interval at `t`: probes every new process among `pids`, checks what each costs, and lets go of
     /// processes that are gone. Returns the processes whose heap is no longer traced from now on.
     pub fn tick(&mut self, probes: &mut Probes, pids: &[u32], t: f64) -> Vec<u32> {
+        self.retry(probes, t);
         for &pid in pids {
-            let exe_inode = exe_inode(pid);
-            match self.procs.get(&pid) {
-                // An exec replaced the program (and maybe its allocator): probed anew.
-                Some(p) if p.attached && exe_inode.is_some() && p.exe_inode != exe_inode => probes.detach_heap(pid),
-                Some(_) => continue,
-                None => {}
+            if !self.pending.iter().any(|(p, _)| *p == pid) {
+                self.offer(probes, pid, t, true);
             }
-            self.attach(probes, pid, t, exe_inode);
         }
         let hits = probes.heap_hits().unwrap_or_default();
         let mut ended = Vec::new();
@@ -110,23 +157,24 @@ impl HeapTracer {
         ended
     }
 
-    fn attach(&mut self, probes: &mut Probes, pid: u32, t: f64, exe_inode: Option<u64>) {
+    /// Probes process `pid`; a failure is recorded only when `record_failure`. Returns whether it is probed.
+    fn attach(&mut self, probes: &mut Probes, pid: u32, t: f64, exe_inode: u64, record_failure: bool) -> bool {
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim_end().to_string();
         let mut report = HeapProcess { pid, comm, attached_at: t, state: "traced".into(), ..Default::default() };
-        let found = allocator::find(pid);
-        let attached = match found.and_then(|a| probes.attach_heap(pid, &a).map(|n| (a, n))) {
+        match allocator::find(pid).and_then(|a| probes.attach_heap(pid, &a).map(|n| (a, n))) {
             Ok((a, n)) => {
                 report.allocator = Some(a.path);
                 report.probes = n as u32;
-                true
             }
+            Err(_) if !record_failure => return false,
             Err(e) => {
                 report.state = "not-traced".into();
                 report.note = Some(format!("{e:#}"));
-                false
             }
-        };
-        if self.procs.len() < ANNOUNCED {
+        }
+        let attached = report.allocator.is_some();
+        if self.announced < ANNOUNCED {
+            self.announced += 1;
             self.notices.push(match (&report.allocator, &report.note) {
                 (Some(a), _) => format!("heap probes on pid {pid} ({}): {} probes in {a}", report.comm, report.probes),
                 (None, note) => {
@@ -134,7 +182,8 @@ impl HeapTracer {
                 }
             });
         }
-        self.procs.insert(pid, Traced { report, exe_inode, last: None, attached });
+        self.procs.insert(pid, Traced { report, exe_inode: Some(exe_inode), last: None, attached });
+        attached
     }
 
     /// Whether process `tgid`'s heap is traced now (its sites' frees are still seen).

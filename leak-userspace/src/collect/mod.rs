@@ -115,6 +115,20 @@ impl Collector {
         }
     }
 
+    /// A process of the target spawned (`SPAWNS`): probed for `--heap` at once.
+    pub fn spawned(&mut self, probes: &mut Probes, bytes: &[u8]) {
+        let (Some(h), Ok(pid)) = (&mut self.heap, <[u8; 4]>::try_from(bytes).map(u32::from_ne_bytes)) else { return };
+        h.spawned(pid);
+        h.retry(probes, self.start.elapsed().as_secs_f64());
+    }
+
+    /// Spawned processes whose allocator was not mapped yet are tried again.
+    pub fn retry_spawned(&mut self, probes: &mut Probes) {
+        if let Some(h) = &mut self.heap {
+            h.retry(probes, self.start.elapsed().as_secs_f64());
+        }
+    }
+
     /// Lines for the terminal from the last intervals (heap probes detached, say).
     pub fn take_notices(&mut self) -> Vec<String> {
         self.heap.as_mut().map(|h| h.take_notices()).unwrap_or_default()

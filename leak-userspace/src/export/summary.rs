@@ -51,7 +51,11 @@ fn write_summary(out: &mut String, r: &Report) -> std::fmt::Result {
 
     let growths = super::growth_words(&r.memory.samples);
     writeln!(out, "growth: {}", growths.join(", "))?;
-    writeln!(out, "attributed: anon {}, slab/kernel {}", coverage(&r.attribution.anon), coverage(&r.attribution.slab))?;
+    write!(out, "attributed: anon {}, slab/kernel {}", coverage(&r.attribution.anon), coverage(&r.attribution.slab))?;
+    match &r.attribution.heap {
+        Some(heap) => writeln!(out, "; the malloc'd heap (--heap) holds {}", coverage(heap))?,
+        None => writeln!(out)?,
+    }
 
     let (lead, kill) = super::lead_sites(r);
     if lead.is_empty() {

@@ -8,10 +8,10 @@ use std::{
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{HashMap, MapData},
+    maps::{HashMap, MapData, RingBuf},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
-        UProbe,
+        RawTracePoint, UProbe,
     },
 };
 use leak_common::{HeapKey, LiveAlloc};
@@ -20,6 +20,10 @@ use super::{
     allocator::{self, Allocator},
     Probes,
 };
+
+/// The programs that tell userspace of a new process or program in the target, and their events.
+const SPAWN_PROGRAMS: &[(&str, &str)] =
+    &[("lt_heap_fork", "sched_process_fork"), ("lt_heap_exec", "sched_process_exec")];
 
 /// The probes attached to one process.
 #[derive(Default)]
@@ -34,8 +38,23 @@ impl Probes {
             let prog = self.uprobe(name)?;
             prog.load().map_err(|e| anyhow!("the kernel refused program {name}: {e}"))?;
         }
+        for (program, event) in SPAWN_PROGRAMS {
+            let prog: &mut RawTracePoint = self
+                .ebpf
+                .program_mut(program)
+                .ok_or_else(|| anyhow!("program {program} missing from the eBPF object"))?
+                .try_into()?;
+            prog.load().map_err(|e| anyhow!("the kernel refused program {program}: {e}"))?;
+            prog.attach(event).map_err(|e| anyhow!("attaching to sched:{event} failed: {e}"))?;
+            self.attached.push(program);
+        }
         self.heap_enabled = true;
         Ok(())
+    }
+
+    /// The ring buffer of spawned processes (`--heap`), handed out once to the event loop.
+    pub fn take_spawns(&mut self) -> Result<RingBuf<MapData>> {
+        self.take_ring("SPAWNS")
     }
 
     pub fn heap_enabled(&self) -> bool {

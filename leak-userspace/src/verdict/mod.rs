@@ -214,7 +214,7 @@ impl<'a> Facts<'a> {
     }
 
     fn kernel_sites(&self) -> impl Iterator<Item = &Site> + '_ {
-        self.r.sites.iter().filter(|s| s.kind != "anon" && s.outstanding_bytes > 0)
+        self.r.sites.iter().filter(|s| !USER_KINDS.contains(&s.kind.as_str()) && s.outstanding_bytes > 0)
     }
 
     fn uncharged_kernel_leak(&self) -> (&'static str, f64, Vec<String>) {
@@ -233,6 +233,8 @@ impl<'a> Facts<'a> {
     fn heap_leak(&self) -> (&'static str, f64, Vec<String>) {
         let mut ev = vec![self.line("anon")];
         ev.push(format!("load: {}{}", self.line("tasks"), self.allocation_rate().unwrap_or_default()));
+        ev.extend(holder_line(&self.r.sites, self.r.attribution.heap.as_ref()));
+        ev.extend(self.top_sites(&self.r.sites, &["heap"]));
         ev.extend(self.top_sites(&self.r.sites, &["anon"]));
         ev.extend(self.rss_line());
         ev.push(self.kill_coverage().unwrap_or_else(|| coverage_line("anon", &self.r.attribution.anon)));
@@ -307,7 +309,10 @@ impl<'a> Facts<'a> {
         )];
         ev.extend(self.kills_line());
         let grown = self.r.oom_kills.last().and_then(|k| k.grew_before_kill.first()).map_or(&[][..], |g| &g.sites);
-        ev.extend(self.top_sites(grown, if heap { &["anon"] } else { &["slab", "page", "percpu"] }));
+        if heap {
+            ev.extend(holder_line(grown, None));
+        }
+        ev.extend(self.top_sites(grown, if heap { &["heap", "anon"] } else { &["slab", "page", "percpu"] }));
         ev.push("a single kill cannot rule out a start-up working set larger than the limit: trace a restart, or longer with a shorter --interval".into());
         (if heap { "heap-leak" } else { "kernel-leak" }, 0.55, ev)
     }
@@ -747,6 +752,33 @@ fn location(site: &Site) -> String {
         _ if user.iter().any(|f| f.symbol.is_some()) => "the C allocator (no application frame above it)".into(),
         _ => "user code without symbols".into(),
     }
+}
+
+/// The kinds of user memory: anon pages, and the heap blocks (`--heap`) that are a view of them.
+const USER_KINDS: &[&str] = &["anon", "heap"];
+
+/// With `--heap`: who holds the malloc'd bytes that stay, beside who first touched the pages, when the two
+/// differ (an allocator hands freed memory to the next caller), and how much of the anon growth the heap explains.
+fn holder_line(sites: &[Site], heap: Option<&Coverage>) -> Option<String> {
+    let top = |kind: &str| sites.iter().find(|s| s.kind == kind && s.outstanding_bytes > 0);
+    let holder = top("heap")?;
+    let name = |s: &Site| s.label.clone().or_else(|| Some(app_frame(s)?.label().to_string()));
+    let held = name(holder)?;
+    let explains = heap
+        .and_then(|c| c.coverage)
+        .map(|c| format!(" (the live sampled heap explains {:.0}% of the anon growth)", c * 100.0))
+        .unwrap_or_default();
+    Some(match top("anon").and_then(name) {
+        Some(toucher) if toucher != held => format!(
+            "anon pages first touched by {toucher}; the malloc'd bytes that stay are held by {held}, {}{explains}: \
+             the allocator reused memory freed by one for the other, so fix {held}",
+            human_bytes(holder.outstanding_bytes)
+        ),
+        _ => format!(
+            "the malloc'd bytes that stay are held by {held}, {}{explains}",
+            human_bytes(holder.outstanding_bytes)
+        ),
+    })
 }
 
 fn coverage_line(what: &str, c: &Coverage) -> String {

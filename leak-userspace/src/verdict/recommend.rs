@@ -74,12 +74,14 @@ impl Facts<'_> {
     fn leak_recommendations(&self, class: &str) -> Vec<String> {
         let category = if class == "heap-leak" { "anon" } else { "kernel" };
         let rate = self.trend(category).map_or(0.0, |t| t.rate_per_hour) / 3600.0;
-        let site = self
-            .r
-            .sites
-            .iter()
-            .chain(self.r.oom_kills.iter().flat_map(|k| &k.sites_before_kill))
-            .find(|s| s.outstanding_bytes > 0 && (s.kind == "anon") == (class == "heap-leak"));
+        let sites = || self.r.sites.iter().chain(self.r.oom_kills.iter().flat_map(|k| &k.sites_before_kill));
+        // The holder of the heap (`--heap`) before the toucher of its pages.
+        let held = |kinds: &[&str]| sites().find(|s| s.outstanding_bytes > 0 && kinds.contains(&s.kind.as_str()));
+        let site = if class == "heap-leak" {
+            held(&["heap"]).or_else(|| held(&["anon"]))
+        } else {
+            held(&["slab", "page", "percpu", "other"])
+        };
         let label = site.and_then(|s| s.label.clone().or_else(|| Some(app_frame(s)?.label().to_string())));
         let fix = match label {
             Some(label) => format!("fix the leak in {label}"),

@@ -39,7 +39,10 @@ pub fn build_initramfs(leaktrace: &Path, work: &Path) -> Result<PathBuf> {
         copy_executable(&exe, &stage.join("opt/workloads").join(s.workload))?;
         executables.push(exe);
         let rate = leaktrace_e2e::SCENARIO_SAMPLE_BYTES;
-        lines += &format!("{} {} {} {} {rate} {}\n", s.name, s.workload, s.limit_bytes, s.seconds, s.args.join(" "));
+        // More leaktrace arguments as one comma-separated field, `-` for none.
+        let flags = if s.leaktrace_args.is_empty() { "-".to_string() } else { s.leaktrace_args.join(",") };
+        lines +=
+            &format!("{} {} {} {} {rate} {flags} {}\n", s.name, s.workload, s.limit_bytes, s.seconds, s.args.join(" "));
     }
     fs::write(stage.join("scenarios"), lines)?;
     for lib in shared_libraries(&executables)? {

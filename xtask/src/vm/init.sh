@@ -1,6 +1,7 @@
 #!/bin/busybox sh
 # PID 1 of the vm-test guest: mounts a pure cgroup v2 system, runs every scenario listed in /scenarios (one per line:
-# `name workload limit_bytes seconds sample_bytes args...`) under leaktrace, and prints what the host checks between LT-* markers
+# `name workload limit_bytes seconds sample_bytes flags args...`, flags being more leaktrace arguments separated by
+# commas, or `-`) under leaktrace, and prints what the host checks between LT-* markers
 # on the serial console. The host parses this output; it never trusts an exit code from the guest.
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin
@@ -13,7 +14,9 @@ mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 echo "LT-KERNEL $(uname -r)"
 echo +memory > /sys/fs/cgroup/cgroup.subtree_control
 
-while read -r name workload limit seconds sample_bytes args; do
+while read -r name workload limit seconds sample_bytes flags args; do
+    extra=$(echo "$flags" | tr , ' ')
+    [ "$flags" = - ] && extra=
     cg=/sys/fs/cgroup/lt-vm-$name
     mkdir "$cg"
     echo "$limit" > "$cg/memory.max"
@@ -21,7 +24,7 @@ while read -r name workload limit seconds sample_bytes args; do
     echo "LT-BEGIN $name"
     start=$(cut -d' ' -f1 /proc/uptime)
     # Bounded: a hung tracer fails its scenario instead of the whole guest.
-    timeout $((seconds + 90)) /opt/leaktrace --cgroup "$cg" --duration "$seconds" --interval 1 --sample-bytes "$sample_bytes" --output "/tmp/out-$name" > "/tmp/lt-$name.log" 2>&1 &
+    timeout $((seconds + 90)) /opt/leaktrace --cgroup "$cg" --duration "$seconds" --interval 1 --sample-bytes "$sample_bytes" $extra --output "/tmp/out-$name" > "/tmp/lt-$name.log" 2>&1 &
     lt=$!
     # The workload starts only once the programs are attached, as in the host e2e tests.
     i=0

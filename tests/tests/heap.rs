@@ -1,0 +1,166 @@
+//! `--heap` end to end: the allocator probed in every process of the target, on ordinary programs (tests/workloads,
+//! -O2 -g, calls through libc). Each leaking workload must have its holder as the top `heap` site, whoever first
+//! touched the pages; a busy heap that keeps nothing shows no heap site; a process the probes would slow down
+//! past the budget is detached and the report says so; a SIGKILL of leaktrace leaves no uprobe behind.
+//!
+//! `cargo xtask test --test heap -- --nocapture` prints each report's top anon site (the toucher) beside its top
+//! heap site (the holder).
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use leaktrace_e2e::{
+    build_workload, items, require_root, scenario_test,
+    scenarios::{self, Scenario, HEAP_HOLDER, SESSION_CACHE, SESSION_STORE},
+    serial, summarize, trace_workload_with, Leaktrace, Memcg,
+};
+use serde_json::Value;
+
+/// The request loop whose freed render buffer the allocator hands to the leaking session cache.
+#[test]
+fn holder_of_reused_heap_memory_is_named_not_the_toucher() -> Result<()> {
+    scenario_test(&HEAP_HOLDER, &[], |report| {
+        let anon = items(&report["sites"]).iter().find(|s| s["kind"] == "anon").and_then(|s| s["label"].as_str());
+        ensure!(anon == Some("render_response"), "the pages' first toucher should be render_response: {anon:?}");
+        let evidence = report["verdict"]["evidence"].to_string();
+        ensure!(evidence.contains("first touched by render_response"), "the verdict joins both views: {evidence}");
+        Ok(())
+    })
+}
+
+/// A scenario of the unwinding tests under `--heap`: the same leaking function, now as the holder.
+fn held_by(scenario: &Scenario, chain: &'static [&'static [&'static str]]) -> Result<()> {
+    let heap = Scenario { leaktrace_args: &["--heap"], check: |_| Ok(None), ..*scenario };
+    scenario_test(&heap, &[], |report| scenarios::check_heap_holder(report, chain).map(|_| ()))
+}
+
+#[test]
+fn cxx_method_leaking_through_new_holds_the_heap() -> Result<()> {
+    held_by(&SESSION_STORE, &[&["SessionStore::remember"], &["handle_request"], &["main"]])
+}
+
+#[test]
+fn leak_inside_a_shared_library_holds_the_heap() -> Result<()> {
+    held_by(&SESSION_CACHE, &[&["cache_store"], &["handle_request"], &["main"]])
+}
+
+#[test]
+fn four_threads_leaking_from_their_arenas() -> Result<()> {
+    let threads = Scenario { name: "thread-arenas", workload: "thread_arenas", ..HEAP_HOLDER };
+    held_by(&threads, &[&["keep_result"], &["run_job"]])
+}
+
+/// jemalloc linked in: its malloc is the one the program binds to, and the one probed.
+#[test]
+fn program_linked_with_jemalloc() -> Result<()> {
+    let jemalloc = Scenario { name: "jemalloc", workload: "render_sessions_jemalloc", ..HEAP_HOLDER };
+    held_by(&jemalloc, &[&["remember_session"], &["handle_request"], &["main"]])?;
+    Ok(())
+}
+
+fn heap_process<'a>(report: &'a Value, comm: &str) -> Result<&'a Value> {
+    items(&report["collection"]["heap"]["processes"])
+        .iter()
+        .find(|p| p["comm"] == comm)
+        .with_context(|| format!("{comm} is not in collection.heap: {}", report["collection"]["heap"]))
+}
+
+/// Thousands of malloc, realloc and free a second, nothing kept: no heap site holds more than noise, and the
+/// process stays probed (a budget of 100 %) with its hits counted.
+#[test]
+fn busy_heap_that_keeps_nothing_has_no_heap_site() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let _one = serial();
+    let run = trace_workload_with(
+        "request_churn",
+        &["300", "7", "120"],
+        Some(256 << 20),
+        8,
+        &["--heap", "--heap-budget", "100"],
+        &[],
+    )?;
+    let r = &run.report;
+    let p = heap_process(r, "request_churn")?;
+    ensure!(p["state"] == "traced" && p["hits"].as_u64() > Some(10_000), "the churn was not probed: {p}");
+    let held: i64 =
+        items(&r["sites"]).iter().filter(|s| s["kind"] == "heap").filter_map(|s| s["outstanding_bytes"].as_i64()).sum();
+    ensure!(held.abs() < 2 << 20, "the heap sites hold {held} bytes of a heap that keeps nothing:\n{}", summarize(r));
+    Ok(())
+}
+
+/// A tight malloc/free loop under the default budget: the probes would take most of its CPU time, so they come
+/// off after the first interval; the terminal and the report say so, and the loop then runs at full speed.
+#[test]
+fn process_over_the_budget_is_detached() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let _one = serial();
+    let run = trace_workload_with("bench_churn", &["malloc", "6"], Some(256 << 20), 7, &["--heap"], &[])?;
+    let r = &run.report;
+    let p = heap_process(r, "bench_churn")?;
+    ensure!(p["state"] == "over-budget", "the malloc loop was not detached: {p}");
+    ensure!(p["detached_at"].as_f64().is_some_and(|t| t < 4.0), "detached late: {p}");
+    ensure!(p["note"].as_str().is_some_and(|n| n.contains("--heap-budget")), "no reason given: {p}");
+    let said = String::from_utf8_lossy(&run.output.stderr);
+    ensure!(said.contains("heap probes detached from pid"), "the terminal does not say so:\n{said}");
+    eprintln!("over budget: {p}");
+    Ok(())
+}
+
+/// The uprobes are perf events owned by leaktrace's descriptors: a SIGKILL closes them, and with them every
+/// probe in the traced process: none is listed by bpftool, and no program stays loaded (a probe left behind would
+/// hold its program). The traced process goes on unharmed.
+#[test]
+fn sigkill_of_leaktrace_leaves_no_uprobe() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let _one = serial();
+    let memcg = Memcg::create("heap-kill", Some(256 << 20))?;
+    let dir = tempfile::tempdir()?;
+    let mut trace = Leaktrace::trace_with(&memcg, 60, dir.path(), &["--heap"], &[])?;
+    let mut cmd = std::process::Command::new(build_workload("request_churn")?);
+    cmd.args(["200", "30", "0"]);
+    let mut workload = memcg.spawn_in(cmd)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while heap_uprobes(Some(trace.pid()))?.is_empty() {
+        ensure!(Instant::now() < deadline, "no heap uprobe ever showed up in bpftool perf list");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: plain syscall on our own child.
+    unsafe { libc::kill(trace.pid() as libc::pid_t, libc::SIGKILL) };
+    let _ = trace.wait(Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let left = heap_uprobes(None)?;
+        if left.is_empty() {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "uprobes left after SIGKILL: {left:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    leaktrace_e2e::assert_nothing_attached()?;
+    ensure!(workload.try_wait()?.is_none(), "the traced process did not survive");
+    let _ = workload.kill();
+    Ok(())
+}
+
+/// The heap uprobes (`bpftool perf list`: perf events a process holds, with their program) that process
+/// `holder` holds, or any process when `None`.
+fn heap_uprobes(holder: Option<u32>) -> Result<Vec<String>> {
+    let json = |args: &[&str]| -> Result<Value> {
+        let out = std::process::Command::new("bpftool").args(args).output().context("cannot run bpftool")?;
+        ensure!(out.status.success(), "bpftool {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+    };
+    let (perf, progs) = (json(&["-j", "perf", "list"])?, json(&["-j", "prog", "show"])?);
+    let name = |id: &Value| items(&progs).iter().find(|p| &p["id"] == id).and_then(|p| p["name"].as_str());
+    Ok(items(&perf)
+        .iter()
+        .filter(|e| holder.is_none_or(|pid| e["pid"].as_u64() == Some(u64::from(pid))))
+        .filter_map(|e| Some(format!("{} {} {}", name(&e["prog_id"])?, e["filename"], e["offset"])))
+        .filter(|p| p.starts_with("lt_heap"))
+        .collect())
+}
