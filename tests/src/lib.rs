@@ -449,6 +449,13 @@ pub struct Traced {
     _dir: tempfile::TempDir,
 }
 
+impl Traced {
+    /// Where leaktrace wrote its outputs (gone with this).
+    pub fn output_dir(&self) -> &Path {
+        self._dir.path()
+    }
+}
+
 /// Attaches leaktrace (with more arguments and environment variables) to a fresh memcg, starts `workload args` in
 /// it, traces for `seconds` and reads the report.
 pub fn trace_workload_with(

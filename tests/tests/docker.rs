@@ -13,8 +13,8 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 use leaktrace_e2e::{
-    assert_nothing_attached, describe, has_frame, items, read_report, require_root, serial, summarize, wait_timeout,
-    Leaktrace, SCENARIO_SAMPLE_BYTES,
+    assert_nothing_attached, describe, has_frame, items, read_report, require_root, scenarios, serial, summarize,
+    wait_timeout, Leaktrace, SCENARIO_SAMPLE_BYTES,
 };
 
 /// A dockerd of this test's own: its socket, data and exec roots live in a temp dir.
@@ -287,6 +287,43 @@ fn docker_kill_of_a_container_with_a_restart_policy_is_not_memory_and_docker_agr
             "{evidence:?}"
         );
     }
+    Ok(())
+}
+
+/// `--heap` in a container traced by name: the static binary there brings its own malloc (glibc linked in), which
+/// is probed in the executable, read through the process's root; the holder of the reused heap is named.
+#[test]
+fn heap_holder_of_a_static_binary_in_a_container() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let _one_at_a_time = serial();
+    let dockerd = Dockerd::start()?;
+    let work = tempfile::tempdir()?;
+    dockerd.import_image("leaktrace-e2e-heap:1", &static_workload(work.path(), "render_sessions", &["-O2", "-g"])?)?;
+    let name = format!("lt-e2e-heap-{}", std::process::id());
+    let run = ["run", "-d", "--name", &name, "--network", "none", "--memory", "512m", "leaktrace-e2e-heap:1"];
+    // The shell starts first and execs the service a moment later: the exec is where its probes go on.
+    dockerd.docker(&[&run[..], &["/bin/sh", "-c", "sleep 1; exec /bin/render_sessions 8 7 120"]].concat())?;
+    let out_dir = work.path().join("out");
+    let host = dockerd.host();
+    let args = ["--cgroup", &name, "--heap", "--duration", "10", "--sample-bytes", SCENARIO_SAMPLE_BYTES, "--output"]
+        .map(OsStr::new);
+    let mut trace = Leaktrace::spawn_with_env(
+        &[&args[..], &[out_dir.as_os_str()]].concat(),
+        &[("DOCKER_HOST", OsStr::new(&host))],
+    )?;
+    let out = trace.wait(Duration::from_secs(60))?;
+    ensure!(out.status.success(), "leaktrace failed: {}", describe(&out));
+    assert_nothing_attached()?;
+    let report = read_report(&out_dir)?;
+    let procs = items(&report["collection"]["heap"]["processes"]);
+    let service = procs
+        .iter()
+        .find(|p| p["comm"] == "render_sessions")
+        .with_context(|| format!("render_sessions was not heap-traced: {procs:?}"))?;
+    ensure!(service["allocator"] == "/bin/render_sessions", "not probed in the executable: {service}");
+    scenarios::check_heap_holder(&report, &[&["remember_session"], &["handle_request"], &["main"]])?;
     Ok(())
 }
 

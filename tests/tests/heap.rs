@@ -57,6 +57,51 @@ fn program_linked_with_jemalloc() -> Result<()> {
     Ok(())
 }
 
+/// OOM-killed under `--heap`: the flight recorder's picture before the kill has the holder as a heap site, the
+/// victim's heap is settled at its death (freed by the kill), and every export shows it under a `[heap]` root.
+#[test]
+fn heap_before_the_oom_kill_in_every_export() -> Result<()> {
+    let oom = Scenario {
+        name: "heap-oom",
+        args: &["16", "30", "120"],
+        check: |report| {
+            let kill =
+                items(&report["oom_kills"]).first().with_context(|| format!("no kill:\n{}", summarize(report)))?;
+            let before = items(&kill["sites_before_kill"]);
+            let heap = before.iter().find(|s| s["kind"] == "heap").context("no heap site before the kill")?;
+            ensure!(heap["label"] == "remember_session", "held before the kill: {heap}");
+            let grew = items(&kill["grew_before_kill"]).first().context("no flight recorder span")?;
+            ensure!(
+                items(&grew["sites"]).iter().any(|s| s["kind"] == "heap"),
+                "no heap growth before the kill: {grew}"
+            );
+            let after: i64 = items(&report["sites"])
+                .iter()
+                .filter(|s| s["kind"] == "heap")
+                .filter_map(|s| s["outstanding_bytes"].as_i64())
+                .sum();
+            ensure!(after < 1 << 20, "the victim's heap ({after} bytes) outlived it");
+            Ok(None)
+        },
+        ..scenarios::OOM_KILL
+    };
+    let oom = Scenario { workload: "render_sessions", leaktrace_args: &["--heap"], ..oom };
+    if !require_root() {
+        return Ok(());
+    }
+    let _one = serial();
+    let run = leaktrace_e2e::run_scenario(&oom, &[])?;
+    let dir = run.output_dir();
+    let folded = std::fs::read_to_string(dir.join("stacks.folded"))?;
+    ensure!(
+        folded.lines().any(|l| l.starts_with("[heap]") && l.contains("remember_session")),
+        "stacks.folded:\n{folded}"
+    );
+    let svg = std::fs::read_to_string(dir.join("flamegraph.svg"))?;
+    ensure!(svg.contains("[heap]"), "no [heap] root in flamegraph.svg");
+    Ok(())
+}
+
 fn heap_process<'a>(report: &'a Value, comm: &str) -> Result<&'a Value> {
     items(&report["collection"]["heap"]["processes"])
         .iter()

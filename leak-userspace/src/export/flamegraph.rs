@@ -15,8 +15,9 @@ use inferno::{
 use super::{folded::folded, human_bytes, target_name, xml_escape};
 use crate::report::{Report, Site};
 
-const KIND_COLORS: [(&str, (u8, u8, u8)); 5] = [
+const KIND_COLORS: [(&str, (u8, u8, u8)); 6] = [
     ("[anon", (230, 120, 40)),
+    ("[heap", (220, 170, 30)),
     ("[slab", (150, 100, 210)),
     ("[page", (60, 130, 220)),
     ("[percpu", (200, 70, 150)),
