@@ -81,6 +81,9 @@ where
             continue;
         }
         frames.extend(user_frames(stacks, resolver, key));
+        if key.kind == kind::HEAP {
+            trim_allocator(&mut frames);
+        }
         let slab_cache = cache_name(key.cache, caches);
         let identity = MergeKey {
             kind: kind_name(key.kind),
@@ -258,6 +261,17 @@ fn tracing_frames(frames: &[Frame]) -> usize {
 
 /// The user frames of a site, each saying how it was found: unwound ones as the unwinder says, those of a
 /// frame-pointer stack id as `fp` but the leaf (`regs`).
+/// A heap site starts at its first frame outside the allocator: the return probe's leaf is whoever called the
+/// allocator, which may be a wrapper (libstdc++'s `operator new`, a standard container's allocation helpers).
+/// A stack made of nothing else is kept whole.
+fn trim_allocator(frames: &mut Vec<Frame>) {
+    let wrapper = |f: &Frame| f.symbol.as_deref().is_some_and(is_allocator);
+    let n = frames.iter().take_while(|f| wrapper(f)).count();
+    if n < frames.len() {
+        frames.drain(..n);
+    }
+}
+
 fn user_frames<S, R>(stacks: &S, resolver: &mut R, key: &SiteKey) -> Vec<Frame>
 where
     S: StackSource + ?Sized,

@@ -102,6 +102,34 @@ fn heap_before_the_oom_kill_in_every_export() -> Result<()> {
     Ok(())
 }
 
+/// Processes that fork, exec and exit mid-trace: a shell runs one leaking life to its end, then execs a second.
+/// Both lives are probed as they start (the second in the shell's process, after its exec), the first one's heap
+/// is settled at its exit, and each keeps running to its own end.
+#[test]
+fn lives_that_fork_exec_and_exit_mid_trace() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let _one = serial();
+    let exe = build_workload("render_sessions")?;
+    let mut sh = std::process::Command::new("sh");
+    let script = format!("{0} 8 2 0 && exec {0} 8 5 120", exe.display());
+    sh.args(["-c", &script]);
+    let run = leaktrace_e2e::trace_command("heap-lives", sh, Some(512 << 20), 10, &["--heap"], &[])?;
+    let r = &run.report;
+    let lives: Vec<&Value> =
+        items(&r["collection"]["heap"]["processes"]).iter().filter(|p| p["comm"] == "render_sessions").collect();
+    let states: Vec<&str> = lives.iter().filter_map(|p| p["state"].as_str()).collect();
+    ensure!(states.contains(&"exited") && states.contains(&"traced"), "both lives probed: {lives:?}");
+    ensure!(lives.iter().all(|p| p["attached_at"].as_f64() < Some(4.0)), "a life was probed late: {lives:?}");
+    // The verdict is about the lives' sawtooth; the sites must hold the living one's heap only.
+    let top = items(&r["sites"]).iter().find(|s| s["kind"] == "heap").context("no heap site")?;
+    ensure!(top["label"] == "remember_session", "top heap site: {top}");
+    let coverage = r["attribution"]["heap"]["coverage"].as_f64();
+    ensure!(coverage.is_some_and(|c| (0.7..=1.5).contains(&c)), "heap coverage {coverage:?}:\n{}", summarize(r));
+    Ok(())
+}
+
 fn heap_process<'a>(report: &'a Value, comm: &str) -> Result<&'a Value> {
     items(&report["collection"]["heap"]["processes"])
         .iter()

@@ -6,6 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Result;
 use leak_common::{kind, SiteCounters, SiteKey};
 
 use crate::{
@@ -39,6 +40,8 @@ pub struct HeapTracer {
 struct Traced {
     report: HeapProcess,
     exe_inode: Option<u64>,
+    /// The allocator's file (device, inode) as probed.
+    allocator_file: Option<(u64, u64)>,
     /// At the last look: seconds since the start, probe hits, CPU seconds of the process.
     last: Option<(f64, u64, f64)>,
     /// Still probed (not gone, detached or failed).
@@ -86,18 +89,29 @@ impl HeapTracer {
     /// should be tried again (its allocator is not mapped yet), which only a `last` try never does.
     fn offer(&mut self, probes: &mut Probes, pid: u32, t: f64, last: bool) -> bool {
         let Some(exe_inode) = exe_inode(pid) else { return true };
-        if let Some(p) = self.procs.get_mut(&pid) {
-            if p.exe_inode == Some(exe_inode) {
+        let known = self.procs.get(&pid);
+        if known.is_some_and(|p| p.exe_inode == Some(exe_inode)) {
+            return true;
+        }
+        let found = allocator::find(pid);
+        if let (Some(p), Ok(a)) = (self.procs.get_mut(&pid), &found) {
+            // An exec into a program with the same allocator file: the probes, bound to that file and to this
+            // process, go on working in the new program.
+            if p.attached && p.allocator_file.is_some() && p.allocator_file == file_id(&a.host_path) {
+                p.exe_inode = Some(exe_inode);
+                p.report.comm = comm(pid);
                 return true;
             }
-            // An exec replaced the program, and maybe its allocator.
-            if p.attached {
-                probes.detach_heap(pid);
-                p.attached = false;
-            }
-            p.exe_inode = None;
         }
-        self.attach(probes, pid, t, exe_inode, last) || last
+        if found.is_err() && !last {
+            return false;
+        }
+        if let Some(p) = self.procs.get_mut(&pid).filter(|p| p.attached) {
+            probes.detach_heap(pid);
+            p.attached = false;
+        }
+        self.attach(probes, pid, t, exe_inode, found);
+        true
     }
 
     /// One interval at `t`: probes every new process among `pids`, checks what each costs, and lets go of
@@ -127,7 +141,8 @@ impl HeapTracer {
                     continue;
                 }
                 let cost = n.saturating_sub(n0) as f64 * self.hit_ns * 1e-9 / dt;
-                let share = cost * dt / (cpu - cpu0).max(1e-3);
+                // The probes' time is part of the process's: a share over 1 is the estimate's error.
+                let share = (cost * dt / (cpu - cpu0).max(1e-3)).min(1.0);
                 let rate = n.saturating_sub(n0) as f64 / dt;
                 p.report.hits_per_second.get_or_insert(rate);
                 p.report.cost_cpu = p.report.cost_cpu.max(cost);
@@ -139,7 +154,7 @@ impl HeapTracer {
                     let why = format!(
                         "{:.0} probe hits/s would take about {:.0} % of its CPU time ({:.2} CPU), over the --heap-budget of {:.0} %",
                         rate,
-                        share.min(1.0) * 100.0,
+                        share * 100.0,
                         cost,
                         self.budget * 100.0
                     );
@@ -157,16 +172,17 @@ impl HeapTracer {
         ended
     }
 
-    /// Probes process `pid`; a failure is recorded only when `record_failure`. Returns whether it is probed.
-    fn attach(&mut self, probes: &mut Probes, pid: u32, t: f64, exe_inode: u64, record_failure: bool) -> bool {
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim_end().to_string();
-        let mut report = HeapProcess { pid, comm, attached_at: t, state: "traced".into(), ..Default::default() };
-        match allocator::find(pid).and_then(|a| probes.attach_heap(pid, &a).map(|n| (a, n))) {
+    /// Probes process `pid` with the allocator found for it, and records how that went.
+    fn attach(&mut self, probes: &mut Probes, pid: u32, t: f64, exe_inode: u64, found: Result<allocator::Allocator>) {
+        let mut report =
+            HeapProcess { pid, comm: comm(pid), attached_at: t, state: "traced".into(), ..Default::default() };
+        let mut allocator_file = None;
+        match found.and_then(|a| probes.attach_heap(pid, &a).map(|n| (a, n))) {
             Ok((a, n)) => {
+                allocator_file = file_id(&a.host_path);
                 report.allocator = Some(a.path);
                 report.probes = n as u32;
             }
-            Err(_) if !record_failure => return false,
             Err(e) => {
                 report.state = "not-traced".into();
                 report.note = Some(format!("{e:#}"));
@@ -182,8 +198,7 @@ impl HeapTracer {
                 }
             });
         }
-        self.procs.insert(pid, Traced { report, exe_inode: Some(exe_inode), last: None, attached });
-        attached
+        self.procs.insert(pid, Traced { report, exe_inode: Some(exe_inode), allocator_file, last: None, attached });
     }
 
     /// Whether process `tgid`'s heap is traced now (its sites' frees are still seen).
@@ -217,6 +232,15 @@ pub fn settle(raw: &mut [(SiteKey, SiteCounters)], traced: impl Fn(u32) -> bool,
             c.free_count += count;
         }
     }
+}
+
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim_end().to_string()
+}
+
+fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 fn exe_inode(pid: u32) -> Option<u64> {

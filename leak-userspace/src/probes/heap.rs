@@ -10,7 +10,7 @@ use anyhow::{anyhow, Context, Result};
 use aya::{
     maps::{HashMap, MapData, RingBuf},
     programs::{
-        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeLink, UProbeScope},
         RawTracePoint, UProbe,
     },
 };
@@ -25,10 +25,45 @@ use super::{
 const SPAWN_PROGRAMS: &[(&str, &str)] =
     &[("lt_heap_fork", "sched_process_fork"), ("lt_heap_exec", "sched_process_exec")];
 
-/// The probes attached to one process.
+/// The probes attached to one process, owned here rather than by their programs so that they can be closed
+/// together (see [`Reaper`]).
 #[derive(Default)]
 pub struct Attached {
-    links: Vec<(&'static str, UProbeLinkId)>,
+    links: Vec<UProbeLink>,
+}
+
+/// Closing a uprobe's perf event waits for an RCU-tasks grace period (~0.1 s measured here), and a process has
+/// some 17 of them: closed one after the other, every exit, exec or detach of a traced process would stall the
+/// event loop for two seconds, and leaktrace's own exit as long per process. Closes made at the same time share a
+/// grace period, so the links are dropped on threads of their own, all at once.
+#[derive(Default)]
+pub struct Reaper {
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Reaper {
+    /// At most this many closing threads at a time; more links share them.
+    const MAX_THREADS: usize = 64;
+
+    fn release(&mut self, mut links: Vec<UProbeLink>) {
+        self.threads.retain(|t| !t.is_finished());
+        let room = Self::MAX_THREADS.saturating_sub(self.threads.len()).max(1);
+        let chunk = links.len().div_ceil(room).max(1);
+        while !links.is_empty() {
+            let batch: Vec<UProbeLink> = links.drain(..chunk.min(links.len())).collect();
+            // A thread that cannot be made (a thread limit) closes nothing: the batch is dropped here, slowly.
+            if let Ok(t) = std::thread::Builder::new().name("lt-uprobe-close".into()).spawn(move || drop(batch)) {
+                self.threads.push(t);
+            }
+        }
+    }
+
+    /// Returns once every released link is closed.
+    fn wait(&mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Probes {
@@ -79,11 +114,11 @@ impl Probes {
                     points.push(allocator::RETURN_PROGRAM);
                 }
                 for program in points {
-                    let id = self
-                        .uprobe(program)?
+                    let prog = self.uprobe(program)?;
+                    let id = prog
                         .attach(UProbeAttachLocation::AbsoluteOffset(probe.offset), &alloc.host_path, scope)
                         .map_err(|e| anyhow!("{}:{}: {e}", alloc.path, probe.symbol))?;
-                    attached.links.push((program, id));
+                    attached.links.push(prog.take_link(id)?);
                 }
             }
             Ok(())
@@ -100,15 +135,18 @@ impl Probes {
     /// Takes process `pid`'s probes off (whatever state it is in) and its entry out of `HEAP_PROCS`.
     pub fn detach_heap(&mut self, pid: u32) {
         if let Some(attached) = self.heap_links.remove(&pid) {
-            for (program, id) in attached.links {
-                if let Ok(p) = self.uprobe(program) {
-                    let _ = p.detach(id);
-                }
-            }
+            self.reaper.release(attached.links);
         }
         if let Ok(mut procs) = self.heap_procs() {
             let _ = procs.remove(&pid);
         }
+    }
+
+    /// Closes every heap probe, all at once, and returns when they are gone.
+    pub(super) fn detach_all_heap(&mut self) {
+        let links: Vec<UProbeLink> = self.heap_links.drain().flat_map(|(_, a)| a.links).collect();
+        self.reaper.release(links);
+        self.reaper.wait();
     }
 
     /// Probe hits so far of every traced process.
@@ -159,6 +197,7 @@ impl Probes {
         self.heap_procs()?.remove(&me).ok();
         let probed = pair().min(pair());
         self.detach_heap(me);
+        self.reaper.wait();
         // Three hits a pair: malloc's entry and return, free's entry.
         Ok(probed.saturating_sub(bare) / (3 * CALLS))
     }

@@ -301,3 +301,19 @@ fn slab_pages_are_not_sites_their_objects_are() {
     assert_eq!(sites.len(), 1, "{sites:?}");
     assert_eq!(sites[0].kind, "slab");
 }
+
+/// A heap site's stack starts past the allocator's wrappers (malloc called from operator new, say); one made of
+/// nothing else keeps its frames.
+#[test]
+fn heap_sites_start_at_the_first_frame_outside_the_allocator() {
+    let raw = [(key(7, -2, 107, kind::HEAP, 0), counters(3, 1, 0)), (key(7, -2, 5, kind::HEAP, 0), counters(1, 0, 0))];
+    let mut stacks = stacks(&[7]);
+    stacks.0.insert(5, vec![0x7010]);
+    let sites = build(&raw, &stacks, &HashMap::new(), &comms(), &mut resolver(), Outstanding::Live, 10);
+    assert_eq!(sites[0].kind, "heap");
+    let names: Vec<_> = sites[0].frames.iter().map(|f| f.symbol.as_deref().unwrap_or("?")).collect();
+    assert_eq!(names, ["leak_here", "main"], "malloc trimmed, no kernel frames");
+    assert_eq!(sites[0].outstanding_bytes, 2 * 4096);
+    assert_eq!(sites[1].frames.len(), 1, "only the allocator: kept");
+    assert_eq!(kind_name(kind::HEAP), "heap");
+}

@@ -541,3 +541,23 @@ fn a_window_that_ends_after_the_kill_reconciles_at_the_kill() {
     let v = judged(samples, vec![k], 0);
     has(&v, "just before OOM kill 1, the traced anon sites held 64.0 MiB of the victim's anon RSS at the kill, 64.0 MiB (100%)");
 }
+
+/// With `--heap`: the holder of the malloc'd bytes beside the toucher of the pages, the holder to fix.
+#[test]
+fn heap_holder_is_named_beside_the_pages_toucher() {
+    let samples = series(30, |i, s| s.anon = Some(20 * MIB + i as u64 * MIB));
+    let mut r = sample_report();
+    r.sites[0].label = Some("render_response".into());
+    let mut heap = crate::report::tests::site("heap", 60 * MIB as i64, r.sites[0].frames.clone());
+    heap.label = Some("remember_session".into());
+    r.sites.insert(0, heap);
+    r.attribution = attribution::attribute(&samples, &r.sites);
+    r.growth = growth::analyse(&samples, &growth::life_ends(&[], &[], &samples), None, 0);
+    r.memory.samples = samples;
+    let v = judge(&r);
+    assert_eq!(v.class, "heap-leak", "{v:#?}");
+    has(&v, "anon pages first touched by render_response; the malloc'd bytes that stay are held by remember_session, 60.0 MiB (the live sampled heap explains");
+    has(&v, "site: heap 60.0 MiB outstanding");
+    assert!(v.recommendations[0].starts_with("fix the leak in remember_session"), "{:?}", v.recommendations);
+    assert!(r.attribution.heap.is_some_and(|h| h.attributed_bytes == 60 * MIB as i64));
+}
