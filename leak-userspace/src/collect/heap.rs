@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::Result;
-use leak_common::{kind, SiteCounters, SiteKey};
+use leak_common::{counter, kind, SiteCounters, SiteKey};
 
 use crate::{
     probes::{allocator, Probes},
@@ -206,11 +206,14 @@ impl HeapTracer {
         self.procs.get(&tgid).is_some_and(|p| p.attached)
     }
 
-    pub fn report(&self) -> HeapCollection {
+    /// `collection.heap`, with the kernel side's counters.
+    pub fn report(&self, counters: &[u64]) -> HeapCollection {
         HeapCollection {
             hit_cost_ns: self.hit_ns,
             budget_percent: self.budget * 100.0,
             processes: self.procs.values().map(|p| p.report.clone()).collect(),
+            calls_lost: counters[counter::HEAP_CALLS_FULL as usize],
+            unmatched_returns: counters[counter::HEAP_UNMATCHED_RETURN as usize],
         }
     }
 }

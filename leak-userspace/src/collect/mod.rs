@@ -447,7 +447,7 @@ impl Collector {
                 ]),
                 exits_unrecorded: exit_counts[exit_count::UNRECORDED as usize] + self.exits_over,
                 exits_dropped: exit_counts[exit_count::DROPPED as usize],
-                heap: self.heap.as_ref().map(|h| h.report()),
+                heap: self.heap.as_ref().map(|h| h.report(&c)),
             },
             sampling: report::Sampling::from_shift(self.sample_rate_shift, c[counter::ALLOC_EVENTS as usize]),
         };

@@ -443,6 +443,11 @@ pub struct HeapCollection {
     /// `--heap-budget`: the most of a process's CPU time the probes may take before they are detached from it.
     pub budget_percent: f64,
     pub processes: Vec<HeapProcess>,
+    /// Kept allocator calls lost because the kernel's table of calls in flight was full.
+    pub calls_lost: u64,
+    /// Allocator returns that did not match their call (a `longjmp` out of the allocator, a probe detached
+    /// mid-call): their allocation is not counted.
+    pub unmatched_returns: u64,
 }
 
 /// One process of the target as `--heap` saw it.
