@@ -18,9 +18,16 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            // clap's first line is already "error: ..."; the usage block after it is for --help.
+            // clap's first line is already "error: ..."; a list of what is missing follows it, one indented line
+            // each, then the usage block, which is for --help.
             let text = e.render().to_string();
-            eprintln!("{} (see leaktrace --help)", text.lines().next().unwrap_or("error: bad arguments"));
+            let mut lines = text.lines();
+            let first = lines.next().unwrap_or("error: bad arguments");
+            let listed: Vec<&str> = lines.take_while(|l| l.starts_with("  ")).map(str::trim).collect();
+            match listed.is_empty() {
+                true => eprintln!("{first} (see leaktrace --help)"),
+                false => eprintln!("{first} {} (see leaktrace --help)", listed.join(", ")),
+            }
             return ExitCode::from(2);
         }
     };

@@ -408,6 +408,9 @@ fn bad_input_fails_fast_with_one_error_line() -> Result<()> {
         &["--cgroup", "/sys/fs/cgroup/memory", "--interval", "0"],
         &["--cgroup", "/sys/fs/cgroup/memory", "--max-tracked", "1"],
         &["--cgroup", "/sys/fs/cgroup/memory", "--stack-entries", "99999999999"],
+        &["--cgroup", "/sys/fs/cgroup/memory", "--heap", "--heap-budget", "0"],
+        &["--cgroup", "/sys/fs/cgroup/memory", "--heap", "--heap-budget", "150"],
+        &["--cgroup", "/sys/fs/cgroup/memory", "--heap-budget", "10"],
         &["--no-such-option"],
         &[],
     ] {
