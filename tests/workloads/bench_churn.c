@@ -41,15 +41,6 @@ static size_t pipe_round_trip(size_t bytes) {
     return ok;
 }
 
-/* xorshift: cheap, and the same sequence in every run. */
-static unsigned next_random(void) {
-    static unsigned x = 2463534242u;
-    x ^= x << 13;
-    x ^= x >> 17;
-    x ^= x << 5;
-    return x;
-}
-
 static size_t malloc_pair(void) {
     unsigned r = next_random();
     size_t slot = r % SLOTS;

@@ -39,6 +39,15 @@ static inline void paced(double per_sec, double secs, int (*step)(size_t n)) {
 
 #define PAGE 4096
 
+/* xorshift: cheap, and the same sequence in every run (the benchmark's loops). */
+static inline unsigned next_random(void) {
+    static unsigned x = 2463534242u;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    return x;
+}
+
 /* The request loop of the ordinary workloads: handle(id) for ids 0, 1, 2, ..., `per_sec` requests a second for
  * `secs` seconds (paced); it stops early when a request fails (returns 0). */
 static int (*request_handler)(size_t id);
