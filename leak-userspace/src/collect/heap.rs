@@ -19,6 +19,9 @@ use crate::{
 /// ticks) to divide by.
 const MIN_COST_CPU: f64 = 0.01;
 
+/// The shortest span over which a process's cost is judged.
+const MIN_LOOK: f64 = 0.5;
+
 /// How long a spawned process is waited for to map its allocator before it is declared not traceable.
 const SPAWN_WAIT: Duration = Duration::from_secs(1);
 
@@ -126,6 +129,8 @@ impl HeapTracer {
         let hits = probes.heap_hits().unwrap_or_default();
         let mut ended = Vec::new();
         for (&pid, p) in self.procs.iter_mut().filter(|(_, p)| p.attached) {
+            let n = hits.get(&pid).copied().unwrap_or(p.report.hits);
+            p.report.hits = n;
             let Some(cpu) = cpu_seconds(pid) else {
                 probes.detach_heap(pid);
                 p.attached = false;
@@ -133,11 +138,11 @@ impl HeapTracer {
                 ended.push(pid);
                 continue;
             };
-            let n = hits.get(&pid).copied().unwrap_or(p.report.hits);
-            p.report.hits = n;
             if let Some((t0, n0, cpu0)) = p.last {
                 let dt = t - t0;
-                if dt <= 0.0 {
+                // Looks closer together (the loop's first ticks, a restart followed at once) say nothing: CPU
+                // time comes in 10 ms ticks.
+                if dt < MIN_LOOK {
                     continue;
                 }
                 let cost = n.saturating_sub(n0) as f64 * self.hit_ns * 1e-9 / dt;
@@ -204,6 +209,14 @@ impl HeapTracer {
     /// Whether process `tgid`'s heap is traced now (its sites' frees are still seen).
     pub fn covers(&self, tgid: u32) -> bool {
         self.procs.get(&tgid).is_some_and(|p| p.attached)
+    }
+
+    /// The last hit counts of the processes still probed, read when the session ends.
+    pub fn final_hits(&mut self, probes: &Probes) {
+        let hits = probes.heap_hits().unwrap_or_default();
+        for (pid, p) in self.procs.iter_mut().filter(|(_, p)| p.attached) {
+            p.report.hits = hits.get(pid).copied().unwrap_or(p.report.hits);
+        }
     }
 
     /// `collection.heap`, with the kernel side's counters.

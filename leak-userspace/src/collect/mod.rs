@@ -369,6 +369,9 @@ impl Collector {
         }
         let mut sites = self.build_sites(probes, &raw, Outstanding::Live, usize::MAX)?;
         let c = probes.counters()?;
+        if let Some(h) = &mut self.heap {
+            h.final_hits(probes);
+        }
         let end = time::OffsetDateTime::now_utc();
         let usage = resource_usage();
         let programs = probes.program_stats();
