@@ -248,7 +248,7 @@ fn returned(ctx: &RetProbeContext) -> Option<()> {
     if ptr == 0 {
         return None;
     }
-    let (ustack, usample) = user_site(ctx, || Some((regs.rip, regs.rsp, regs.rbp)));
+    let (ustack, usample) = user_site(ctx, || Some((regs.rip, regs.rsp, regs.rbp)), false);
     let site = SiteKey { tgid, kstack: -ENOENT, ustack, cache: 0, kind: kind::HEAP, _pad: 0, usample };
     let key = HeapKey { tgid, _pad: 0, ptr };
     record_alloc_in(&HEAP_LIVE, &key, filter_key(&key), &site, call.bytes.max(1), call.shift);

@@ -34,6 +34,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 
+mod fault;
 mod heap;
 use leak_common::{
     arg, counter, exit_count, kind, regs, Config, ExitConfig, ExitEvent, LiveAlloc, OomEvent, PendingPage, SignalSent,
@@ -194,18 +195,23 @@ fn target_task() -> bool {
 fn site_here(ctx: &RawTracePointContext, kind: u32, cache: u32) -> SiteKey {
     let kstack = stack_id(ctx, 0, counter::KSTACK_COLLISION);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let (ustack, usample) = user_site(ctx, user_regs);
+    let (ustack, usample) = user_site(ctx, user_regs, kind != kind::SLAB);
     SiteKey { tgid, kstack, ustack, cache, kind, _pad: 0, usample }
 }
 
 /// The user half of a site key: a frame-pointer stack id (`regs::NONE`), or the token of a user stack sample
-/// taken from the registers `regs` gives; a negative errno when there is none.
+/// taken from the registers `regs` gives; a negative errno when there is none. `page`: a page allocation, which
+/// may be for a user page fault (its sample then carries the fault's address).
 #[inline(always)]
-fn user_site<C: StackIdContext>(ctx: &C, regs: impl FnOnce() -> Option<(u64, u64, u64)>) -> (i32, u64) {
+fn user_site<C: StackIdContext>(
+    ctx: &C,
+    regs: impl FnOnce() -> Option<(u64, u64, u64)>,
+    page: bool,
+) -> (i32, u64) {
     if cfg(&CONFIG.regs_source) == regs::NONE {
         (stack_id(ctx, BPF_F_USER_STACK as u64, counter::USTACK_COLLISION), 0)
     } else {
-        match user_stack_sample(regs) {
+        match user_stack_sample(regs, page) {
             Ok(token) => (-1, token),
             Err(e) => (e, 0),
         }
@@ -219,7 +225,7 @@ const EBUSY: i32 = 16;
 /// Sends the current task's user registers and the top of its user stack to userspace; returns the sample's
 /// token, or the negative errno that stands in for the user stack of the site (counted).
 #[inline(always)]
-fn user_stack_sample(regs: impl FnOnce() -> Option<(u64, u64, u64)>) -> Result<u64, i32> {
+fn user_stack_sample(regs: impl FnOnce() -> Option<(u64, u64, u64)>, page: bool) -> Result<u64, i32> {
     let depth = SCRATCH_DEPTH.get_ptr_mut(0).ok_or(-EBUSY)?;
     let level = unsafe { *depth };
     if level >= SCRATCH_LEVELS {
@@ -227,13 +233,13 @@ fn user_stack_sample(regs: impl FnOnce() -> Option<(u64, u64, u64)>) -> Result<u
         return Err(-EBUSY);
     }
     unsafe { *depth = level + 1 };
-    let sent = fill_and_send(level, regs);
+    let sent = fill_and_send(level, regs, page);
     unsafe { *depth = level };
     sent
 }
 
 #[inline(always)]
-fn fill_and_send(level: u32, regs: impl FnOnce() -> Option<(u64, u64, u64)>) -> Result<u64, i32> {
+fn fill_and_send(level: u32, regs: impl FnOnce() -> Option<(u64, u64, u64)>, page: bool) -> Result<u64, i32> {
     let scratch = STACK_SCRATCH.get_ptr_mut(level).ok_or(-EBUSY)?;
     let Some((ip, sp, bp)) = regs() else {
         count(counter::USTACK_NO_REGS, 1);
@@ -267,17 +273,19 @@ fn fill_and_send(level: u32, regs: impl FnOnce() -> Option<(u64, u64, u64)>) -> 
         return Err(-ENODATA);
     }
     let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
     let len = chunks * USTACK_CHUNK;
     s.head = StackSample {
         token,
         tgid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
+        tid,
         ip,
         sp,
         bp,
         base,
         len: len as u32,
         flags: if chunks as u32 >= want { STACK_SAMPLE_FULL } else { 0 },
+        fault_addr: if page { fault::fault_address(tid, ip) } else { 0 },
     };
     let size = core::mem::size_of::<StackSample>() + len;
     if size > core::mem::size_of::<StackScratch>() {

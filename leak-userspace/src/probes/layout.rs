@@ -97,6 +97,11 @@ const RAW_EVENTS: &[RawEvent] = &[
         event: "signal_generate",
         layouts: &[fixed(&[(arg::SIGNAL_SIG, "int"), (arg::SIGNAL_TASK, "struct task_struct *")])],
     },
+    RawEvent {
+        category: "exceptions",
+        event: "page_fault_user",
+        layouts: &[fixed(&[(arg::FAULT_ADDRESS, "long unsigned int"), (arg::FAULT_REGS, "struct pt_regs *")])],
+    },
 ];
 
 /// The first of `layouts` that this prototype (its argument types) matches, by index.
@@ -215,6 +220,18 @@ pub fn discover(exact_anon: bool, ustack_chunks: Option<u32>) -> Result<Discover
             }
             Err(why) => degraded.push(format!("{why}: user stacks are walked by frame pointers")),
         }
+    }
+    // The fault's address rides on a page's user stack sample: without samples there is nothing to carry it.
+    if config.ustack_chunks == 0 {
+        events.retain(|&(c, _)| c != "exceptions");
+    } else if events.contains(&("exceptions", "page_fault_user")) {
+        modes.push("fault-address".to_string());
+    } else {
+        degraded.push(
+            "no exceptions:page_fault_user: sites carry no `region`, and the verdict cannot tell when the top anon \
+             site's pages lie in a malloc heap (whose holder --heap names)"
+                .to_string(),
+        );
     }
 
     // The gfp bit that marks memory charged to a memcg, from the page allocation event's own flag table.
@@ -468,6 +485,8 @@ mod tests {
         assert_eq!(matching(&page, layouts_of("mm_page_alloc")), Some(0));
         let free = types("long unsigned int, const void *, const struct kmem_cache *");
         assert_eq!(matching(&free, layouts_of("kmem_cache_free")), Some(0));
+        let fault = types("long unsigned int, struct pt_regs *, long unsigned int");
+        assert_eq!(matching(&fault, layouts_of("page_fault_user")), Some(0), "x86's, unchanged since 4.17");
     }
 
     #[test]
@@ -522,6 +541,9 @@ mod tests {
         assert_ne!(d.exit_config.task_exit_code, OFFSET_NONE);
         assert_ne!(d.config.regs_source, leak_common::regs::NONE, "{:?}", d.degraded);
         assert_ne!(d.config.regs_sp, OFFSET_NONE);
-        assert!(discover(true, None).unwrap().config.ustack_chunks == 0, "--record-all takes no copies");
+        assert!(d.modes.iter().any(|m| m == "fault-address"), "{:?}", d.degraded);
+        let record_all = discover(true, None).unwrap();
+        assert!(record_all.config.ustack_chunks == 0, "--record-all takes no copies");
+        assert!(!record_all.has_event("exceptions", "page_fault_user"), "nor the faults' addresses they carry");
     }
 }
