@@ -424,7 +424,7 @@ pub mod arg {
     pub const SIGNAL_TASK: usize = 2;
     /// page_fault_user (unsigned long address, struct pt_regs *regs, unsigned long error_code), x86
     pub const FAULT_ADDRESS: usize = 0;
-    pub const FAULT_REGS: usize = 1;
+    pub const FAULT_ERROR_CODE: usize = 2;
 }
 
 /// Everything the programs need to know about this kernel, discovered by userspace and set as one global before
@@ -488,6 +488,9 @@ pub struct Config {
     pub regs_sp: u32,
     pub regs_bp: u32,
     pub regs_cs: u32,
+    /// How the task entered the kernel: a system call's number; an exception's or interrupt's -1 (or, under
+    /// FRED, a fault's error code).
+    pub regs_orig_ax: u32,
     /// 1: every program returns at once (the benchmark's floor: what attaching alone costs).
     pub floor: u32,
 }
@@ -529,6 +532,7 @@ impl Config {
             regs_sp: OFFSET_NONE,
             regs_bp: OFFSET_NONE,
             regs_cs: OFFSET_NONE,
+            regs_orig_ax: OFFSET_NONE,
             floor: 0,
         }
     }

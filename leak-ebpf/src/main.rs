@@ -199,15 +199,21 @@ fn site_here(ctx: &RawTracePointContext, kind: u32, cache: u32) -> SiteKey {
     SiteKey { tgid, kstack, ustack, cache, kind, _pad: 0, usample }
 }
 
+/// The user registers a stack sample starts from.
+#[derive(Clone, Copy)]
+struct UserRegs {
+    ip: u64,
+    sp: u64,
+    bp: u64,
+    /// `pt_regs.orig_ax`: how the task entered the kernel (see `Config::regs_orig_ax`).
+    orig_ax: u64,
+}
+
 /// The user half of a site key: a frame-pointer stack id (`regs::NONE`), or the token of a user stack sample
 /// taken from the registers `regs` gives; a negative errno when there is none. `page`: a page allocation, which
 /// may be for a user page fault (its sample then carries the fault's address).
 #[inline(always)]
-fn user_site<C: StackIdContext>(
-    ctx: &C,
-    regs: impl FnOnce() -> Option<(u64, u64, u64)>,
-    page: bool,
-) -> (i32, u64) {
+fn user_site<C: StackIdContext>(ctx: &C, regs: impl FnOnce() -> Option<UserRegs>, page: bool) -> (i32, u64) {
     if cfg(&CONFIG.regs_source) == regs::NONE {
         (stack_id(ctx, BPF_F_USER_STACK as u64, counter::USTACK_COLLISION), 0)
     } else {
@@ -225,7 +231,7 @@ const EBUSY: i32 = 16;
 /// Sends the current task's user registers and the top of its user stack to userspace; returns the sample's
 /// token, or the negative errno that stands in for the user stack of the site (counted).
 #[inline(always)]
-fn user_stack_sample(regs: impl FnOnce() -> Option<(u64, u64, u64)>, page: bool) -> Result<u64, i32> {
+fn user_stack_sample(regs: impl FnOnce() -> Option<UserRegs>, page: bool) -> Result<u64, i32> {
     let depth = SCRATCH_DEPTH.get_ptr_mut(0).ok_or(-EBUSY)?;
     let level = unsafe { *depth };
     if level >= SCRATCH_LEVELS {
@@ -239,9 +245,9 @@ fn user_stack_sample(regs: impl FnOnce() -> Option<(u64, u64, u64)>, page: bool)
 }
 
 #[inline(always)]
-fn fill_and_send(level: u32, regs: impl FnOnce() -> Option<(u64, u64, u64)>, page: bool) -> Result<u64, i32> {
+fn fill_and_send(level: u32, regs: impl FnOnce() -> Option<UserRegs>, page: bool) -> Result<u64, i32> {
     let scratch = STACK_SCRATCH.get_ptr_mut(level).ok_or(-EBUSY)?;
-    let Some((ip, sp, bp)) = regs() else {
+    let Some(UserRegs { ip, sp, bp, orig_ax }) = regs() else {
         count(counter::USTACK_NO_REGS, 1);
         return Err(-ENODATA);
     };
@@ -285,7 +291,7 @@ fn fill_and_send(level: u32, regs: impl FnOnce() -> Option<(u64, u64, u64)>, pag
         base,
         len: len as u32,
         flags: if chunks as u32 >= want { STACK_SAMPLE_FULL } else { 0 },
-        fault_addr: if page { fault::fault_address(tid, ip) } else { 0 },
+        fault_addr: if page { fault::fault_address(tid, orig_ax) } else { 0 },
     };
     let size = core::mem::size_of::<StackSample>() + len;
     if size > core::mem::size_of::<StackScratch>() {
@@ -310,7 +316,7 @@ fn fill_and_send(level: u32, regs: impl FnOnce() -> Option<(u64, u64, u64)>, pag
 /// The user registers saved when the current task entered the kernel (syscall, fault, interrupt); `None` for a
 /// kernel thread, whose saved registers are not user mode.
 #[inline(always)]
-fn user_regs() -> Option<(u64, u64, u64)> {
+fn user_regs() -> Option<UserRegs> {
     let regs: *const u8 = match cfg(&CONFIG.regs_source) {
         // Dead code on kernels without the helpers (the verifier knows the config): they never see the calls.
         regs::HELPER => unsafe { gen::bpf_task_pt_regs(gen::bpf_get_current_task_btf()) as *const u8 },
@@ -325,11 +331,12 @@ fn user_regs() -> Option<(u64, u64, u64)> {
         if cs & 3 != 3 {
             return None;
         }
-        Some((
-            read_at(regs, cfg(&CONFIG.regs_ip))?,
-            read_at(regs, cfg(&CONFIG.regs_sp))?,
-            read_at(regs, cfg(&CONFIG.regs_bp))?,
-        ))
+        Some(UserRegs {
+            ip: read_at(regs, cfg(&CONFIG.regs_ip))?,
+            sp: read_at(regs, cfg(&CONFIG.regs_sp))?,
+            bp: read_at(regs, cfg(&CONFIG.regs_bp))?,
+            orig_ax: read_at(regs, cfg(&CONFIG.regs_orig_ax))?,
+        })
     }
 }
 

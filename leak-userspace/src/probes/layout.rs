@@ -100,7 +100,7 @@ const RAW_EVENTS: &[RawEvent] = &[
     RawEvent {
         category: "exceptions",
         event: "page_fault_user",
-        layouts: &[fixed(&[(arg::FAULT_ADDRESS, "long unsigned int"), (arg::FAULT_REGS, "struct pt_regs *")])],
+        layouts: &[fixed(&[(arg::FAULT_ADDRESS, "long unsigned int"), (arg::FAULT_ERROR_CODE, "long unsigned int")])],
     },
 ];
 
@@ -389,6 +389,7 @@ fn user_registers(btf: &KernelBtf, c: &mut Config) -> Result<&'static str, Strin
     let member =
         |m: &str| btf.member_offset("pt_regs", m).ok_or_else(|| format!("no pt_regs.{m} in this kernel's BTF"));
     (c.regs_ip, c.regs_sp, c.regs_bp, c.regs_cs) = (member("ip")?, member("sp")?, member("bp")?, member("cs")?);
+    c.regs_orig_ax = member("orig_ax")?;
     let helper = |name: &str| btf.enum_value("bpf_func_id", name).is_some();
     if helper("BPF_FUNC_task_pt_regs") && helper("BPF_FUNC_get_current_task_btf") {
         c.regs_source = leak_common::regs::HELPER;
