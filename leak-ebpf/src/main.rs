@@ -335,7 +335,8 @@ fn user_regs() -> Option<UserRegs> {
             ip: read_at(regs, cfg(&CONFIG.regs_ip))?,
             sp: read_at(regs, cfg(&CONFIG.regs_sp))?,
             bp: read_at(regs, cfg(&CONFIG.regs_bp))?,
-            orig_ax: read_at(regs, cfg(&CONFIG.regs_orig_ax))?,
+            // Unknown, it reads as 0 (a read(2)'s number): never a fault's.
+            orig_ax: read_at(regs, cfg(&CONFIG.regs_orig_ax)).unwrap_or(0),
         })
     }
 }

@@ -221,15 +221,18 @@ pub fn discover(exact_anon: bool, ustack_chunks: Option<u32>) -> Result<Discover
             Err(why) => degraded.push(format!("{why}: user stacks are walked by frame pointers")),
         }
     }
-    // The fault's address rides on a page's user stack sample: without samples there is nothing to carry it.
-    if config.ustack_chunks == 0 {
-        events.retain(|&(c, _)| c != "exceptions");
-    } else if events.contains(&("exceptions", "page_fault_user")) {
+    // The fault's address rides on a page's user stack sample (without samples there is nothing to carry it), and
+    // is taken when the saved registers say the thread entered the kernel for a fault.
+    let faults = events.contains(&("exceptions", "page_fault_user")) && config.regs_orig_ax != OFFSET_NONE;
+    if config.ustack_chunks > 0 && faults {
         modes.push("fault-address".to_string());
     } else {
+        events.retain(|&(c, _)| c != "exceptions");
+    }
+    if config.ustack_chunks > 0 && !faults {
         degraded.push(
-            "no exceptions:page_fault_user: sites carry no `region`, and the verdict cannot tell when the top anon \
-             site's pages lie in a malloc heap (whose holder --heap names)"
+            "no exceptions:page_fault_user (or no pt_regs.orig_ax in BTF): sites carry no `region`, and the verdict \
+             cannot tell when the top anon site's pages lie in a malloc heap (whose holder --heap names)"
                 .to_string(),
         );
     }
@@ -389,7 +392,8 @@ fn user_registers(btf: &KernelBtf, c: &mut Config) -> Result<&'static str, Strin
     let member =
         |m: &str| btf.member_offset("pt_regs", m).ok_or_else(|| format!("no pt_regs.{m} in this kernel's BTF"));
     (c.regs_ip, c.regs_sp, c.regs_bp, c.regs_cs) = (member("ip")?, member("sp")?, member("bp")?, member("cs")?);
-    c.regs_orig_ax = member("orig_ax")?;
+    // Only the fault addresses need it (`fault-address`).
+    c.regs_orig_ax = btf.member_offset("pt_regs", "orig_ax").unwrap_or(OFFSET_NONE);
     let helper = |name: &str| btf.enum_value("bpf_func_id", name).is_some();
     if helper("BPF_FUNC_task_pt_regs") && helper("BPF_FUNC_get_current_task_btf") {
         c.regs_source = leak_common::regs::HELPER;
