@@ -118,6 +118,10 @@ pub struct StackSample {
     pub len: u32,
     /// [`STACK_SAMPLE_FULL`]: the copy reached the configured size, so the stack may go on above it.
     pub flags: u32,
+    /// A page allocated for a user page fault: the faulting user address (`exceptions:page_fault_user`), which
+    /// tells in what kind of memory the page lies (a malloc heap, a thread stack, ...). 0 when unknown: another
+    /// allocation, a fault taken in the kernel (`read(2)` into a fresh buffer), or a kernel without the event.
+    pub fault_addr: u64,
 }
 
 pub const STACK_SAMPLE_FULL: u32 = 1;
@@ -418,6 +422,9 @@ pub mod arg {
     /// signal_generate (int sig, struct kernel_siginfo *info, struct task_struct *task, int group, int result)
     pub const SIGNAL_SIG: usize = 0;
     pub const SIGNAL_TASK: usize = 2;
+    /// page_fault_user (unsigned long address, struct pt_regs *regs, unsigned long error_code), x86
+    pub const FAULT_ADDRESS: usize = 0;
+    pub const FAULT_ERROR_CODE: usize = 2;
 }
 
 /// Everything the programs need to know about this kernel, discovered by userspace and set as one global before
@@ -481,6 +488,9 @@ pub struct Config {
     pub regs_sp: u32,
     pub regs_bp: u32,
     pub regs_cs: u32,
+    /// How the task entered the kernel: a system call's number; an exception's or interrupt's -1 (or, under
+    /// FRED, a fault's error code).
+    pub regs_orig_ax: u32,
     /// 1: every program returns at once (the benchmark's floor: what attaching alone costs).
     pub floor: u32,
 }
@@ -522,6 +532,7 @@ impl Config {
             regs_sp: OFFSET_NONE,
             regs_bp: OFFSET_NONE,
             regs_cs: OFFSET_NONE,
+            regs_orig_ax: OFFSET_NONE,
             floor: 0,
         }
     }

@@ -16,7 +16,7 @@ use leak_common::{counter, heap_fn, kind, HeapCall, HeapKey, LiveAlloc, SiteKey,
 
 use crate::{
     bpf_get_current_pid_tgid, cfg, count, floor, read_at, record_alloc_in, record_free_in, sample_weight,
-    target_task, tp_arg, user_site, EXIT_CONFIG,
+    target_task, tp_arg, user_site, UserRegs, EXIT_CONFIG,
 };
 
 /// The traced processes (tgid) and their probe hits, which userspace reads to tell what the probes cost each one.
@@ -248,7 +248,8 @@ fn returned(ctx: &RetProbeContext) -> Option<()> {
     if ptr == 0 {
         return None;
     }
-    let (ustack, usample) = user_site(ctx, || Some((regs.rip, regs.rsp, regs.rbp)));
+    let at_return = UserRegs { ip: regs.rip, sp: regs.rsp, bp: regs.rbp, orig_ax: regs.orig_rax };
+    let (ustack, usample) = user_site(ctx, || Some(at_return), false);
     let site = SiteKey { tgid, kstack: -ENOENT, ustack, cache: 0, kind: kind::HEAP, _pad: 0, usample };
     let key = HeapKey { tgid, _pad: 0, ptr };
     record_alloc_in(&HEAP_LIVE, &key, filter_key(&key), &site, call.bytes.max(1), call.shift);

@@ -34,6 +34,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 
+mod fault;
 mod heap;
 use leak_common::{
     arg, counter, exit_count, kind, regs, Config, ExitConfig, ExitEvent, LiveAlloc, OomEvent, PendingPage, SignalSent,
@@ -194,18 +195,29 @@ fn target_task() -> bool {
 fn site_here(ctx: &RawTracePointContext, kind: u32, cache: u32) -> SiteKey {
     let kstack = stack_id(ctx, 0, counter::KSTACK_COLLISION);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let (ustack, usample) = user_site(ctx, user_regs);
+    let (ustack, usample) = user_site(ctx, user_regs, kind != kind::SLAB);
     SiteKey { tgid, kstack, ustack, cache, kind, _pad: 0, usample }
 }
 
+/// The user registers a stack sample starts from.
+#[derive(Clone, Copy)]
+struct UserRegs {
+    ip: u64,
+    sp: u64,
+    bp: u64,
+    /// `pt_regs.orig_ax`: how the task entered the kernel (see `Config::regs_orig_ax`).
+    orig_ax: u64,
+}
+
 /// The user half of a site key: a frame-pointer stack id (`regs::NONE`), or the token of a user stack sample
-/// taken from the registers `regs` gives; a negative errno when there is none.
+/// taken from the registers `regs` gives; a negative errno when there is none. `page`: a page allocation, which
+/// may be for a user page fault (its sample then carries the fault's address).
 #[inline(always)]
-fn user_site<C: StackIdContext>(ctx: &C, regs: impl FnOnce() -> Option<(u64, u64, u64)>) -> (i32, u64) {
+fn user_site<C: StackIdContext>(ctx: &C, regs: impl FnOnce() -> Option<UserRegs>, page: bool) -> (i32, u64) {
     if cfg(&CONFIG.regs_source) == regs::NONE {
         (stack_id(ctx, BPF_F_USER_STACK as u64, counter::USTACK_COLLISION), 0)
     } else {
-        match user_stack_sample(regs) {
+        match user_stack_sample(regs, page) {
             Ok(token) => (-1, token),
             Err(e) => (e, 0),
         }
@@ -219,7 +231,7 @@ const EBUSY: i32 = 16;
 /// Sends the current task's user registers and the top of its user stack to userspace; returns the sample's
 /// token, or the negative errno that stands in for the user stack of the site (counted).
 #[inline(always)]
-fn user_stack_sample(regs: impl FnOnce() -> Option<(u64, u64, u64)>) -> Result<u64, i32> {
+fn user_stack_sample(regs: impl FnOnce() -> Option<UserRegs>, page: bool) -> Result<u64, i32> {
     let depth = SCRATCH_DEPTH.get_ptr_mut(0).ok_or(-EBUSY)?;
     let level = unsafe { *depth };
     if level >= SCRATCH_LEVELS {
@@ -227,15 +239,15 @@ fn user_stack_sample(regs: impl FnOnce() -> Option<(u64, u64, u64)>) -> Result<u
         return Err(-EBUSY);
     }
     unsafe { *depth = level + 1 };
-    let sent = fill_and_send(level, regs);
+    let sent = fill_and_send(level, regs, page);
     unsafe { *depth = level };
     sent
 }
 
 #[inline(always)]
-fn fill_and_send(level: u32, regs: impl FnOnce() -> Option<(u64, u64, u64)>) -> Result<u64, i32> {
+fn fill_and_send(level: u32, regs: impl FnOnce() -> Option<UserRegs>, page: bool) -> Result<u64, i32> {
     let scratch = STACK_SCRATCH.get_ptr_mut(level).ok_or(-EBUSY)?;
-    let Some((ip, sp, bp)) = regs() else {
+    let Some(UserRegs { ip, sp, bp, orig_ax }) = regs() else {
         count(counter::USTACK_NO_REGS, 1);
         return Err(-ENODATA);
     };
@@ -267,17 +279,19 @@ fn fill_and_send(level: u32, regs: impl FnOnce() -> Option<(u64, u64, u64)>) -> 
         return Err(-ENODATA);
     }
     let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
     let len = chunks * USTACK_CHUNK;
     s.head = StackSample {
         token,
         tgid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
+        tid,
         ip,
         sp,
         bp,
         base,
         len: len as u32,
         flags: if chunks as u32 >= want { STACK_SAMPLE_FULL } else { 0 },
+        fault_addr: if page { fault::fault_address(tid, orig_ax) } else { 0 },
     };
     let size = core::mem::size_of::<StackSample>() + len;
     if size > core::mem::size_of::<StackScratch>() {
@@ -302,7 +316,7 @@ fn fill_and_send(level: u32, regs: impl FnOnce() -> Option<(u64, u64, u64)>) -> 
 /// The user registers saved when the current task entered the kernel (syscall, fault, interrupt); `None` for a
 /// kernel thread, whose saved registers are not user mode.
 #[inline(always)]
-fn user_regs() -> Option<(u64, u64, u64)> {
+fn user_regs() -> Option<UserRegs> {
     let regs: *const u8 = match cfg(&CONFIG.regs_source) {
         // Dead code on kernels without the helpers (the verifier knows the config): they never see the calls.
         regs::HELPER => unsafe { gen::bpf_task_pt_regs(gen::bpf_get_current_task_btf()) as *const u8 },
@@ -317,11 +331,13 @@ fn user_regs() -> Option<(u64, u64, u64)> {
         if cs & 3 != 3 {
             return None;
         }
-        Some((
-            read_at(regs, cfg(&CONFIG.regs_ip))?,
-            read_at(regs, cfg(&CONFIG.regs_sp))?,
-            read_at(regs, cfg(&CONFIG.regs_bp))?,
-        ))
+        Some(UserRegs {
+            ip: read_at(regs, cfg(&CONFIG.regs_ip))?,
+            sp: read_at(regs, cfg(&CONFIG.regs_sp))?,
+            bp: read_at(regs, cfg(&CONFIG.regs_bp))?,
+            // Unknown, it reads as 0 (a read(2)'s number): never a fault's.
+            orig_ax: read_at(regs, cfg(&CONFIG.regs_orig_ax)).unwrap_or(0),
+        })
     }
 }
 

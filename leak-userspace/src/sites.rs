@@ -1,6 +1,6 @@
 //! Raw per-site kernel counters -> report sites: stacks resolved to frames, then sites that read the same merged
 //! across processes (forked workers, restarted containers, short-lived children all allocate from the same code).
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use leak_common::{kind, SiteCounters, SiteKey, CACHE_KMALLOC_BIT};
 
@@ -14,6 +14,11 @@ pub trait StackSource {
 
     /// An unwound user stack (`USTACK_UNWOUND_BIT` ids): each address with how it was found, leaf first.
     fn unwound(&self, _id: i32) -> Option<Vec<(u64, &'static str)>> {
+        None
+    }
+
+    /// The kind of memory the pages of an unwound user stack's id lie in (`stacks::regions`), when known.
+    fn region(&self, _id: i32) -> Option<&'static str> {
         None
     }
 }
@@ -102,11 +107,13 @@ where
                 comms: Vec::new(),
                 frames,
                 label: None,
+                region: None,
             },
             pids: BTreeSet::new(),
             comms: BTreeSet::new(),
+            regions: BTreeMap::new(),
         });
-        entry.add(key.tgid, counters, comms, mode);
+        entry.add(key.tgid, counters, comms, mode, stacks.region(key.ustack));
     }
     let mut sites: Vec<Site> = merged.into_values().map(Merged::finish).collect();
     // Ties broken on the frames so that equal runs give equal reports.
@@ -348,10 +355,19 @@ struct Merged {
     site: Site,
     pids: BTreeSet<u32>,
     comms: BTreeSet<String>,
+    /// Outstanding, then allocated bytes by the kind of memory the pages lie in.
+    regions: BTreeMap<&'static str, (i64, u64)>,
 }
 
 impl Merged {
-    fn add(&mut self, tgid: u32, c: &SiteCounters, comms: &HashMap<u32, String>, mode: Outstanding) {
+    fn add(
+        &mut self,
+        tgid: u32,
+        c: &SiteCounters,
+        comms: &HashMap<u32, String>,
+        mode: Outstanding,
+        region: Option<&'static str>,
+    ) {
         let (freed_bytes, freed_count) = match mode {
             Outstanding::Live => {
                 (c.free_bytes.saturating_add(c.oom_freed_bytes), c.free_count.saturating_add(c.oom_freed_count))
@@ -359,7 +375,12 @@ impl Merged {
             Outstanding::BeforeOomKill => (c.free_bytes, c.free_count),
         };
         let s = &mut self.site;
-        s.outstanding_bytes = s.outstanding_bytes.saturating_add(signed_diff(c.alloc_bytes, freed_bytes));
+        let held = signed_diff(c.alloc_bytes, freed_bytes);
+        if let Some(region) = region {
+            let bytes = self.regions.entry(region).or_default();
+            *bytes = (bytes.0.saturating_add(held), bytes.1.saturating_add(c.alloc_bytes));
+        }
+        s.outstanding_bytes = s.outstanding_bytes.saturating_add(held);
         s.outstanding_allocs = s.outstanding_allocs.saturating_add(signed_diff(c.alloc_count, freed_count));
         s.alloc_bytes = s.alloc_bytes.saturating_add(c.alloc_bytes);
         s.alloc_count = s.alloc_count.saturating_add(c.alloc_count);
@@ -373,6 +394,8 @@ impl Merged {
         self.site.pids = self.pids.into_iter().collect();
         self.site.comms = self.comms.into_iter().collect();
         self.site.label = app_frame(&self.site).map(|f| f.label().to_string());
+        // The kind that holds most of the pages; of a site that holds none, the kind most of them were taken from.
+        self.site.region = self.regions.into_iter().max_by_key(|&(_, bytes)| bytes).map(|(r, _)| r.to_string());
         self.site
     }
 }

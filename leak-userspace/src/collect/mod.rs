@@ -473,6 +473,10 @@ impl StackSource for AllStacks<'_> {
     fn unwound(&self, id: i32) -> Option<Vec<(u64, &'static str)>> {
         Some(self.user.frames(id)?.iter().map(|f| (f.address, f.method.name())).collect())
     }
+
+    fn region(&self, id: i32) -> Option<&'static str> {
+        self.user.region(id).map(|r| r.name())
+    }
 }
 
 fn sample_of(t: f64, s: &MemorySnapshot, rss: &memory::ProcessesRss, sites: report::SiteTotals) -> report::Sample {

@@ -202,7 +202,16 @@ mod tests {
     use super::*;
 
     fn mapping(path: &str, exec: bool) -> maps::Mapping {
-        maps::Mapping { start: 0, end: 0, exec, offset: 0, dev: "08:01".into(), inode: 1, path: Some(path.into()) }
+        maps::Mapping {
+            start: 0,
+            end: 0,
+            exec,
+            no_access: false,
+            offset: 0,
+            dev: "08:01".into(),
+            inode: 1,
+            path: Some(path.into()),
+        }
     }
 
     #[test]

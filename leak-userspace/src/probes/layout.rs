@@ -97,6 +97,11 @@ const RAW_EVENTS: &[RawEvent] = &[
         event: "signal_generate",
         layouts: &[fixed(&[(arg::SIGNAL_SIG, "int"), (arg::SIGNAL_TASK, "struct task_struct *")])],
     },
+    RawEvent {
+        category: "exceptions",
+        event: "page_fault_user",
+        layouts: &[fixed(&[(arg::FAULT_ADDRESS, "long unsigned int"), (arg::FAULT_ERROR_CODE, "long unsigned int")])],
+    },
 ];
 
 /// The first of `layouts` that this prototype (its argument types) matches, by index.
@@ -215,6 +220,21 @@ pub fn discover(exact_anon: bool, ustack_chunks: Option<u32>) -> Result<Discover
             }
             Err(why) => degraded.push(format!("{why}: user stacks are walked by frame pointers")),
         }
+    }
+    // The fault's address rides on a page's user stack sample (without samples there is nothing to carry it), and
+    // is taken when the saved registers say the thread entered the kernel for a fault.
+    let faults = events.contains(&("exceptions", "page_fault_user")) && config.regs_orig_ax != OFFSET_NONE;
+    if config.ustack_chunks > 0 && faults {
+        modes.push("fault-address".to_string());
+    } else {
+        events.retain(|&(c, _)| c != "exceptions");
+    }
+    if config.ustack_chunks > 0 && !faults {
+        degraded.push(
+            "no exceptions:page_fault_user (or no pt_regs.orig_ax in BTF): sites carry no `region`, and the verdict \
+             cannot tell when the top anon site's pages lie in a malloc heap (whose holder --heap names)"
+                .to_string(),
+        );
     }
 
     // The gfp bit that marks memory charged to a memcg, from the page allocation event's own flag table.
@@ -372,6 +392,8 @@ fn user_registers(btf: &KernelBtf, c: &mut Config) -> Result<&'static str, Strin
     let member =
         |m: &str| btf.member_offset("pt_regs", m).ok_or_else(|| format!("no pt_regs.{m} in this kernel's BTF"));
     (c.regs_ip, c.regs_sp, c.regs_bp, c.regs_cs) = (member("ip")?, member("sp")?, member("bp")?, member("cs")?);
+    // Only the fault addresses need it (`fault-address`).
+    c.regs_orig_ax = btf.member_offset("pt_regs", "orig_ax").unwrap_or(OFFSET_NONE);
     let helper = |name: &str| btf.enum_value("bpf_func_id", name).is_some();
     if helper("BPF_FUNC_task_pt_regs") && helper("BPF_FUNC_get_current_task_btf") {
         c.regs_source = leak_common::regs::HELPER;
@@ -468,6 +490,8 @@ mod tests {
         assert_eq!(matching(&page, layouts_of("mm_page_alloc")), Some(0));
         let free = types("long unsigned int, const void *, const struct kmem_cache *");
         assert_eq!(matching(&free, layouts_of("kmem_cache_free")), Some(0));
+        let fault = types("long unsigned int, struct pt_regs *, long unsigned int");
+        assert_eq!(matching(&fault, layouts_of("page_fault_user")), Some(0), "x86's, unchanged since 4.17");
     }
 
     #[test]
@@ -522,6 +546,9 @@ mod tests {
         assert_ne!(d.exit_config.task_exit_code, OFFSET_NONE);
         assert_ne!(d.config.regs_source, leak_common::regs::NONE, "{:?}", d.degraded);
         assert_ne!(d.config.regs_sp, OFFSET_NONE);
-        assert!(discover(true, None).unwrap().config.ustack_chunks == 0, "--record-all takes no copies");
+        assert!(d.modes.iter().any(|m| m == "fault-address"), "{:?}", d.degraded);
+        let record_all = discover(true, None).unwrap();
+        assert!(record_all.config.ustack_chunks == 0, "--record-all takes no copies");
+        assert!(!record_all.has_event("exceptions", "page_fault_user"), "nor the faults' addresses they carry");
     }
 }

@@ -106,7 +106,8 @@ pub struct KernelInfo {
     pub release: String,
     /// Which attribution paths were active: `pages`, `slab`, `memcg-anon-charges` (anon pages told by the memcg's
     /// NR_ANON_MAPPED charge), `gfp-anon` (the fallback before memcg tracepoints: anon pages told by gfp flags),
-    /// `memcg-kmem-charges`, `oom-victim-rss` / `oom-victim` (mark_victim with / without the victim's RSS).
+    /// `memcg-kmem-charges`, `oom-victim-rss` / `oom-victim` (mark_victim with / without the victim's RSS),
+    /// `fault-address` (sampled pages carry their user fault's address: `sites[].region`).
     pub modes: Vec<String>,
     /// Extension: one line per capability this kernel lacks, with what that costs in accuracy.
     pub degraded: Vec<String>,
@@ -242,6 +243,10 @@ pub struct Site {
     /// allocator leaf.
     #[serde(default)]
     pub label: Option<String>,
+    /// The kind of memory that holds most of the site's sampled pages, told by their page faults' addresses:
+    /// `brk-heap`, `malloc-arena`, `thread-stack`, `mmap`, `file` (`stacks::regions`); null when unknown.
+    #[serde(default)]
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

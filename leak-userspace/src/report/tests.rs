@@ -28,6 +28,7 @@ pub(crate) fn site(kind: &str, outstanding: i64, frames: Vec<Frame>) -> Site {
         comms: vec!["leaker".into()],
         frames,
         label: None,
+        region: None,
     }
 }
 
@@ -224,6 +225,7 @@ fn check_site(s: &Value, at: &str) {
             ("pids", Arr),
             ("comms", Arr),
             ("frames", Arr),
+            ("region", Opt(&Str)),
         ],
     );
     assert!(["anon", "slab", "page", "percpu", "other"].contains(&s["kind"].as_str().unwrap()));

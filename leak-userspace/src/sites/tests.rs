@@ -102,6 +102,41 @@ fn same_code_in_different_pids_merges() {
     assert_eq!(sites[0].comms, ["other", "worker"]);
 }
 
+/// Stacks whose ids say what memory their pages lie in, as unwound stacks' ids do.
+struct PlacedStacks(FakeStacks, HashMap<i32, &'static str>);
+
+impl StackSource for PlacedStacks {
+    fn stack(&self, id: i32) -> Option<Vec<u64>> {
+        self.0.stack(id)
+    }
+    fn region(&self, id: i32) -> Option<&'static str> {
+        self.1.get(&id).copied()
+    }
+}
+
+/// A site's region is the kind of memory holding most of its pages; of a site holding none, the kind most were
+/// taken from; unknown when no page said.
+#[test]
+fn a_site_lies_where_most_of_its_pages_are() {
+    let raw = [
+        (key(7, 1, 107, kind::ANON, 0), counters(10, 2, 0)),
+        (key(8, 1, 108, kind::ANON, 0), counters(20, 15, 0)),
+        (key(7, 2, 107, kind::ANON, 0), counters(1, 1, 0)),
+        (key(8, 2, 108, kind::ANON, 0), counters(3, 3, 0)),
+        (key(9, 2, 109, kind::PAGE, 0), counters(3, 0, 0)),
+    ];
+    let stacks = PlacedStacks(stacks(&[7, 8, 9]), HashMap::from([(107, "brk-heap"), (108, "mmap")]));
+    let sites = build(&raw, &stacks, &HashMap::new(), &comms(), &mut resolver(), Outstanding::Live, 10);
+    // The two kernel stacks tell the anon sites apart: their second frames differ.
+    let region = |second: &str, kind: &str| {
+        let s = sites.iter().find(|s| s.kind == kind && s.frames[1].label() == second).unwrap();
+        s.region.clone()
+    };
+    assert_eq!(region("do_anonymous_page", "anon").as_deref(), Some("brk-heap"), "8 pages held against 5");
+    assert_eq!(region("malloc", "anon").as_deref(), Some("mmap"), "none held: 3 pages taken against 1");
+    assert_eq!(region("malloc", "page"), None);
+}
+
 #[test]
 fn kind_and_cache_keep_sites_apart() {
     let raw = [

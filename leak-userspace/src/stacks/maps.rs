@@ -5,6 +5,8 @@ pub struct Mapping {
     pub start: u64,
     pub end: u64,
     pub exec: bool,
+    /// `---p`: neither readable, writable nor executable (a guard page, address space reserved for later).
+    pub no_access: bool,
     pub offset: u64,
     /// `major:minor` of the file's device and its inode (0 for anonymous memory).
     pub dev: String,
@@ -48,6 +50,7 @@ fn parse_line(line: &str) -> Option<Mapping> {
         start: u64::from_str_radix(start, 16).ok()?,
         end: u64::from_str_radix(end, 16).ok()?,
         exec: fields[1].contains('x'),
+        no_access: fields[1].starts_with("---"),
         offset: u64::from_str_radix(fields[2], 16).ok()?,
         dev: fields[3].to_string(),
         inode: fields[4].parse().ok()?,
@@ -65,16 +68,18 @@ mod tests {
 55d0c0a00000-55d0c0a01000 r--p 00000000 fe:01 1234 /usr/bin/my app
 55d0c0a01000-55d0c0a02000 r-xp 00001000 fe:01 1234 /usr/bin/my app (deleted)
 7f0000000000-7f0000021000 rwxp 00000000 00:00 0
+7f0000021000-7f0004000000 ---p 00000000 00:00 0
 7ffd1c5f3000-7ffd1c5f5000 r-xp 00000000 00:00 0                          [vdso]
 garbage
 ";
         let m = parse(maps);
-        assert_eq!(m.len(), 4);
+        assert_eq!(m.len(), 5);
         assert_eq!(m[1].path.as_deref(), Some("/usr/bin/my app"));
         assert!(m[1].exec && m[1].is_file() && m[1].offset == 0x1000 && m[1].inode == 1234);
         assert_eq!(m[1].name(), Some("my app"));
         assert!(m[2].exec && m[2].path.is_none() && !m[2].is_file(), "anonymous executable memory (JIT)");
-        assert_eq!(m[3].path.as_deref(), Some("[vdso]"));
-        assert!(!m[3].is_file());
+        assert!(m[3].no_access && !m[2].no_access && !m[1].no_access, "reserved address space");
+        assert_eq!(m[4].path.as_deref(), Some("[vdso]"));
+        assert!(!m[4].is_file());
     }
 }

@@ -6,10 +6,14 @@
 //! own sample token in `SiteKey::usample`. [`UserStacks::canonical`] turns such a key into the key of its
 //! unwound stack (`USTACK_UNWOUND_BIT | id`), so allocations from the same code merge again; frees keep landing
 //! on the token's entry in the kernel, found by the one LIVE lookup every free makes anyway.
+//!
+//! A page's sample also says where its page fault hit (`StackSample::fault_addr`); the kind of memory there
+//! (`regions`) rides in the unwound stack's id, so that sites can say which kind holds most of their pages.
 pub mod maps;
 mod object;
 pub mod perfmap;
 mod process;
+pub mod regions;
 pub mod symbolize;
 pub mod unwind;
 
@@ -24,11 +28,18 @@ use leak_common::{SiteCounters, SiteKey, StackSample, STACK_SAMPLE_FULL, USTACK_
 use serde::{Deserialize, Serialize};
 
 use process::{Objects, Process};
+use regions::{RegionKind, RegionMap};
 pub use unwind::{Method, UserFrame};
 
 /// Distinct unwound stacks kept; past this, new stacks are counted in `UnwindStats::stacks_dropped` and their
 /// sites go without user frames.
 const MAX_STACKS: usize = 1 << 16;
+
+/// An unwound stack's id is `USTACK_UNWOUND_BIT`, the kind of memory its page lies in (`RegionKind::code`, 0 when
+/// unknown) from this bit, and the stack's index below: one stack's pages in two kinds of memory are two ids of
+/// one stack.
+const REGION_SHIFT: u32 = 16;
+const _: () = assert!(MAX_STACKS <= 1 << REGION_SHIFT);
 
 /// How often a process whose stacks lead into unknown code is read again.
 const REREAD_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
@@ -66,6 +77,10 @@ pub struct UnwindStats {
     pub depth_kib: BTreeMap<u64, u64>,
     pub distinct_stacks: u64,
     pub stacks_dropped: u64,
+    /// Unwound samples of page faults by the kind of memory the fault hit (`sites[].region`); `unknown`: no
+    /// accessible mapping held the address, even read again (unmapped since, or a read not yet due).
+    #[serde(default)]
+    pub regions: BTreeMap<String, u64>,
 }
 
 pub struct UserStacks {
@@ -150,8 +165,27 @@ impl UserStacks {
         for f in &walk.frames {
             *s.frames.entry(f.method.name().to_string()).or_default() += 1;
         }
+        let region = self.fault_region(&sample);
         let id = self.intern(walk.frames);
-        self.tokens.insert(sample.token, id);
+        self.tokens.insert(sample.token, with_region(id, region));
+    }
+
+    /// The kind of memory a sample's page fault hit. Mappings that hold no such address are read again, when a
+    /// read is due: the heap grew (brk) or a block was mapped since they were read.
+    fn fault_region(&mut self, sample: &StackSample) -> Option<RegionKind> {
+        if sample.fault_addr == 0 {
+            return None;
+        }
+        let process = self.processes.get_mut(&sample.tgid)?;
+        let mut kind = process.memory.kind(sample.fault_addr);
+        if kind.is_none() && process.memory.may_reread() {
+            if let Some(memory) = RegionMap::read(sample.tgid) {
+                process.memory = memory;
+                kind = process.memory.kind(sample.fault_addr);
+            }
+        }
+        *self.stats.regions.entry(kind.map_or("unknown", RegionKind::name).to_string()).or_default() += 1;
+        kind
     }
 
     /// The process of a sample, read when first seen and read again when `stale` or when the leaf lies in no
@@ -215,7 +249,15 @@ impl UserStacks {
         if id < 0 || id & USTACK_UNWOUND_BIT == 0 {
             return None;
         }
-        self.stacks.get((id & !USTACK_UNWOUND_BIT) as usize).map(Vec::as_slice)
+        self.stacks.get((id & ((1 << REGION_SHIFT) - 1)) as usize).map(Vec::as_slice)
+    }
+
+    /// The kind of memory the pages of an unwound stack's id lie in, when their faults said.
+    pub fn region(&self, id: i32) -> Option<RegionKind> {
+        if id < 0 || id & USTACK_UNWOUND_BIT == 0 {
+            return None;
+        }
+        RegionKind::from_code(((id & !USTACK_UNWOUND_BIT) >> REGION_SHIFT) as u32)
     }
 
     /// The figures of `collection.unwind`, with what the kernel side counted as lost.
@@ -225,6 +267,14 @@ impl UserStacks {
         s.objects_without_cfi = self.objects.without_cfi.clone();
         s.distinct_stacks = self.stacks.len() as u64;
         s
+    }
+}
+
+/// An unwound stack's id with the kind of memory of its sample's page (an error stays as it is).
+fn with_region(id: i32, region: Option<RegionKind>) -> i32 {
+    match region {
+        Some(kind) if id >= 0 => id | (kind.code() << REGION_SHIFT) as i32,
+        _ => id,
     }
 }
 
@@ -257,6 +307,24 @@ mod tests {
         assert_eq!(u.tokens.len(), 1);
         let plain = SiteKey { ustack: 4, ..key(0) };
         assert_eq!(u.canonical(&plain), plain, "frame-pointer keys stay as they are");
+    }
+
+    /// Pages of one stack in two kinds of memory: two ids, one stack, each id with its kind.
+    #[test]
+    fn the_kind_of_memory_rides_in_the_stack_id() {
+        let mut u = UserStacks::new(None);
+        let a = u.intern(vec![frame(1), frame(2)]);
+        let heap = with_region(a, Some(RegionKind::BrkHeap));
+        let mmap = with_region(a, Some(RegionKind::Mmap));
+        assert!(heap != mmap && heap != a && mmap != a);
+        for id in [a, heap, mmap] {
+            assert_eq!(u.frames(id).unwrap(), [frame(1), frame(2)]);
+        }
+        assert_eq!(u.region(heap), Some(RegionKind::BrkHeap));
+        assert_eq!(u.region(mmap), Some(RegionKind::Mmap));
+        assert_eq!(u.region(a), None, "no fault address");
+        assert_eq!(with_region(-E2BIG, Some(RegionKind::Mmap)), -E2BIG, "no stack, nothing to mark");
+        assert_eq!(u.region(3), None, "a kernel stack id");
     }
 
     #[test]

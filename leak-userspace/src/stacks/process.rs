@@ -1,13 +1,15 @@
-//! One traced process as the unwinder sees it: its executable mappings, the object behind each, and a framehop
-//! unwinder holding their call frame information. Kept after the process dies (an OOM victim's last samples may
-//! still be in the ring buffer), and refreshed when its code changes (exec, a library loaded later).
+//! One traced process as the unwinder sees it: its executable mappings, the object behind each, a framehop
+//! unwinder holding their call frame information, and all its mappings for telling what memory a sampled page lies
+//! in. Kept after the process dies (an OOM victim's last samples may still be in the ring buffer), and refreshed
+//! when its code changes (exec, a library loaded later).
 use std::{collections::HashMap, ops::Range, sync::Arc, time::Instant};
 
 use framehop::{x86_64::UnwinderX86_64, Unwinder};
 
 use super::{
-    maps::{self, Mapping},
+    maps::Mapping,
     object::{Bytes, UnwindObject},
+    regions::RegionMap,
 };
 
 /// Objects read so far, by file identity and by build id: every process mapping libc shares one copy of its
@@ -84,16 +86,17 @@ pub struct Process {
     regions: Vec<Region>,
     pub unwinder: UnwinderX86_64<Bytes>,
     pub read_at: Instant,
+    /// Every mapping, data too; read again on its own when a page lies outside them (see `UserStacks::add`).
+    pub memory: RegionMap,
 }
 
 impl Process {
     /// Reads the mappings of a live process; `None` when it is gone or shows no code (exiting).
     pub fn read(pid: u32, objects: &mut Objects) -> Option<Process> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-        let mappings = maps::parse(&text);
+        let memory = RegionMap::read(pid)?;
         let mut unwinder = UnwinderX86_64::new();
         let mut regions = Vec::new();
-        for m in mappings.iter().filter(|m| m.exec) {
+        for m in memory.mappings().iter().filter(|m| m.exec) {
             let object = if m.is_file() { objects.get(pid, m) } else { None };
             let bias = object.as_ref().and_then(|o| o.bias(m.start, m.offset)).unwrap_or(m.start);
             if let Some(o) = &object {
@@ -104,7 +107,7 @@ impl Process {
         if regions.is_empty() {
             return None;
         }
-        Some(Process { regions, unwinder, read_at: Instant::now() })
+        Some(Process { regions, unwinder, read_at: Instant::now(), memory })
     }
 
     /// The executable region holding `addr`.

@@ -145,7 +145,18 @@ mod tests {
             stack.extend_from_slice(&chunk);
         }
         let pid = std::process::id();
-        let sample = StackSample { token: 1, tgid: pid, tid: pid, ip, sp, bp, base, len: stack.len() as u32, flags: 0 };
+        let sample = StackSample {
+            token: 1,
+            tgid: pid,
+            tid: pid,
+            ip,
+            sp,
+            bp,
+            base,
+            len: stack.len() as u32,
+            flags: 0,
+            fault_addr: 0,
+        };
         (sample, stack)
     }
 

@@ -233,7 +233,9 @@ impl<'a> Facts<'a> {
     fn heap_leak(&self) -> (&'static str, f64, Vec<String>) {
         let mut ev = vec![self.line("anon")];
         ev.push(format!("load: {}{}", self.line("tasks"), self.allocation_rate().unwrap_or_default()));
-        ev.extend(holder_line(&self.r.sites, self.r.attribution.heap.as_ref()));
+        ev.extend(
+            holder_line(&self.r.sites, self.r.attribution.heap.as_ref()).or_else(|| self.heap_hint(&self.r.sites)),
+        );
         ev.extend(self.top_sites(&self.r.sites, &["heap"]));
         ev.extend(self.top_sites(&self.r.sites, &["anon"]));
         ev.extend(self.rss_line());
@@ -310,7 +312,7 @@ impl<'a> Facts<'a> {
         ev.extend(self.kills_line());
         let grown = self.r.oom_kills.last().and_then(|k| k.grew_before_kill.first()).map_or(&[][..], |g| &g.sites);
         if heap {
-            ev.extend(holder_line(grown, None));
+            ev.extend(holder_line(grown, None).or_else(|| self.heap_hint(grown)));
         }
         ev.extend(self.top_sites(grown, if heap { &["heap", "anon"] } else { &["slab", "page", "percpu"] }));
         ev.push("a single kill cannot rule out a start-up working set larger than the limit: trace a restart, or longer with a shorter --interval".into());
@@ -615,6 +617,41 @@ impl<'a> Facts<'a> {
         Some(line)
     }
 
+    /// Without `--heap`: where the top anon site's pages lie in a malloc heap, the function that first touched
+    /// them may not hold them (the allocator hands memory freed by one caller to the next), and `--heap` would
+    /// name the holder.
+    fn heap_hint(&self, sites: &[Site]) -> Option<String> {
+        let top = sites.iter().find(|s| s.kind == "anon" && s.outstanding_bytes > 0)?;
+        let heap = self.in_malloc_heap(top)?;
+        Some(format!(
+            "the top anon site's pages lie in the malloc heap ({heap}): {} first touched them, but the allocator hands \
+             freed memory to the next caller, so another function may hold them now; run `{}` to name the holder",
+            site_name(top)?,
+            self.heap_command()
+        ))
+    }
+
+    /// Where an anon site's pages lie when that is a malloc heap and `--heap` was off (which would have named who
+    /// holds them).
+    fn in_malloc_heap(&self, site: &Site) -> Option<&'static str> {
+        if self.r.kernel.modes.iter().any(|m| m == "heap") || site.kind != "anon" {
+            return None;
+        }
+        match site.region.as_deref()? {
+            "brk-heap" => Some("[heap]"),
+            "malloc-arena" => Some("a glibc arena"),
+            _ => None,
+        }
+    }
+
+    /// The command that traces this target again with `--heap`: by the container's name when it has one (a
+    /// restart makes a new cgroup), else by the cgroup traced.
+    fn heap_command(&self) -> String {
+        let t = &self.r.target;
+        let target = t.container.as_ref().map(|c| c.name.as_str()).filter(|n| !n.is_empty());
+        format!("leaktrace --cgroup {} --heap", shell_word(target.unwrap_or(&t.cgroup_path)))
+    }
+
     /// Lines every verdict carries: the OOM kills the tracer saw against the cgroup's own counter.
     fn common_evidence(&self) -> Vec<String> {
         let seen = self.r.oom_kills.len() as u64;
@@ -762,13 +799,12 @@ const USER_KINDS: &[&str] = &["anon", "heap"];
 fn holder_line(sites: &[Site], heap: Option<&Coverage>) -> Option<String> {
     let top = |kind: &str| sites.iter().find(|s| s.kind == kind && s.outstanding_bytes > 0);
     let holder = top("heap")?;
-    let name = |s: &Site| s.label.clone().or_else(|| Some(app_frame(s)?.label().to_string()));
-    let held = name(holder)?;
+    let held = site_name(holder)?;
     let explains = heap
         .and_then(|c| c.coverage)
         .map(|c| format!(" (the live sampled heap explains {:.0}% of the anon growth)", c * 100.0))
         .unwrap_or_default();
-    Some(match top("anon").and_then(name) {
+    Some(match top("anon").and_then(site_name) {
         Some(toucher) if toucher != held => format!(
             "anon pages first touched by {toucher}; the malloc'd bytes that stay are held by {held}, {}{explains}: \
              the allocator reused memory freed by one for the other, so fix {held}",
@@ -779,6 +815,22 @@ fn holder_line(sites: &[Site], heap: Option<&Coverage>) -> Option<String> {
             human_bytes(holder.outstanding_bytes)
         ),
     })
+}
+
+/// What names a site in the verdict: its label, else its first application frame.
+fn site_name(s: &Site) -> Option<String> {
+    s.label.clone().or_else(|| Some(app_frame(s)?.label().to_string()))
+}
+
+/// `word` as one word of a shell command line: quoted unless it is made of characters no shell treats specially
+/// (a systemd unit's escapes, `\x2d`, are not).
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:@%+=,".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
 }
 
 fn coverage_line(what: &str, c: &Coverage) -> String {

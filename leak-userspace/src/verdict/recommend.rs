@@ -1,9 +1,8 @@
 //! `verdict.recommendations`: for each class, what to set or where to look, with the figure measured in the window.
-use super::{signal_name, Facts};
+use super::{signal_name, site_name, Facts};
 use crate::{
     export::{clamp, human_bytes},
     report::Sample,
-    sites::app_frame,
     verdict::growth,
 };
 
@@ -82,10 +81,15 @@ impl Facts<'_> {
         } else {
             held(&["slab", "page", "percpu", "other"])
         };
-        let label = site.and_then(|s| s.label.clone().or_else(|| Some(app_frame(s)?.label().to_string())));
-        let fix = match label {
-            Some(label) => format!("fix the leak in {label}"),
-            None => "fix the leak at the top site".into(),
+        // Pages of a malloc heap may be held by another function than their first toucher: name it first.
+        let fix = match (site.and_then(site_name), site.and_then(|s| self.in_malloc_heap(s))) {
+            (Some(label), Some(heap)) => format!(
+                "run `{}` to name the function that holds the malloc'd memory {label} first touched in {heap}, and \
+                 fix the leak there",
+                self.heap_command()
+            ),
+            (Some(label), None) => format!("fix the leak in {label}"),
+            (None, _) => "fix the leak at the top site".into(),
         };
         let (Some(limit), true) = (self.r.memory.limit_bytes, rate > 0.0) else { return vec![fix] };
         // Once killed, the next life starts from nothing: its time to the limit is the whole limit's.

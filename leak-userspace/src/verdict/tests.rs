@@ -188,6 +188,44 @@ fn heap_leak() {
     has(&v, "0 OOM kills");
 }
 
+/// Without `--heap`, the top anon site's pages in a malloc heap: the verdict says another function may hold them
+/// and gives the command that names it, by the container's name or the cgroup (quoted for the shell). Pages of a
+/// plain mmap'd block, or a trace that had `--heap`, get no such line.
+#[test]
+fn pages_in_a_malloc_heap_ask_for_heap() {
+    let judged_in = |region: &str, modes: &[&str], container: bool| {
+        let samples = series(30, |i, s| s.anon = Some(20 * MIB + i as u64 * MIB));
+        let mut r = sample_report();
+        r.sites[0].region = Some(region.into());
+        r.kernel.modes = modes.iter().map(|m| m.to_string()).collect();
+        if !container {
+            r.target.container = None;
+            r.target.cgroup_path = "/sys/fs/cgroup/memory/my app".into();
+        }
+        r.attribution = attribution::attribute(&samples, &r.sites);
+        r.growth = growth::analyse(&samples, &growth::life_ends(&[], &[], &samples), None, 0);
+        r.memory.samples = samples;
+        judge(&r)
+    };
+    let v = judged_in("brk-heap", &["pages"], true);
+    assert_eq!(v.class, "heap-leak", "{v:#?}");
+    has(&v, "the top anon site's pages lie in the malloc heap ([heap]): grow_cache first touched them, but the allocator hands freed memory to the next caller, so another function may hold them now; run `leaktrace --cgroup leaky --heap` to name the holder");
+    assert!(
+        v.recommendations[0].starts_with("run `leaktrace --cgroup leaky --heap` to name the function that holds the malloc'd memory grow_cache first touched in [heap], and fix the leak there"),
+        "{:?}",
+        v.recommendations
+    );
+    let v = judged_in("malloc-arena", &["pages"], false);
+    has(&v, "lie in the malloc heap (a glibc arena)");
+    has(&v, "run `leaktrace --cgroup '/sys/fs/cgroup/memory/my app' --heap`");
+    for v in [judged_in("mmap", &["pages"], true), judged_in("brk-heap", &["pages", "heap"], true)] {
+        assert!(!v.evidence.iter().any(|e| e.contains("--heap")), "{:#?}", v.evidence);
+        assert!(v.recommendations[0].starts_with("fix the leak in grow_cache"), "{:?}", v.recommendations);
+    }
+    assert_eq!(shell_word("it's"), r"'it'\''s'");
+    assert_eq!(shell_word("docker-0123.scope"), "docker-0123.scope");
+}
+
 #[test]
 fn noisy_heap_leak_is_still_one() {
     let v = judged(
@@ -424,6 +462,11 @@ fn a_kill_in_a_short_window_is_still_judged() {
     has(&v, "in the 10 s before it the traced sites grew anon 64.0 MiB and kernel memory 0 B");
     has(&v, "cannot rule out a start-up working set");
     has(&v, "site: anon 64.0 MiB outstanding, from grow_cache <- main");
+    // What grew before the kill lay in the malloc heap: --heap would name its holder.
+    let mut in_heap = kill(1.5, 1);
+    in_heap.grew_before_kill[0].sites[0].region = Some("brk-heap".into());
+    let v = judged(series(3, |_, s| s.limit = Some(64 * MIB)), vec![in_heap], 0);
+    has(&v, "lie in the malloc heap ([heap]): grow_cache first touched them");
     // Without growth before it, one kill says only that the limit was hit.
     let mut quiet = kill(1.5, 1);
     quiet.grew_before_kill.clear();
