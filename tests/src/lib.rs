@@ -191,7 +191,10 @@ fn workload_libraries(name: &str) -> &'static [&'static str] {
 }
 
 /// Workloads built from another's source with more linker arguments: (name, source workload, arguments).
-const VARIANTS: &[(&str, &str, &[&str])] = &[("render_sessions_jemalloc", "render_sessions", &["-ljemalloc"])];
+const VARIANTS: &[(&str, &str, &[&str])] = &[
+    ("render_sessions_jemalloc", "render_sessions", &["-ljemalloc"]),
+    ("session_store_jemalloc", "session_store", &["-ljemalloc"]),
+];
 
 /// Compiles the workload tests/workloads/<name>.c, .cc (g++) or .rs (rustc) and returns the executable. The
 /// frame-pointer variants (`FRAME_POINTER_WORKLOADS`) are built with frame pointers, the rest with release defaults

@@ -29,8 +29,19 @@ fn holder_of_reused_heap_memory_is_named_not_the_toucher() -> Result<()> {
 
 /// A scenario of the unwinding tests under `--heap`: the same leaking function, now as the holder.
 fn held_by(scenario: &Scenario, chain: &'static [&'static [&'static str]]) -> Result<()> {
+    held_by_in(scenario, chain, "libc.so")
+}
+
+/// `held_by`, the allocator probed being the object named `allocator`.
+fn held_by_in(scenario: &Scenario, chain: &'static [&'static [&'static str]], allocator: &str) -> Result<()> {
     let heap = Scenario { leaktrace_args: &["--heap"], check: |_| Ok(None), ..*scenario };
-    scenario_test(&heap, &[], |report| scenarios::check_heap_holder(report, chain).map(|_| ()))
+    scenario_test(&heap, &[], |report| {
+        scenarios::check_heap_holder(report, chain)?;
+        let probed: Vec<&str> =
+            items(&report["collection"]["heap"]["processes"]).iter().filter_map(|p| p["allocator"].as_str()).collect();
+        ensure!(probed.iter().any(|a| a.contains(allocator)), "{allocator} was not probed: {probed:?}");
+        Ok(())
+    })
 }
 
 #[test]
@@ -53,8 +64,7 @@ fn four_threads_leaking_from_their_arenas() -> Result<()> {
 #[test]
 fn program_linked_with_jemalloc() -> Result<()> {
     let jemalloc = Scenario { name: "jemalloc", workload: "render_sessions_jemalloc", ..HEAP_HOLDER };
-    held_by(&jemalloc, &[&["remember_session"], &["handle_request"], &["main"]])?;
-    Ok(())
+    held_by_in(&jemalloc, &[&["remember_session"], &["handle_request"], &["main"]], "libjemalloc")
 }
 
 /// OOM-killed under `--heap`: the flight recorder's picture before the kill has the holder as a heap site, the
@@ -128,6 +138,14 @@ fn lives_that_fork_exec_and_exit_mid_trace() -> Result<()> {
     let coverage = r["attribution"]["heap"]["coverage"].as_f64();
     ensure!(coverage.is_some_and(|c| (0.7..=1.5).contains(&c)), "heap coverage {coverage:?}:\n{}", summarize(r));
     Ok(())
+}
+
+/// C++ linked with jemalloc, whose own `operator new` (not libstdc++'s) the program binds to: probed in jemalloc,
+/// as a call that may call malloc on the way.
+#[test]
+fn cxx_with_jemalloc_operator_new() -> Result<()> {
+    let jemalloc = Scenario { name: "store-jemalloc", workload: "session_store_jemalloc", ..SESSION_STORE };
+    held_by_in(&jemalloc, &[&["SessionStore::remember"], &["handle_request"], &["main"]], "libjemalloc")
 }
 
 fn heap_process<'a>(report: &'a Value, comm: &str) -> Result<&'a Value> {
