@@ -151,12 +151,13 @@ async fn event_loop(
     let mut exits = unsafe { AsyncFd::register_with_interest(probes.take_exits()?, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("cannot watch the exit ring buffer: {e}"))?;
     // SAFETY: as for `events`.
-    let mut spawns = match probes.heap_enabled() {
-        true => Some(
+    let mut spawns = if probes.heap_enabled() {
+        Some(
             unsafe { AsyncFd::register_with_interest(probes.take_spawns()?, Interest::READABLE) }
                 .map_err(|e| anyhow::anyhow!("cannot watch the spawn ring buffer: {e}"))?,
-        ),
-        false => None,
+        )
+    } else {
+        None
     };
     // A followed container's restarts make their cgroup beside the current one.
     let watch = match (&collector.target().container, collector.target().path.parent()) {

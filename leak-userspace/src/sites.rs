@@ -266,8 +266,6 @@ fn tracing_frames(frames: &[Frame]) -> usize {
     frames.iter().take(4).rposition(tracing).map_or(0, |i| i + 1)
 }
 
-/// The user frames of a site, each saying how it was found: unwound ones as the unwinder says, those of a
-/// frame-pointer stack id as `fp` but the leaf (`regs`).
 /// A heap site starts at its first frame outside the allocator: the return probe's leaf is whoever called the
 /// allocator, which may be a wrapper (libstdc++'s `operator new`, a standard container's allocation helpers).
 /// A stack made of nothing else is kept whole.
@@ -279,6 +277,8 @@ fn trim_allocator(frames: &mut Vec<Frame>) {
     }
 }
 
+/// The user frames of a site, each saying how it was found: unwound ones as the unwinder says, those of a
+/// frame-pointer stack id as `fp` but the leaf (`regs`).
 fn user_frames<S, R>(stacks: &S, resolver: &mut R, key: &SiteKey) -> Vec<Frame>
 where
     S: StackSource + ?Sized,

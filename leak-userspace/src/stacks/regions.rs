@@ -93,11 +93,15 @@ impl RegionMap {
             Some("[heap]") => RegionKind::BrkHeap,
             Some("[stack]") => RegionKind::ThreadStack,
             // Named anonymous memory (PR_SET_VMA_ANON_NAME): glibc names its own with `glibc.mem.decorate_maps`.
-            Some(name) if name.starts_with("[anon:") => match name {
-                _ if name.contains("glibc: malloc arena") => RegionKind::MallocArena,
-                _ if name.contains("stack") => RegionKind::ThreadStack,
-                _ => self.anonymous(i, addr),
-            },
+            Some(name) if name.starts_with("[anon:") => {
+                if name.contains("glibc: malloc arena") {
+                    RegionKind::MallocArena
+                } else if name.contains("stack") {
+                    RegionKind::ThreadStack
+                } else {
+                    self.anonymous(i, addr)
+                }
+            }
             Some(_) => RegionKind::File,
             None => self.anonymous(i, addr),
         })

@@ -1,5 +1,5 @@
 //! `verdict.recommendations`: for each class, what to set or where to look, with the figure measured in the window.
-use super::{signal_name, site_name, Facts};
+use super::{signal_name, site_name, Facts, USER_KINDS};
 use crate::{
     export::{clamp, human_bytes},
     report::Sample,
@@ -75,11 +75,11 @@ impl Facts<'_> {
         let rate = self.trend(category).map_or(0.0, |t| t.rate_per_hour) / 3600.0;
         let sites = || self.r.sites.iter().chain(self.r.oom_kills.iter().flat_map(|k| &k.sites_before_kill));
         // The holder of the heap (`--heap`) before the toucher of its pages.
-        let held = |kinds: &[&str]| sites().find(|s| s.outstanding_bytes > 0 && kinds.contains(&s.kind.as_str()));
+        let held = |kind: fn(&str) -> bool| sites().find(|s| s.outstanding_bytes > 0 && kind(&s.kind));
         let site = if class == "heap-leak" {
-            held(&["heap"]).or_else(|| held(&["anon"]))
+            held(|k| k == "heap").or_else(|| held(|k| k == "anon"))
         } else {
-            held(&["slab", "page", "percpu", "other"])
+            held(|k| !USER_KINDS.contains(&k))
         };
         // Pages of a malloc heap may be held by another function than their first toucher: name it first.
         let fix = match (site.and_then(site_name), site.and_then(|s| self.in_malloc_heap(s))) {
