@@ -42,7 +42,8 @@ pub struct HeapTracer {
 
 struct Traced {
     report: HeapProcess,
-    exe_inode: Option<u64>,
+    /// The executable's file (device, inode): another after an exec.
+    exe_file: Option<(u64, u64)>,
     /// The allocator's file (device, inode) as probed.
     allocator_file: Option<(u64, u64)>,
     /// At the last look: seconds since the start, probe hits, CPU seconds of the process.
@@ -91,9 +92,9 @@ impl HeapTracer {
     /// Probes process `pid` if it is new or runs another program since it was probed. Returns false when it
     /// should be tried again (its allocator is not mapped yet), which only a `last` try never does.
     fn offer(&mut self, probes: &mut Probes, pid: u32, t: f64, last: bool) -> bool {
-        let Some(exe_inode) = exe_inode(pid) else { return true };
+        let Some(exe_file) = exe_file(pid) else { return true };
         let known = self.procs.get(&pid);
-        if known.is_some_and(|p| p.exe_inode == Some(exe_inode)) {
+        if known.is_some_and(|p| p.exe_file == Some(exe_file)) {
             return true;
         }
         let found = allocator::find(pid);
@@ -101,7 +102,7 @@ impl HeapTracer {
             // An exec into a program with the same allocator file: the probes, bound to that file and to this
             // process, go on working in the new program.
             if p.attached && p.allocator_file.is_some() && p.allocator_file == file_id(&a.host_path) {
-                p.exe_inode = Some(exe_inode);
+                p.exe_file = Some(exe_file);
                 p.report.comm = comm(pid);
                 return true;
             }
@@ -113,13 +114,13 @@ impl HeapTracer {
             probes.detach_heap(pid);
             p.attached = false;
         }
-        self.attach(probes, pid, t, exe_inode, found);
+        self.attach(probes, pid, t, exe_file, found);
         true
     }
 
     /// One interval at `t`: probes every new process among `pids`, checks what each costs, and lets go of
-    /// processes that are gone. Returns the processes whose heap is no longer traced from now on.
-    pub fn tick(&mut self, probes: &mut Probes, pids: &[u32], t: f64) -> Vec<u32> {
+    /// processes that are gone, and of their blocks in the kernel's table.
+    pub fn tick(&mut self, probes: &mut Probes, pids: &[u32], t: f64) {
         self.retry(probes, t);
         for &pid in pids {
             if !self.pending.iter().any(|(p, _)| *p == pid) {
@@ -174,11 +175,17 @@ impl HeapTracer {
         if !ended.is_empty() {
             let _ = probes.forget_heap_blocks(&ended);
         }
-        ended
     }
 
     /// Probes process `pid` with the allocator found for it, and records how that went.
-    fn attach(&mut self, probes: &mut Probes, pid: u32, t: f64, exe_inode: u64, found: Result<allocator::Allocator>) {
+    fn attach(
+        &mut self,
+        probes: &mut Probes,
+        pid: u32,
+        t: f64,
+        exe_file: (u64, u64),
+        found: Result<allocator::Allocator>,
+    ) {
         let mut report =
             HeapProcess { pid, comm: comm(pid), attached_at: t, state: "traced".into(), ..Default::default() };
         let mut allocator_file = None;
@@ -203,7 +210,7 @@ impl HeapTracer {
                 }
             });
         }
-        self.procs.insert(pid, Traced { report, exe_inode: Some(exe_inode), allocator_file, last: None, attached });
+        self.procs.insert(pid, Traced { report, exe_file: Some(exe_file), allocator_file, last: None, attached });
     }
 
     /// Whether process `tgid`'s heap is traced now (its sites' frees are still seen).
@@ -259,9 +266,8 @@ fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
-fn exe_inode(pid: u32) -> Option<u64> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(format!("/proc/{pid}/exe")).ok().map(|m| m.ino())
+fn exe_file(pid: u32) -> Option<(u64, u64)> {
+    file_id(std::path::Path::new(&format!("/proc/{pid}/exe")))
 }
 
 /// User and system CPU seconds of a process so far; `None` once it is gone (or a zombie: its memory is freed).
