@@ -425,6 +425,8 @@ pub mod arg {
     /// page_fault_user (unsigned long address, struct pt_regs *regs, unsigned long error_code), x86
     pub const FAULT_ADDRESS: usize = 0;
     pub const FAULT_ERROR_CODE: usize = 2;
+    /// sched_process_fork (struct task_struct *parent, struct task_struct *child)
+    pub const FORK_CHILD: usize = 1;
 }
 
 /// Everything the programs need to know about this kernel, discovered by userspace and set as one global before

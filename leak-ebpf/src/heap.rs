@@ -12,7 +12,7 @@ use aya_ebpf::{
     maps::{HashMap, RingBuf},
     programs::{ProbeContext, RawTracePointContext, RetProbeContext},
 };
-use leak_common::{counter, heap_fn, kind, HeapCall, HeapKey, LiveAlloc, SiteKey, HEAP_NOT_KEPT};
+use leak_common::{arg, counter, heap_fn, kind, HeapCall, HeapKey, LiveAlloc, SiteKey, HEAP_NOT_KEPT};
 
 use crate::{
     bpf_get_current_pid_tgid, cfg, count, floor, read_at, record_alloc_in, record_free_in, sample_weight,
@@ -45,7 +45,7 @@ pub fn lt_heap_fork(ctx: RawTracePointContext) -> i32 {
     if floor() {
         return 0;
     }
-    let child = tp_arg::<1>(&ctx) as *const u8;
+    let child = tp_arg::<{ arg::FORK_CHILD }>(&ctx) as *const u8;
     let Some(tgid) = (unsafe { read_at::<u32>(child, cfg(&EXIT_CONFIG.task_tgid)) }) else { return 0 };
     if tgid != (bpf_get_current_pid_tgid() >> 32) as u32 && target_task() {
         let _ = SPAWNS.output::<u32>(&tgid, 0);

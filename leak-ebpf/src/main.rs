@@ -33,14 +33,14 @@ use aya_ebpf::{
     programs::{tracing::StackIdContext, RawTracePointContext, TracePointContext},
     EbpfContext,
 };
-
-mod fault;
-mod heap;
 use leak_common::{
     arg, counter, exit_count, kind, regs, Config, ExitConfig, ExitEvent, LiveAlloc, OomEvent, PendingPage, SignalSent,
     SiteCounters, SiteKey, StackSample, CACHE_KMALLOC_BIT, CACHE_NAME_LEN, COMM_LEN, EXIT_MIN_LIFE_NS, FNV_OFFSET,
     OFFSET_NONE, PENDING_UNSAMPLED, STACK_OVERFLOW_BIT, STACK_SAMPLE_FULL, USTACK_CHUNK, USTACK_MAX_CHUNKS,
 };
+
+mod fault;
+mod heap;
 
 /// Kernel layout facts discovered by userspace (tracefs formats, BTF) and written here before load.
 #[no_mangle]

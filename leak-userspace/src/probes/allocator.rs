@@ -32,18 +32,13 @@ const FREE: Entry = Entry { program: "lt_heap_free", returns: false };
 /// The program every probed return runs.
 pub const RETURN_PROGRAM: &str = "lt_heap_return";
 
-/// Every program `--heap` loads.
-pub const PROGRAMS: &[&str] = &[
-    "lt_heap_malloc",
-    "lt_heap_calloc",
-    "lt_heap_realloc",
-    "lt_heap_reallocarray",
-    "lt_heap_memalign",
-    "lt_heap_posix_memalign",
-    "lt_heap_sized",
-    "lt_heap_free",
-    RETURN_PROGRAM,
-];
+/// Every program `--heap` attaches to a process.
+pub fn programs() -> impl Iterator<Item = &'static str> {
+    [MALLOC, CALLOC, REALLOC, REALLOCARRAY, MEMALIGN, POSIX_MEMALIGN, SIZED, FREE]
+        .into_iter()
+        .map(|e| e.program)
+        .chain([RETURN_PROGRAM])
+}
 
 /// The C allocator's functions, and jemalloc's non-standard ones (`mallocx(size, flags)`, `rallocx(ptr, size,
 /// flags)`, `dallocx`/`sdallocx(ptr, ...)`), which Redis calls.
@@ -124,7 +119,12 @@ pub fn find(pid: u32) -> Result<Allocator> {
     }
     for path in &candidates {
         let host_path = PathBuf::from(format!("/proc/{pid}/root{path}"));
-        let Ok(data) = std::fs::read(&host_path) else { continue };
+        let Ok(file) = std::fs::File::open(&host_path) else { continue };
+        // Mapped, not read: only the symbol tables are touched, and a spawned process is tried every 20 ms until
+        // its allocator is mapped, its executable (maybe a large one) among the candidates each time.
+        // SAFETY: the view is only read while parsing; a file truncated meanwhile can at worst fault this read,
+        // which files mapped by a running process are not.
+        let Ok(data) = (unsafe { memmap2::Mmap::map(&file) }) else { continue };
         let name = path.rsplit('/').next().unwrap_or(path);
         let probes = match probe_points(&data, !name.starts_with("libstdc++")) {
             Ok(p) if p.iter().any(|p| p.symbol == "malloc") => p,

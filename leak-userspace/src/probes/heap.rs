@@ -18,7 +18,7 @@ use leak_common::{HeapKey, LiveAlloc};
 
 use super::{
     allocator::{self, Allocator},
-    Probes,
+    Discovery, Probes,
 };
 
 /// The programs that tell userspace of a new process or program in the target, and their events.
@@ -67,13 +67,20 @@ impl Reaper {
 }
 
 impl Probes {
-    /// Loads the `--heap` programs (attached later, process by process).
-    pub(super) fn load_heap(&mut self) -> Result<()> {
-        for name in allocator::PROGRAMS {
+    /// Loads the `--heap` programs (attached later, process by process), and attaches those that report new
+    /// processes where this kernel has their events.
+    pub(super) fn load_heap(&mut self, discovery: &mut Discovery) -> Result<()> {
+        for name in allocator::programs() {
             let prog = self.uprobe(name)?;
             prog.load().map_err(|e| anyhow!("the kernel refused program {name}: {e}"))?;
         }
         for (program, event) in SPAWN_PROGRAMS {
+            if !discovery.has_event("sched", event) {
+                discovery
+                    .degraded
+                    .push(format!("no sched:{event}: the processes it reports are heap-probed at the next interval"));
+                continue;
+            }
             let prog: &mut RawTracePoint = self
                 .ebpf
                 .program_mut(program)
@@ -174,7 +181,8 @@ impl Probes {
     /// and then with the entry, return and free probes attached (the programs return at once: this process is
     /// not traced). The trap into the kernel and back is most of the cost of a hit.
     pub fn measure_heap_hit(&mut self) -> Result<Duration> {
-        const CALLS: u32 = 20_000;
+        // Some 50 ms of traps at this machine's ~4 us a hit: enough to measure microseconds, and the start waits.
+        const CALLS: u32 = 4_000;
         let me = std::process::id();
         let alloc = allocator::find(me).context("cannot find this process's own allocator")?;
         let pair = || {

@@ -92,6 +92,13 @@ const RAW_EVENTS: &[RawEvent] = &[
     },
     // The exiting task is the current one: its program reads no argument (6.16 added `bool group_dead`).
     RawEvent { category: "sched", event: "sched_process_exit", layouts: &[fixed(&[])] },
+    // `--heap` only: new processes of the target, probed at once.
+    RawEvent {
+        category: "sched",
+        event: "sched_process_fork",
+        layouts: &[fixed(&[(arg::FORK_CHILD, "struct task_struct *")])],
+    },
+    RawEvent { category: "sched", event: "sched_process_exec", layouts: &[fixed(&[])] },
     RawEvent {
         category: "signal",
         event: "signal_generate",
@@ -333,9 +340,11 @@ fn exit_offsets(
         task_tgid: offset("tgid"),
         _pad: 0,
     };
-    for (event, member, offset) in
-        [("sched_process_exit", "exit_code", c.task_exit_code), ("signal_generate", "tgid", c.task_tgid)]
-    {
+    for (event, member, offset) in [
+        ("sched_process_exit", "exit_code", c.task_exit_code),
+        ("signal_generate", "tgid", c.task_tgid),
+        ("sched_process_fork", "tgid", c.task_tgid),
+    ] {
         if offset == OFFSET_NONE && events.iter().any(|&(_, e)| e == event) {
             events.retain(|&(_, e)| e != event);
             degraded.push(format!("this kernel's BTF has no task_struct.{member}: {event} is not traced"));
@@ -547,6 +556,9 @@ mod tests {
         assert_ne!(d.config.regs_source, leak_common::regs::NONE, "{:?}", d.degraded);
         assert_ne!(d.config.regs_sp, OFFSET_NONE);
         assert!(d.modes.iter().any(|m| m == "fault-address"), "{:?}", d.degraded);
+        for event in ["sched_process_fork", "sched_process_exec"] {
+            assert!(d.has_event("sched", event), "{event}: {:?}", d.degraded);
+        }
         let record_all = discover(true, None).unwrap();
         assert!(record_all.config.ustack_chunks == 0, "--record-all takes no copies");
         assert!(!record_all.has_event("exceptions", "page_fault_user"), "nor the faults' addresses they carry");

@@ -146,7 +146,7 @@ impl Probes {
             reaper: heap::Reaper::default(),
         };
         if heap {
-            probes.load_heap()?;
+            probes.load_heap(discovery)?;
             discovery.modes.push("heap".into());
         }
         Ok(probes)
