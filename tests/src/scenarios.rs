@@ -138,19 +138,7 @@ pub const ALL: &[&Scenario] = &[&HEAP_LEAK, &PIPE_LEAK, &OOM_KILL, &SESSION_HEAP
 /// With `--heap`: the top heap site is labelled with the holder (`chain[0]`) and its user frames hold `chain`, the
 /// heap sites explain 70..150 % of the anon growth (sampled), and the verdict names the holder.
 pub fn check_heap_holder(report: &Value, chain: &[&[&str]]) -> Result<Option<f64>> {
-    let top = items(&report["sites"])
-        .iter()
-        .find(|s| s["kind"] == "heap")
-        .with_context(|| format!("no heap site:\n{}", summarize(report)))?;
-    let label = app_label(top);
-    ensure!(
-        label.is_some_and(|l| chain[0].iter().any(|f| names_function(l, f))),
-        "the top heap site is labelled {label:?}, not {}: {}\n{}",
-        chain[0].join(" or "),
-        describe_site(top),
-        summarize(report)
-    );
-    ensure_user_chain(top, chain).map_err(|e| anyhow!("{e}\n{}", summarize(report)))?;
+    let label = app_label(top_site_of(report, "heap", chain)?);
     // Shown with --nocapture: the two views side by side, as the issue note quotes them.
     let anon = items(&report["sites"]).iter().find(|s| s["kind"] == "anon").and_then(app_label);
     eprintln!("top anon site (first touched by): {anon:?}; top heap site (held by): {label:?}");
@@ -192,20 +180,27 @@ fn anon_coverage(report: &Value) -> Result<Option<f64>> {
 /// The top anon site is labelled with the leaking function (`chain[0]`, not malloc or memset) and its user frames
 /// hold `chain` leaf to root (crate::ensure_user_chain), and the anon sites explain >= 80% of the anon growth.
 pub fn check_heap_chain(report: &Value, chain: &[&[&str]]) -> Result<Option<f64>> {
+    top_site_of(report, "anon", chain)?;
+    anon_coverage(report)
+}
+
+/// The largest site of `kind`, which must be labelled with `chain[0]` (not malloc or memset) and hold `chain` in
+/// its user frames, leaf to root (crate::ensure_user_chain).
+fn top_site_of<'a>(report: &'a Value, kind: &str, chain: &[&[&str]]) -> Result<&'a Value> {
     let top = items(&report["sites"])
         .iter()
-        .find(|s| s["kind"] == "anon")
-        .with_context(|| format!("no anon site:\n{}", summarize(report)))?;
+        .find(|s| s["kind"] == kind)
+        .with_context(|| format!("no {kind} site:\n{}", summarize(report)))?;
     let label = app_label(top);
     ensure!(
         label.is_some_and(|l| chain[0].iter().any(|f| names_function(l, f))),
-        "the top anon site is labelled {label:?}, not {}: {}\n{}",
+        "the top {kind} site is labelled {label:?}, not {}: {}\n{}",
         chain[0].join(" or "),
         describe_site(top),
         summarize(report)
     );
     ensure_user_chain(top, chain).map_err(|e| anyhow!("{e}\n{}", summarize(report)))?;
-    anon_coverage(report)
+    Ok(top)
 }
 
 /// The top slab/page site of the pipes (a pipe syscall path in the kernel) has user frames that hold `chain` leaf

@@ -70,6 +70,14 @@ impl Dockerd {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
+    /// Starts leaktrace with `args` against this daemon, writing into `out_dir`.
+    fn leaktrace(&self, args: &[&str], out_dir: &Path) -> Result<Leaktrace> {
+        let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        all.extend([OsStr::new("--output"), out_dir.as_os_str()]);
+        let host = self.host();
+        Leaktrace::spawn_with_env(&all, &[("DOCKER_HOST", OsStr::new(&host))])
+    }
+
     fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
     }
@@ -182,20 +190,8 @@ fn follows_a_container_by_name_through_every_oom_kill_and_restart() -> Result<()
     ])?;
 
     let out_dir = work.path().join("out");
-    let host = dockerd.host();
-    let mut trace = Leaktrace::spawn_with_env(
-        &[
-            OsStr::new("--cgroup"),
-            OsStr::new(&name),
-            OsStr::new("--duration"),
-            OsStr::new("90"),
-            OsStr::new("--sample-bytes"),
-            OsStr::new(SCENARIO_SAMPLE_BYTES),
-            OsStr::new("--output"),
-            out_dir.as_os_str(),
-        ],
-        &[("DOCKER_HOST", OsStr::new(&host))],
-    )?;
+    let mut trace = dockerd
+        .leaktrace(&["--cgroup", &name, "--duration", "90", "--sample-bytes", SCENARIO_SAMPLE_BYTES], &out_dir)?;
     trace.wait_attached(Duration::from_secs(15))?;
     let out = trace.wait(Duration::from_secs(120))?;
     ensure!(out.status.success(), "leaktrace failed: {}", describe(&out));
@@ -249,12 +245,7 @@ fn docker_kill_of_a_container_with_a_restart_policy_is_not_memory_and_docker_agr
     let run = ["run", "-d", "--name", &name, "--network", "none", "--memory", "256m", "--restart", "always"];
     dockerd.docker(&[&run[..], &["leaktrace-e2e-steady:1", "/bin/steady_service", "32", "600"]].concat())?;
     let out_dir = work.path().join("out");
-    let host = dockerd.host();
-    let args = ["--cgroup", &name, "--duration", "9", "--interval", "0.5", "--output"].map(OsStr::new);
-    let mut trace = Leaktrace::spawn_with_env(
-        &[&args[..], &[out_dir.as_os_str()]].concat(),
-        &[("DOCKER_HOST", OsStr::new(&host))],
-    )?;
+    let mut trace = dockerd.leaktrace(&["--cgroup", &name, "--duration", "9", "--interval", "0.5"], &out_dir)?;
     trace.wait_attached(Duration::from_secs(15))?;
     thread::sleep(Duration::from_secs(4));
     dockerd.docker(&["kill", &name])?;
@@ -306,13 +297,8 @@ fn heap_holder_of_a_static_binary_in_a_container() -> Result<()> {
     // The shell starts first and execs the service a moment later: the exec is where its probes go on.
     dockerd.docker(&[&run[..], &["/bin/sh", "-c", "sleep 1; exec /bin/render_sessions 8 7 120"]].concat())?;
     let out_dir = work.path().join("out");
-    let host = dockerd.host();
-    let args = ["--cgroup", &name, "--heap", "--duration", "10", "--sample-bytes", SCENARIO_SAMPLE_BYTES, "--output"]
-        .map(OsStr::new);
-    let mut trace = Leaktrace::spawn_with_env(
-        &[&args[..], &[out_dir.as_os_str()]].concat(),
-        &[("DOCKER_HOST", OsStr::new(&host))],
-    )?;
+    let args = ["--cgroup", &name, "--heap", "--duration", "10", "--sample-bytes", SCENARIO_SAMPLE_BYTES];
+    let mut trace = dockerd.leaktrace(&args, &out_dir)?;
     let out = trace.wait(Duration::from_secs(60))?;
     ensure!(out.status.success(), "leaktrace failed: {}", describe(&out));
     assert_nothing_attached()?;
