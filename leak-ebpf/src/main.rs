@@ -482,11 +482,12 @@ const FILTER_SLOTS: u32 = 1 << 19;
 #[map]
 static KEPT_FILTER: Array<u32> = Array::with_max_entries(FILTER_SLOTS, 0);
 
-/// Fibonacci hashing: struct page pointers (64 bytes apart) and slab objects (one size class apart) spread over
-/// the slots by the high bits of the product.
+/// The key's address bits above the cache line: struct pages (64 bytes apart) and the objects of one slab take
+/// neighbouring slots, so the frees of a batch of pages or a slab's objects read a few cache lines of the filter,
+/// not one line (and one TLB entry) each, as a hash's scattered slots did at every freed page.
 #[inline(always)]
 fn filter_slot(key: u64) -> u32 {
-    (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 45) as u32 & (FILTER_SLOTS - 1)
+    (key >> 6) as u32 & (FILTER_SLOTS - 1)
 }
 
 #[inline(always)]
