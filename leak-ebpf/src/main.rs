@@ -473,7 +473,7 @@ fn record_alloc_in<K>(live: &HashMap<K, LiveAlloc>, key: &K, filter_key: u64, si
     true
 }
 
-/// Outstanding kept allocations counted by a hash of their address. Nearly every free is of an allocation that
+/// Outstanding kept allocations counted by their address (`filter_slot`). Nearly every free is of an allocation that
 /// was never kept; with the slot's count at zero it ends at one array read, which the verifier inlines, instead of
 /// a LIVE hash lookup. Counts change by atomic adds: an allocation and a free of two addresses sharing a slot may
 /// run on two CPUs at once.
@@ -484,10 +484,12 @@ static KEPT_FILTER: Array<u32> = Array::with_max_entries(FILTER_SLOTS, 0);
 
 /// The key's address bits above the cache line: struct pages (64 bytes apart) and the objects of one slab take
 /// neighbouring slots, so the frees of a batch of pages or a slab's objects read a few cache lines of the filter,
-/// not one line (and one TLB entry) each, as a hash's scattered slots did at every freed page.
+/// not one line (and one TLB entry) each, as a hash's scattered slots did at every freed page. The bits from 44
+/// up are folded in: constant in a kernel address (the slots keep their order), the process in a `--heap` key
+/// (`heap::filter_key`), so that forked workers' blocks at one address do not share a slot.
 #[inline(always)]
 fn filter_slot(key: u64) -> u32 {
-    (key >> 6) as u32 & (FILTER_SLOTS - 1)
+    ((key >> 6) ^ (key >> 44)) as u32 & (FILTER_SLOTS - 1)
 }
 
 #[inline(always)]
