@@ -170,6 +170,23 @@ pub fn sample_shift(bytes: u64, rate_shift: u32) -> u32 {
     }
 }
 
+/// The sampling coin's generator, xorshift64* (Vigna): one step from a nonzero `state` gives the next state and
+/// 32 random bits (the product's high half; its low bits are weak, and the coin tests low bits). Not for secrets:
+/// it only has to be unpredictable to the workload's allocation pattern, which never sees it.
+#[inline(always)]
+pub fn next_random(mut state: u64) -> (u64, u32) {
+    state ^= state >> 12;
+    state ^= state << 25;
+    state ^= state >> 27;
+    (state, (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32)
+}
+
+/// A nonzero generator state from a 32-bit seed (a state of 0 would stay 0).
+#[inline(always)]
+pub fn seed_random(seed: u32) -> u64 {
+    (seed as u64) << 32 | 0x9e37_79b9
+}
+
 /// The first step of a two-step coin for an allocation of at most `2^max_bits` bytes, tossed before its exact
 /// size is known or its weight computed: the low `pre` bits of the random number must be zero, `pre` being the
 /// weight of a `2^max_bits`-byte allocation, which no smaller allocation is below. Returns `pre`, or `None` when
@@ -605,6 +622,32 @@ mod tests {
         }
         assert_eq!(coin_first(12345, 0, 15), Some(0), "rate 0 keeps everything");
         assert_eq!(coin_second(12345, 0, 4096, 0), Some(0));
+    }
+
+    /// The coin tests the low bits: from any seed, the generator's low 7 and 19 bits are zero as often as a fair
+    /// coin's (1/128 and 1/2^19 of tosses, within a few standard deviations), and consecutive tosses are not
+    /// kept together more often than chance (a burst would make one allocation pattern's every page kept).
+    #[test]
+    fn the_coin_generator_is_fair_in_its_low_bits() {
+        for seed in [0u32, 1, 0xdead_beef, u32::MAX] {
+            let mut state = seed_random(seed);
+            assert_ne!(state, 0);
+            let n = 1u64 << 24;
+            let (mut low7, mut low19, mut pairs, mut last) = (0u64, 0u64, 0u64, false);
+            for _ in 0..n {
+                let (next, r) = next_random(state);
+                state = next;
+                let kept = r & 127 == 0;
+                low7 += kept as u64;
+                low19 += (r & ((1 << 19) - 1) == 0) as u64;
+                pairs += (kept && last) as u64;
+                last = kept;
+            }
+            let within = |got: u64, p: f64| (got as f64 - n as f64 * p).abs() <= 5.0 * (n as f64 * p).sqrt();
+            assert!(within(low7, 1.0 / 128.0), "seed {seed:#x}: low 7 bits zero {low7} times of {n}");
+            assert!(within(low19, 1.0 / (1 << 19) as f64), "seed {seed:#x}: low 19 bits zero {low19} times");
+            assert!(within(pairs, 1.0 / (128.0 * 128.0)), "seed {seed:#x}: {pairs} kept pairs");
+        }
     }
 
     #[test]
