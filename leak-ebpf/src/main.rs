@@ -85,8 +85,8 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[map]
 static USTACKS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
-/// Samples waiting past this wake the reader at once (a quarter of the 8 MiB ring buffer userspace makes).
-const USTACK_WAKE_BYTES: u64 = 2 << 20;
+/// Samples waiting past this wake the reader at once (a quarter of the smallest ring buffer userspace makes, 4 MiB).
+const USTACK_WAKE_BYTES: u64 = 1 << 20;
 
 /// A sample being assembled: its head, then the stack copy.
 #[repr(C)]

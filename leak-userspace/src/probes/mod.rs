@@ -36,8 +36,13 @@ pub const DEFAULT_STACK_ENTRIES: u32 = 16_384;
 const FP_SITE_ENTRIES: u32 = 16_384;
 const SAMPLED_SITE_ENTRIES: u32 = 65_536;
 
-/// The user stack sample ring buffer: ~700 samples of 12 KiB, some 80 ms of the fastest page churn measured.
-const USTACK_RING_BYTES: u32 = 8 << 20;
+/// The user stack sample ring buffer for a sampling rate of `2^sample_rate_shift` bytes. At the default rate the
+/// fastest page churn measured sends ~7,000 samples a second, ~75 MB/s: 4 MiB holds ~50 ms of it, more than twice
+/// the reader's 20 ms timer. Finer rates send more and get 8 MiB. The kernel maps the ring's data twice into the
+/// reader (so that a record may wrap), all of it resident: each MiB here is two of the tracer's RSS.
+fn ustack_ring_bytes(sample_rate_shift: u32) -> u32 {
+    if sample_rate_shift >= crate::cli::DEFAULT_SAMPLE_BYTES.trailing_zeros() { 4 << 20 } else { 8 << 20 }
+}
 
 /// A program, the tracepoint it belongs on, and the attribution modes that need it.
 pub struct Attachment {
@@ -121,7 +126,11 @@ impl Probes {
             // Frame-pointer stacks send no samples: the ring buffer then takes the least the kernel allows.
             .map_max_entries(
                 "USTACKS",
-                if discovery.config.ustack_chunks > 0 { USTACK_RING_BYTES } else { discovery.config.page_size },
+                if discovery.config.ustack_chunks > 0 {
+                    ustack_ring_bytes(discovery.config.sample_rate_shift)
+                } else {
+                    discovery.config.page_size
+                },
             )
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow!("loading the eBPF programs failed: {e}"))?;
