@@ -23,7 +23,9 @@
 #![allow(internal_features)]
 
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{
+        BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
+    },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_prandom_u32, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, generated as gen,
@@ -84,9 +86,6 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 /// User stack samples of kept allocations, for userspace to unwind. Sized by userspace at load.
 #[map]
 static USTACKS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
-
-/// Samples waiting past this wake the reader at once (a quarter of the smallest ring buffer userspace makes, 4 MiB).
-const USTACK_WAKE_BYTES: u64 = 1 << 20;
 
 /// A sample being assembled: its head, then the stack copy.
 #[repr(C)]
@@ -299,8 +298,9 @@ fn fill_and_send(level: u32, regs: impl FnOnce() -> Option<UserRegs>, page: bool
     }
     let bytes = unsafe { core::slice::from_raw_parts(scratch as *const u8, size) };
     // Waking the reader for every sample costs both sides a context switch (thousands a second under page
-    // churn): userspace drains on a short timer, and is woken only when the buffer fills up.
-    let wake = if USTACKS.query(BPF_RB_AVAIL_DATA as u64) > USTACK_WAKE_BYTES {
+    // churn): userspace drains on a short timer, and is woken only when a quarter of the ring (sized by userspace
+    // at load) is waiting.
+    let wake = if USTACKS.query(BPF_RB_AVAIL_DATA as u64) > USTACKS.query(BPF_RB_RING_SIZE as u64) / 4 {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
