@@ -140,6 +140,60 @@ fn lives_that_fork_exec_and_exit_mid_trace() -> Result<()> {
     Ok(())
 }
 
+/// A process the tracer finds between its exec and the dynamic linker's mapping of libc (held there, stopped
+/// under ptrace at the exec, past the wait for a spawned process): reported as not traced first, then probed once
+/// it maps its allocator, and its holder named.
+#[test]
+fn process_met_before_its_allocator_is_mapped_is_probed_once_it_is() -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    if !require_root() {
+        return Ok(());
+    }
+    let _one = serial();
+    let memcg = Memcg::create("heap-late-libc", Some(512 << 20))?;
+    let mut cmd = std::process::Command::new(build_workload("render_sessions")?);
+    cmd.args(["8", "7", "120"]);
+    // SAFETY: a raw syscall between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut workload = memcg.spawn_in(cmd)?;
+    let pid = workload.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: waits for our own child's stop at its exec (SIGTRAP).
+    let stopped = unsafe { libc::waitpid(pid, &mut status, 0) } == pid && libc::WIFSTOPPED(status);
+    ensure!(stopped, "the workload did not stop at its exec (status {status:#x})");
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    ensure!(!maps.contains("libc.so"), "libc is mapped at the exec stop already:\n{maps}");
+    let dir = tempfile::tempdir()?;
+    let mut trace = Leaktrace::trace_with(&memcg, 9, dir.path(), &["--heap"], &[])?;
+    std::thread::sleep(Duration::from_millis(2500));
+    // SAFETY: lets our own tracee go on.
+    ensure!(unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0) } == 0, "cannot release the workload");
+    let out = trace.wait(Duration::from_secs(40))?;
+    ensure!(out.status.success(), "leaktrace failed: {}", leaktrace_e2e::describe(&out));
+    leaktrace_e2e::assert_nothing_attached()?;
+    let r = leaktrace_e2e::read_report(dir.path())?;
+    eprintln!("{}\n{}", r["collection"]["heap"], summarize(&r));
+    let p = heap_process(&r, "render_sessions")?;
+    ensure!(p["state"] == "traced", "never probed once libc was mapped: {p}");
+    ensure!(p["attached_at"].as_f64().is_some_and(|t| t > 2.0), "probed before it was released: {p}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    ensure!(said.contains("is not heap-traced") && said.contains("heap probes on pid"), "the terminal:\n{said}");
+    let top = items(&r["sites"]).iter().find(|s| s["kind"] == "heap").context("no heap site")?;
+    ensure!(top["label"] == "remember_session", "top heap site: {top}");
+    ensure!(workload.try_wait()?.is_none(), "the workload did not survive");
+    let _ = workload.kill();
+    let _ = workload.wait();
+    Ok(())
+}
+
 /// C++ linked with jemalloc, whose own `operator new` (not libstdc++'s) the program binds to: probed in jemalloc,
 /// as a call that may call malloc on the way.
 #[test]

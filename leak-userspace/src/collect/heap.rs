@@ -46,6 +46,9 @@ struct Traced {
     exe_file: Option<(u64, u64)>,
     /// The allocator's file (device, inode) as probed.
     allocator_file: Option<(u64, u64)>,
+    /// Not probed for want of an allocator: the executable files it mapped then. Tried again once they change (a
+    /// process seen between its exec and the dynamic linker's mapping of libc, or one that loads an allocator).
+    unprobed_objects: Option<Vec<String>>,
     /// At the last look: seconds since the start, probe hits, CPU seconds of the process.
     last: Option<(f64, u64, f64)>,
     /// Still probed (not gone, detached or failed).
@@ -93,8 +96,7 @@ impl HeapTracer {
     /// should be tried again (its allocator is not mapped yet), which only a `last` try never does.
     fn offer(&mut self, probes: &mut Probes, pid: u32, t: f64, last: bool) -> bool {
         let Some(exe_file) = exe_file(pid) else { return true };
-        let known = self.procs.get(&pid);
-        if known.is_some_and(|p| p.exe_file == Some(exe_file)) {
+        if self.settled(pid, exe_file) {
             return true;
         }
         let found = allocator::find(pid);
@@ -118,15 +120,26 @@ impl HeapTracer {
         true
     }
 
+    /// Whether process `pid`, running the executable file `exe`, was probed as it is now, or found to have no
+    /// allocator among the objects it still maps.
+    fn settled(&self, pid: u32, exe: (u64, u64)) -> bool {
+        self.procs.get(&pid).is_some_and(|p| {
+            p.exe_file == Some(exe)
+                && p.unprobed_objects.as_ref().is_none_or(|was| allocator::objects(pid).is_ok_and(|now| now == *was))
+        })
+    }
+
     /// One interval at `t`: probes every new process among `pids`, checks what each costs, and lets go of
     /// processes that are gone, and of their blocks in the kernel's table.
     pub fn tick(&mut self, probes: &mut Probes, pids: &[u32], t: f64) {
-        self.retry(probes, t);
+        // A process first seen here (spawned before the tracer, or its spawn not read yet) may be between its exec
+        // and the dynamic linker's mapping of its allocator: it waits as a spawned one does.
         for &pid in pids {
-            if !self.pending.iter().any(|(p, _)| *p == pid) {
-                self.offer(probes, pid, t, true);
+            if exe_file(pid).is_some_and(|exe| !self.settled(pid, exe)) {
+                self.spawned(pid);
             }
         }
+        self.retry(probes, t);
         let hits = probes.heap_hits().unwrap_or_default();
         let mut ended = Vec::new();
         for (&pid, p) in self.procs.iter_mut().filter(|(_, p)| p.attached) {
@@ -189,6 +202,7 @@ impl HeapTracer {
         let mut report =
             HeapProcess { pid, comm: comm(pid), attached_at: t, state: "traced".into(), ..Default::default() };
         let mut allocator_file = None;
+        let unprobed_objects = found.is_err().then(|| allocator::objects(pid).ok()).flatten();
         match found.and_then(|a| probes.attach_heap(pid, &a).map(|n| (a, n))) {
             Ok((a, n)) => {
                 allocator_file = file_id(&a.host_path);
@@ -210,7 +224,10 @@ impl HeapTracer {
                 }
             });
         }
-        self.procs.insert(pid, Traced { report, exe_file: Some(exe_file), allocator_file, last: None, attached });
+        self.procs.insert(
+            pid,
+            Traced { report, exe_file: Some(exe_file), allocator_file, unprobed_objects, last: None, attached },
+        );
     }
 
     /// Whether process `tgid`'s heap is traced now (its sites' frees are still seen).

@@ -110,10 +110,7 @@ fn is_c_library(name: &str) -> bool {
 
 /// Finds the allocator of process `pid`.
 pub fn find(pid: u32) -> Result<Allocator> {
-    let text =
-        std::fs::read_to_string(format!("/proc/{pid}/maps")).with_context(|| format!("process {pid} is gone"))?;
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.display().to_string());
-    let candidates = candidates(&maps::parse(&text), exe.as_deref());
+    let candidates = objects(pid)?;
     if candidates.is_empty() {
         bail!("maps no executable file");
     }
@@ -135,6 +132,14 @@ pub fn find(pid: u32) -> Result<Allocator> {
     Err(anyhow!(
         "no mapped object defines malloc (a stripped static binary, or a runtime with an allocator of its own)"
     ))
+}
+
+/// The executable files process `pid` maps, in the order the dynamic linker would look for `malloc`.
+pub fn objects(pid: u32) -> Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(format!("/proc/{pid}/maps")).with_context(|| format!("process {pid} is gone"))?;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.display().to_string());
+    Ok(candidates(&maps::parse(&text), exe.as_deref()))
 }
 
 /// The executable files a process maps, in the order the dynamic linker would look for `malloc`: the executable,

@@ -41,7 +41,11 @@ const SAMPLED_SITE_ENTRIES: u32 = 65_536;
 /// the reader's 20 ms timer. Finer rates send more and get 8 MiB. The kernel maps the ring's data twice into the
 /// reader (so that a record may wrap), all of it resident: each MiB here is two of the tracer's RSS.
 fn ustack_ring_bytes(sample_rate_shift: u32) -> u32 {
-    if sample_rate_shift >= crate::cli::DEFAULT_SAMPLE_BYTES.trailing_zeros() { 4 << 20 } else { 8 << 20 }
+    if sample_rate_shift >= crate::cli::DEFAULT_SAMPLE_BYTES.trailing_zeros() {
+        4 << 20
+    } else {
+        8 << 20
+    }
 }
 
 /// A program, the tracepoint it belongs on, and the attribution modes that need it.
