@@ -203,11 +203,11 @@ const VARIANTS: &[(&str, &str, &[&str])] = &[
 pub fn build_workload(name: &str) -> Result<PathBuf> {
     let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads");
     let (source, link) = VARIANTS.iter().find(|v| v.0 == name).map_or((name, &[][..]), |v| (v.1, v.2));
-    let (ext, src) = ["c", "cc", "rs"]
+    let (ext, src) = ["c", "cc", "rs", "go"]
         .into_iter()
         .map(|ext| (ext, sources.join(format!("{source}.{ext}"))))
         .find(|(_, src)| src.is_file())
-        .with_context(|| format!("no workload {name} (.c, .cc or .rs) in {}", sources.display()))?;
+        .with_context(|| format!("no workload {name} (.c, .cc, .rs or .go) in {}", sources.display()))?;
     let out_dir = workspace().join("target/e2e-workloads");
     fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let exe = out_dir.join(name);
@@ -222,7 +222,14 @@ pub fn build_workload(name: &str) -> Result<PathBuf> {
     for lib in workload_libraries(name) {
         let mut cc = Command::new("gcc");
         cc.args(["-O2", "-g", "-Wall", "-fPIC", "-shared"]).arg(sources.join(format!("lib{lib}.c")));
-        compile(cc, &out_dir.join(format!("lib{lib}.so")))?;
+        compile(cc, &out_dir.join(format!("lib{lib}.so")), &[])?;
+    }
+    if ext == "go" {
+        // Go's own defaults (no module, no network); its build cache beside the workloads.
+        let mut go = Command::new("go");
+        go.arg("build").env("GO111MODULE", "off").env("GOCACHE", out_dir.join("go-cache")).env("GOTOOLCHAIN", "local");
+        compile(go, &exe, &[src.as_os_str()])?;
+        return Ok(exe);
     }
     let cmd = if ext == "rs" {
         let mut rustc = Command::new(rustc());
@@ -241,23 +248,22 @@ pub fn build_workload(name: &str) -> Result<PathBuf> {
         }
         cc
     };
-    compile(cmd, &exe)?;
+    compile(cmd, &exe, &[])?;
     Ok(exe)
 }
 
-/// Runs a compiler command with `-o <a temporary name>` and renames the result to `out`: tests running in
-/// parallel never see a half-written file.
-fn compile(mut cmd: Command, out: &Path) -> Result<()> {
+/// Runs a compiler command with `-o <a temporary name>`, then the `sources` that must follow it (`go build`'s), and
+/// renames the result to `out`: tests running in parallel never see a half-written file.
+fn compile(mut cmd: Command, out: &Path, sources: &[&OsStr]) -> Result<()> {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let file_name = out.file_name().context("no file name")?.to_string_lossy();
     let tmp =
         out.with_file_name(format!(".{file_name}.{}.{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
     let compiler = cmd.get_program().to_string_lossy().into_owned();
-    let output = cmd
-        .arg("-o")
-        .arg(&tmp)
-        .output()
-        .with_context(|| format!("cannot run {compiler} (cargo xtask bootstrap installs gcc and g++)"))?;
+    let output =
+        cmd.arg("-o").arg(&tmp).args(sources).output().with_context(|| {
+            format!("cannot run {compiler} (cargo xtask bootstrap installs gcc, g++ and golang-go)")
+        })?;
     if !output.status.success() {
         bail!("{} failed:\n{}", display_command(&cmd), String::from_utf8_lossy(&output.stderr));
     }

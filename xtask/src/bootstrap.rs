@@ -15,7 +15,8 @@ use crate::{check, step};
 /// nothing stays attached), the real consumers the export tests check the outputs with (`go tool pprof` from
 /// golang-go for profile.pb.gz, headless Chromium for report.html), Docker with busybox for the container tests
 /// (their image is a busybox rootfs), what `vm-test` boots its guests with (QEMU, cpio), and
-/// bpftrace, the baseline `bench` compares with; node for the JIT frames test; jemalloc for the `--heap` test of a
+/// bpftrace, the baseline `bench` compares with; node, python3 and a JRE (bookworm's OpenJDK 17, which also compiles
+/// a single-file program) for the language runtime tests, with golang-go; jemalloc for the `--heap` test of a
 /// program linked with it, and Redis (which Debian links with jemalloc) for the `--heap` bench row.
 const PACKAGES: &[&str] = &[
     "rustc-web",
@@ -33,6 +34,8 @@ const PACKAGES: &[&str] = &[
     "cpio",
     "bpftrace",
     "nodejs",
+    "python3",
+    "openjdk-17-jre-headless",
     "libjemalloc-dev",
     "redis-server",
     "redis-tools",

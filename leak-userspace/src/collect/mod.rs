@@ -420,7 +420,7 @@ impl Collector {
                 class: "inconclusive".into(),
                 confidence: 0.0,
                 evidence: Vec::new(),
-                recommendations: Vec::new(),
+                ..Default::default()
             },
             growth,
             collection: report::Collection {

@@ -226,7 +226,7 @@ pub struct IntervalCoverage {
     pub slab: Coverage,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Site {
     /// "anon" | "slab" | "page" | "percpu" | "other"
     pub kind: String,
@@ -387,7 +387,7 @@ pub struct EarlySites {
     pub sites: Vec<Site>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
     pub class: String,
     pub confidence: f64,
@@ -395,6 +395,14 @@ pub struct Verdict {
     /// What to do, each with its figure (a memory limit in bytes, a pids.max, where to look instead).
     #[serde(default)]
     pub recommendations: Vec<String>,
+    /// The language runtime the memory goes through: `go`, `python`, `node`, `jvm`; null for native programs
+    /// (`verdict::runtime`).
+    #[serde(default)]
+    pub runtime: Option<String>,
+    /// Where the growing memory lives: `application-heap`, `managed-heap`, `off-heap`, `runtime`, `thread-stack`,
+    /// `kernel`, `page-cache`, `shmem`; null when nothing grows or the class says nothing of it.
+    #[serde(default)]
+    pub location: Option<String>,
 }
 
 /// Counters of what the kernel side missed or dropped, and the tracer's own cost.

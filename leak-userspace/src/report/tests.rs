@@ -145,7 +145,7 @@ pub(crate) fn sample_report() -> Report {
             class: "inconclusive".into(),
             confidence: 0.0,
             evidence: vec!["x".into()],
-            recommendations: vec![],
+            ..Default::default()
         },
         growth: Growth {
             warmup_seconds: 1.0,

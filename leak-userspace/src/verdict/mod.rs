@@ -19,6 +19,7 @@
 //! - otherwise: no leak.
 pub mod growth;
 mod recommend;
+pub mod runtime;
 
 use crate::{
     export::{clamp, human_bytes, signed},
@@ -56,11 +57,18 @@ pub fn judge(r: &Report) -> Verdict {
         );
     }
     evidence.extend(f.runtime_facts());
+    let rt = f.rt;
+    let location = f.location(class);
+    evidence.extend(location.filter(|_| rt.is_some()).map(|l| f.location_line(l)));
+    let mut recommendations = f.recommendations(class);
+    recommendations.extend(location.and_then(|l| f.runtime_recommendation(rt?, l)));
     Verdict {
         class: class.into(),
         confidence: (confidence * 100.0).round() / 100.0,
         evidence,
-        recommendations: f.recommendations(class),
+        recommendations,
+        runtime: rt.map(|r| r.name().into()),
+        location: location.map(str::to_string),
     }
 }
 
@@ -69,13 +77,20 @@ struct Facts<'a> {
     g: &'a Growth,
     /// Bytes below which a change is noise.
     min_bytes: f64,
+    /// The language runtime the memory goes through.
+    rt: Option<runtime::Runtime>,
 }
 
 impl<'a> Facts<'a> {
     fn new(r: &'a Report) -> Self {
         let peak = r.memory.samples.iter().map(|s| s.usage).max().unwrap_or(0);
         let scale = r.memory.limit_bytes.unwrap_or(peak) as f64;
-        Facts { r, g: &r.growth, min_bytes: MIN_GROWTH.max(MIN_GROWTH_SHARE * scale) }
+        Facts {
+            r,
+            g: &r.growth,
+            min_bytes: MIN_GROWTH.max(MIN_GROWTH_SHARE * scale),
+            rt: runtime::runtime(all_sites(r)),
+        }
     }
 
     fn trend(&self, name: &str) -> Option<&Trend> {
@@ -634,7 +649,11 @@ impl<'a> Facts<'a> {
     /// Where an anon site's pages lie when that is a malloc heap and `--heap` was off (which would have named who
     /// holds them).
     fn in_malloc_heap(&self, site: &Site) -> Option<&'static str> {
-        if self.r.kernel.modes.iter().any(|m| m == "heap") || site.kind != "anon" {
+        // Go's heap arenas are 64 MiB aligned as glibc's are, but no malloc hands them out.
+        if self.r.kernel.modes.iter().any(|m| m == "heap")
+            || site.kind != "anon"
+            || self.rt == Some(runtime::Runtime::Go)
+        {
             return None;
         }
         match site.region.as_deref()? {
@@ -652,6 +671,46 @@ impl<'a> Facts<'a> {
         format!("leaktrace --cgroup {} --heap", shell_word(target.unwrap_or(&t.cgroup_path)))
     }
 
+    /// The site holding the most of a leak's growth: the holder of the heap (`--heap`) before the toucher of its
+    /// pages for a heap leak, a kernel site for a kernel leak.
+    fn held_site(&self, class: &str) -> Option<&Site> {
+        let held = |kind: fn(&str) -> bool| all_sites(self.r).find(|s| s.outstanding_bytes > 0 && kind(&s.kind));
+        if class == "kernel-leak" {
+            held(|k| !USER_KINDS.contains(&k))
+        } else {
+            held(|k| k == "heap").or_else(|| held(|k| k == "anon"))
+        }
+    }
+
+    /// `verdict.location`: where the memory the class is about lives.
+    fn location(&self, class: &str) -> Option<&'static str> {
+        let rt = self.rt;
+        match class {
+            "kernel-leak" => Some("kernel"),
+            "cache-growth" => Some("page-cache"),
+            "shmem-growth" => Some("shmem"),
+            "thread-leak" => Some(if rt.is_some() { "runtime" } else { "thread-stack" }),
+            "heap-leak" | "limit-too-low" => self.held_site("heap-leak").map(|s| runtime::user_location(rt, s)),
+            _ => None,
+        }
+    }
+
+    /// What a runtime's memory location means, as an evidence line.
+    fn location_line(&self, location: &str) -> String {
+        let rt = self.rt.map_or("", |r| r.name());
+        let what = match location {
+            "managed-heap" => {
+                "the runtime's managed heap (its objects, which its collector keeps alive while they are referenced)"
+            }
+            "off-heap" => {
+                "native memory outside the runtime's managed heap (direct or array buffers, native extensions)"
+            }
+            "runtime" => "the runtime's own metadata (classes, compiled code, thread or goroutine stacks)",
+            other => other,
+        };
+        format!("runtime {rt}: the growing memory is {what}")
+    }
+
     /// Lines every verdict carries: the OOM kills the tracer saw against the cgroup's own counter.
     fn common_evidence(&self) -> Vec<String> {
         let seen = self.r.oom_kills.len() as u64;
@@ -667,6 +726,11 @@ impl<'a> Facts<'a> {
             Vec::new()
         }
     }
+}
+
+/// The window's sites, then those seen before each OOM kill.
+fn all_sites(r: &Report) -> impl Iterator<Item = &Site> + Clone {
+    r.sites.iter().chain(r.oom_kills.iter().flat_map(|k| &k.sites_before_kill))
 }
 
 /// The symbols of a site's frames on one side (kernel or user) past the allocator's own, leaf first, without

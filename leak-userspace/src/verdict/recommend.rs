@@ -1,5 +1,5 @@
 //! `verdict.recommendations`: for each class, what to set or where to look, with the figure measured in the window.
-use super::{signal_name, site_name, Facts, USER_KINDS};
+use super::{runtime::Runtime, signal_name, site_name, Facts};
 use crate::{
     export::{clamp, human_bytes},
     report::Sample,
@@ -73,14 +73,7 @@ impl Facts<'_> {
     fn leak_recommendations(&self, class: &str) -> Vec<String> {
         let category = if class == "heap-leak" { "anon" } else { "kernel" };
         let rate = self.trend(category).map_or(0.0, |t| t.rate_per_hour) / 3600.0;
-        let sites = || self.r.sites.iter().chain(self.r.oom_kills.iter().flat_map(|k| &k.sites_before_kill));
-        // The holder of the heap (`--heap`) before the toucher of its pages.
-        let held = |kind: fn(&str) -> bool| sites().find(|s| s.outstanding_bytes > 0 && kind(&s.kind));
-        let site = if class == "heap-leak" {
-            held(|k| k == "heap").or_else(|| held(|k| k == "anon"))
-        } else {
-            held(|k| !USER_KINDS.contains(&k))
-        };
+        let site = self.held_site(class);
         // Pages of a malloc heap may be held by another function than their first toucher: name it first.
         let fix = match (site.and_then(site_name), site.and_then(|s| self.in_malloc_heap(s))) {
             (Some(label), Some(heap)) => format!(
@@ -106,6 +99,36 @@ impl Facts<'_> {
             limit * 2,
             duration(limit as f64 / rate)
         )]
+    }
+
+    /// The runtime's own bound on the memory that grows, sized from the limit: past it the runtime fails with an
+    /// error that names the pool (and, for a heap, dumps or logs what fills it) instead of being OOM-killed.
+    pub(super) fn runtime_recommendation(&self, rt: Runtime, location: &str) -> Option<String> {
+        let limit = self.r.memory.limit_bytes?;
+        let share = |f: f64, min: u64, max: u64| ((limit as f64 * f) as u64 / MIB).clamp(min, max);
+        let heap = share(0.75, 16, u64::MAX);
+        Some(match rt {
+            Runtime::Jvm => format!(
+                "bound the JVM's pools inside the {} limit so that it throws OutOfMemoryError naming the one that                  fills instead of being killed: -Xmx{heap}m (75 % of the limit) -XX:MaxMetaspaceSize={}m                  -XX:ReservedCodeCacheSize={}m -XX:MaxDirectMemorySize={}m{}",
+                human_bytes(clamp(limit)),
+                share(0.08, 32, 512),
+                share(0.05, 16, 240),
+                share(0.10, 8, u64::MAX),
+                if location == "managed-heap" { " -XX:+HeapDumpOnOutOfMemoryError (the dump shows who holds the objects)" } else { "" }
+            ),
+            Runtime::Node => format!(
+                "start node with --max-old-space-size={heap} (75 % of the {} limit): V8 then fails with a heap                  out-of-memory error and its stack instead of the kernel killing the process{}",
+                human_bytes(clamp(limit)),
+                if location == "off-heap" { "; Buffers and ArrayBuffers are outside that bound: release them, or cap what is cached" } else { "" }
+            ),
+            Runtime::Go => format!(
+                "set GOMEMLIMIT={}MiB (90 % of the {} limit): the collector works harder before the kernel kills;                  a leak still fills it, and `go tool pprof` on net/http/pprof's /debug/pprof/heap names the holder",
+                share(0.9, 16, u64::MAX),
+                human_bytes(clamp(limit))
+            ),
+            Runtime::Python => "run the service with PYTHONTRACEMALLOC=25 (or python3 -X tracemalloc=25) and compare                  tracemalloc snapshots: they name the Python line that allocates what stays"
+                .into(),
+        })
     }
 
     fn pids_recommendation(&self) -> Option<String> {

@@ -604,3 +604,35 @@ fn heap_holder_is_named_beside_the_pages_toucher() {
     assert!(v.recommendations[0].starts_with("fix the leak in remember_session"), "{:?}", v.recommendations);
     assert!(r.attribution.heap.is_some_and(|h| h.attributed_bytes == 60 * MIB as i64));
 }
+
+/// `verdict.runtime` and `verdict.location`: a native program's heap leak is its application heap; the same leak
+/// in a JVM, its top site a direct buffer's, is off-heap and gets the JVM's pool bounds sized from the limit; a
+/// kernel leak lives in the kernel.
+#[test]
+fn runtime_and_location_of_the_growth() {
+    let leaking = |frames: Option<Vec<Frame>>| {
+        let samples = series(30, |i, s| s.anon = Some(20 * MIB + i as u64 * MIB));
+        let mut r = sample_report();
+        if let Some(frames) = frames {
+            r.sites[0].frames = frames;
+        }
+        r.memory.limit_bytes = Some(1 << 30);
+        r.attribution = attribution::attribute(&samples, &r.sites);
+        r.growth = growth::analyse(&samples, &growth::life_ends(&[], &[], &samples), r.memory.limit_bytes, 0);
+        r.memory.samples = samples;
+        judge(&r)
+    };
+    let native = leaking(None);
+    assert_eq!((native.class.as_str(), native.runtime.as_deref()), ("heap-leak", None));
+    assert_eq!(native.location.as_deref(), Some("application-heap"));
+    let libjvm = "/usr/lib/jvm/java-17-openjdk-amd64/lib/server/libjvm.so";
+    let jvm_frame =
+        |s: &str| Frame { symbol: Some(s.into()), module: Some(libjvm.into()), ..Frame::unknown(0x10, false) };
+    let direct = leaking(Some(vec![jvm_frame("Copy::fill_to_memory_atomic"), jvm_frame("Unsafe_SetMemory0")]));
+    assert_eq!((direct.runtime.as_deref(), direct.location.as_deref()), (Some("jvm"), Some("off-heap")));
+    has(&direct, "runtime jvm: the growing memory is native memory outside the runtime's managed heap");
+    let bounds = direct.recommendations.last().expect("a JVM recommendation");
+    assert!(bounds.contains("-Xmx768m") && bounds.contains("-XX:MaxDirectMemorySize=102m"), "{bounds}");
+    let kernel = judged(series(30, |i, s| s.kernel = Some(3 * MIB + i as u64 * MIB / 2)), vec![], 0);
+    assert_eq!((kernel.class.as_str(), kernel.location.as_deref()), ("kernel-leak", Some("kernel")));
+}
