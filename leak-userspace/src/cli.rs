@@ -83,6 +83,12 @@ pub struct TraceArgs {
     /// probe hits and the cost of a hit measured at the start; a process over it is detached, and the report says so.
     #[arg(long, value_name = "PERCENT", default_value_t = DEFAULT_HEAP_BUDGET, value_parser = heap_budget, requires = "heap")]
     pub heap_budget: f64,
+
+    /// Ask every JVM of the target for a perf map of its compiled code (`jcmd <pid> Compiler.perfmap`, JDK 17+,
+    /// through the attach protocol: this starts the JVM's attach listener), every 2 s and at the end, so Java
+    /// frames get method names. A map that exists only because it was asked for is removed at the end.
+    #[arg(long)]
+    pub jvm_perfmap: bool,
 }
 
 /// See the README ("Heap") for the measurements behind it.

@@ -11,12 +11,12 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
+    cgroup::{CgroupLayout, CgroupVersion, Target},
     cli::TraceArgs,
     export::human_bytes,
     report::Report,
     session,
     sites::app_frame,
-    target::{CgroupLayout, CgroupVersion, Target},
 };
 
 /// Small enough that the workload reaches it within seconds.
@@ -43,6 +43,7 @@ pub fn run(output: Option<PathBuf>, quiet: bool) -> Result<()> {
         user_stack_bytes: crate::cli::DEFAULT_USER_STACK_BYTES,
         heap: false,
         heap_budget: crate::cli::DEFAULT_HEAP_BUDGET,
+        jvm_perfmap: false,
     };
     let mut child: Option<Child> = None;
     let cgroup_path = cgroup.path.clone();
@@ -178,7 +179,7 @@ impl Drop for DemoCgroup {
     fn drop(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            let pids = crate::target::member_pids(&self.path);
+            let pids = crate::cgroup::member_pids(&self.path);
             for pid in &pids {
                 // SAFETY: plain syscall; the pids are the demo's own workload.
                 unsafe { libc::kill(*pid as i32, libc::SIGKILL) };

@@ -1,12 +1,13 @@
 //! leaktrace: who allocates the memory of a cgroup, with evidence.
 //!
 //! The modules follow the data flow:
-//! `target` (which cgroup) -> `kernel` (what this kernel offers) -> `probes` (eBPF programs and their maps) ->
+//! `cgroup` (which cgroup) -> `kernel` (what this kernel offers) -> `probes` (eBPF programs and their maps) ->
 //! `collect` (draining maps and events every interval) + `memory` (the cgroup's own accounting) -> `stacks` (user
 //! stack samples unwound, then every stack symbolized) ->
 //! `sites` (aggregated call sites) -> `attribution` (sites against memory.stat growth) -> `verdict` ->
 //! `report` (report.json model) -> `export` (folded stacks, terminal summary); `live` shows the trace as it runs.
 pub mod attribution;
+pub mod cgroup;
 pub mod cli;
 pub mod collect;
 pub mod demo;
@@ -22,5 +23,4 @@ pub mod session;
 pub mod sites;
 pub mod stacks;
 pub mod stop;
-pub mod target;
 pub mod verdict;

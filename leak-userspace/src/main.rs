@@ -1,7 +1,13 @@
 use std::process::ExitCode;
 
+use anyhow::{Context, Result};
 use clap::Parser;
-use leaktrace::cli::Cli;
+use leaktrace::{
+    cgroup::{self, CgroupLayout},
+    cli::{Cli, Command},
+    demo, export,
+    session::{trace, Hooks},
+};
 
 fn main() -> ExitCode {
     // A bug must still end in one readable line (the outputs written so far stay; the kernel side detaches as the
@@ -35,13 +41,33 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LEAKTRACE_LOG").unwrap_or_else(|_| "warn".into()))
         .init();
-    match leaktrace::session::main(cli) {
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line, whatever the error chain holds: scripts read the first line of stderr.
             let msg = format!("{e:#}").replace('\n', " ");
             eprintln!("error: {msg}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The command the user asked for.
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Some(Command::Demo { output, quiet }) => demo::run(output, quiet),
+        Some(Command::DemoWorkload) => demo::workload(),
+        Some(Command::Diff { run_a, run_b, output }) => export::diff::run(&run_a, &run_b, output.as_deref()),
+        Some(Command::Completions { shell }) => {
+            leaktrace::cli::completions(shell, &mut std::io::stdout());
+            Ok(())
+        }
+        Some(Command::Man) => leaktrace::cli::man(&mut std::io::stdout()).context("cannot write the man page"),
+        None => {
+            let spec = cli.cgroup.as_deref().unwrap_or_default();
+            let layout = CgroupLayout::detect()?;
+            let target = cgroup::resolve(spec, &layout)?;
+            trace(target, &cli.trace, Hooks::default()).map(|_| ())
         }
     }
 }

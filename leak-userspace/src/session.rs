@@ -14,13 +14,14 @@ use tokio::{
 };
 
 use crate::{
-    cli::{Cli, Command, TraceArgs},
+    cgroup::{self, Target},
+    cli::TraceArgs,
     collect::{heap::HeapTracer, Collector},
     export, output,
     probes::{self, Probes},
     report,
+    stacks::jvm_perfmap::JvmPerfMaps,
     stop::StopSignals,
-    target::{self, CgroupLayout, Target},
 };
 
 pub use crate::privilege::require_root;
@@ -35,25 +36,6 @@ const USTACK_DRAIN: Duration = Duration::from_millis(20);
 
 /// How long the demo keeps tracing after the OOM kill, so the report shows the memory coming back.
 const AFTER_OOM: Duration = Duration::from_millis(1500);
-
-pub fn main(cli: Cli) -> Result<()> {
-    match cli.command {
-        Some(Command::Demo { output, quiet }) => crate::demo::run(output, quiet),
-        Some(Command::DemoWorkload) => crate::demo::workload(),
-        Some(Command::Diff { run_a, run_b, output }) => export::diff::run(&run_a, &run_b, output.as_deref()),
-        Some(Command::Completions { shell }) => {
-            crate::cli::completions(shell, &mut std::io::stdout());
-            Ok(())
-        }
-        Some(Command::Man) => crate::cli::man(&mut std::io::stdout()).context("cannot write the man page"),
-        None => {
-            let spec = cli.cgroup.as_deref().unwrap_or_default();
-            let layout = CgroupLayout::detect()?;
-            let target = target::resolve(spec, &layout)?;
-            trace(target, &cli.trace, Hooks::default()).map(|_| ())
-        }
-    }
-}
 
 /// What a caller (the demo) can add to a session.
 #[derive(Default)]
@@ -110,10 +92,21 @@ pub fn trace(target: Target, args: &TraceArgs, hooks: Hooks<'_>) -> Result<PathB
         start()?;
     }
 
+    let mut jvm_perfmaps = if args.jvm_perfmap { Some(JvmPerfMaps::start()?) } else { None };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let ended = runtime.block_on(event_loop(&mut probes, &mut collector, args, &stop, hooks.stop_after_oom));
+    let ended = runtime.block_on(event_loop(
+        &mut probes,
+        &mut collector,
+        args,
+        &stop,
+        hooks.stop_after_oom,
+        jvm_perfmaps.as_mut(),
+    ));
     // Whatever happened in the loop, what was collected is written, and says how the window ended.
-    let mut report = collector.finish(&probes)?;
+    let asked = jvm_perfmaps.as_mut().map(JvmPerfMaps::stop).unwrap_or_default();
+    let mut report = collector.finish(&probes, asked)?;
+    // The maps that exist only because they were asked for go once the last frames are named.
+    drop(jvm_perfmaps);
     drop(probes);
     report.window.ended_by = match &ended {
         Ok(reason) => reason.to_string(),
@@ -134,6 +127,7 @@ async fn event_loop(
     args: &TraceArgs,
     stop: &StopSignals,
     stop_after_oom: bool,
+    mut jvm_perfmaps: Option<&mut JvmPerfMaps>,
 ) -> Result<String> {
     // SAFETY: the ring buffer owns its fd, and the AsyncFd owns the ring buffer for as long as it is registered.
     let mut events = unsafe { AsyncFd::register_with_interest(probes.take_events()?, Interest::READABLE) }
@@ -161,7 +155,7 @@ async fn event_loop(
     };
     // A followed container's restarts make their cgroup beside the current one.
     let watch = match (&collector.target().container, collector.target().path.parent()) {
-        (Some(_), Some(parent)) => target::CgroupWatch::new(parent).and_then(|w| {
+        (Some(_), Some(parent)) => cgroup::CgroupWatch::new(parent).and_then(|w| {
             // SAFETY: the AsyncFd owns the watch, and so its fd, for as long as it is registered.
             unsafe { AsyncFd::register_with_interest(w, Interest::READABLE) }.ok()
         }),
@@ -193,6 +187,11 @@ async fn event_loop(
             _ = tick.tick() => {
                 let gone = collector.tick(probes)?;
                 say_notices(collector, args.quiet);
+                if let Some(asker) = jvm_perfmaps.as_deref_mut() {
+                    for line in asker.offer(cgroup::member_pids(&collector.target().path)) {
+                        say_line(&line, args.quiet);
+                    }
+                }
                 live.show(collector, probes);
                 if let Some(why) = gone {
                     reason = why;
@@ -282,9 +281,13 @@ async fn event_loop(
 /// What the collector has to say on the terminal (heap probes detached from a process, say).
 fn say_notices(collector: &mut Collector, quiet: bool) {
     for line in collector.take_notices() {
-        if !quiet {
-            eprintln!("leaktrace: {line}");
-        }
+        say_line(&line, quiet);
+    }
+}
+
+fn say_line(line: &str, quiet: bool) {
+    if !quiet {
+        eprintln!("leaktrace: {line}");
     }
 }
 

@@ -128,15 +128,18 @@ where
 }
 
 /// The frame that names a site for people: the first user frame with a symbol that is application code (outside
-/// the allocator and the C and C++ runtime libraries: a `memset` or `write` leaf is how, not who), else the first
-/// named user frame outside the allocator, else the first kernel frame past the allocator's own functions, else
+/// the allocator, the C and C++ runtime libraries and a language runtime's machinery: a `memset` leaf or V8's
+/// typed-array fill is how, not who), else the first named user frame past libc, else the first named user frame
+/// outside the allocator, else the first kernel frame past the allocator's own functions, else
 /// the leaf.
 pub fn app_frame(site: &Site) -> Option<&Frame> {
     let named = |kernel: bool| {
         site.frames.iter().filter(move |f| f.kernel == kernel && f.symbol.as_deref().is_some_and(|s| !is_allocator(s)))
     };
-    named(false)
-        .find(|f| !is_runtime_library(f.module.as_deref().unwrap_or("")))
+    let past_libc = || named(false).filter(|f| !is_runtime_library(f.module.as_deref().unwrap_or("")));
+    past_libc()
+        .find(|f| !crate::stacks::runtime::is_internal(f))
+        .or_else(|| past_libc().next())
         .or_else(|| named(false).next())
         .or_else(|| named(true).next())
         .or_else(|| site.frames.first())

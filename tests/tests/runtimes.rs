@@ -16,7 +16,18 @@ fn workload(file: &str) -> String {
 
 /// Traces `cmd` under a 1 GiB limit for 9 s and checks the verdict's runtime, location and runtime advice.
 fn traced_as(name: &str, cmd: Command, runtime: &str, location: &str, advice: &str) -> Result<Traced> {
-    let run = trace_command(name, cmd, Some(1 << 30), 9, &[], &[])?;
+    traced_with(name, cmd, &[], runtime, location, advice)
+}
+
+fn traced_with(
+    name: &str,
+    cmd: Command,
+    leaktrace_args: &[&str],
+    runtime: &str,
+    location: &str,
+    advice: &str,
+) -> Result<Traced> {
+    let run = trace_command(name, cmd, Some(1 << 30), 9, leaktrace_args, &[])?;
     let v = &run.report["verdict"];
     eprintln!("{name}: {v}");
     ensure!(v["class"] == "heap-leak", "not a heap leak:\n{}", summarize(&run.report));
@@ -32,9 +43,11 @@ fn traced_as(name: &str, cmd: Command, runtime: &str, location: &str, advice: &s
     Ok(run)
 }
 
-fn java(mode: &str) -> Command {
+/// SessionBuffers in `mode` at 40 sessions of 256 KiB a second, or as `more` arguments say.
+fn java(mode: &str, more: &[&str]) -> Command {
     let mut java = Command::new("java");
-    java.args(["-Xmx512m", &workload("SessionBuffers.java"), mode, "40", "7", "120"]);
+    java.args(["-Xmx512m", &workload("SessionBuffers.java"), mode]);
+    java.args(if more.is_empty() { &["40", "7", "120"] } else { more });
     java
 }
 
@@ -44,7 +57,7 @@ fn java_heap_leak_is_managed_heap() -> Result<()> {
         return Ok(());
     }
     let _one = serial();
-    traced_as("java-heap", java("heap"), "jvm", "managed-heap", "-XX:+HeapDumpOnOutOfMemoryError").map(drop)
+    traced_as("java-heap", java("heap", &[]), "jvm", "managed-heap", "-XX:+HeapDumpOnOutOfMemoryError").map(drop)
 }
 
 #[test]
@@ -53,15 +66,52 @@ fn java_direct_buffers_are_off_heap() -> Result<()> {
         return Ok(());
     }
     let _one = serial();
-    traced_as("java-direct", java("direct"), "jvm", "off-heap", "-XX:MaxDirectMemorySize=").map(drop)
+    traced_as("java-direct", java("direct", &[]), "jvm", "off-heap", "-XX:MaxDirectMemorySize=").map(drop)
 }
 
-fn node(mode: &str, rate: &str) -> (Command, tempfile::TempDir) {
+/// Asked for a perf map, the JVM names its compiled methods: the site's frames then name the Java code that keeps
+/// the buffers, and its label is that code, not the JVM's `Unsafe_SetMemory0`.
+#[test]
+fn java_methods_are_named_with_jvm_perfmap() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let _one = serial();
+    // A service's rate (2000 sessions of 8 KiB a second): its methods get compiled within the first second.
+    let java = java("direct", &["2000", "7", "120", "8"]);
+    let run = traced_with("java-perfmap", java, &["--jvm-perfmap"], "jvm", "off-heap", "MaxDirectMemorySize")?;
+    let c = &run.report["collection"]["jvm_perfmaps"];
+    ensure!(items(c).iter().any(|j| j["written"].as_u64() > Some(0)), "no JVM wrote a perf map: {c}");
+    let stderr = String::from_utf8_lossy(&run.output.stderr);
+    ensure!(stderr.contains("--jvm-perfmap: JVM pid"), "leaktrace did not say it asked the JVM:\n{stderr}");
+    // HotSpot names a method with its return type: `void SessionBuffers.handleRequest(boolean, int)`. Code that
+    // lived between two asks (a method's first compilation, replaced within a second) stays unnamed: most of the
+    // leak, not all of it, is named.
+    let anon: Vec<&Value> = items(&run.report["sites"]).iter().filter(|s| s["kind"] == "anon").take(5).collect();
+    let java = |s: &Value| s["label"].as_str().is_some_and(|l| l.contains(" SessionBuffers."));
+    let held = |keep: &dyn Fn(&Value) -> bool| -> u64 {
+        anon.iter().filter(|s| keep(s)).filter_map(|s| s["outstanding_bytes"].as_u64()).sum()
+    };
+    let (named, all) = (held(&java), held(&|_| true));
+    for s in &anon {
+        let frames: Vec<&str> =
+            items(&s["frames"]).iter().filter_map(|f| f["symbol"].as_str().or(f["address"].as_str())).collect();
+        eprintln!("java-perfmap anon site {} {}:\n  {}", s["outstanding_bytes"], s["label"], frames.join("\n  "));
+    }
+    ensure!(
+        named * 2 > all,
+        "sites labelled with the Java code hold {named} of the top anon sites' {all} bytes:\n{}",
+        summarize(&run.report)
+    );
+    Ok(())
+}
+
+fn node(mode: &str, rate: &str, secs: &str, flags: &[&str]) -> (Command, tempfile::TempDir) {
     let mut node = Command::new("node");
     // node writes its perf map's isolate log into its working directory: a scratch one.
     let scratch = tempfile::tempdir().expect("a scratch directory");
-    node.current_dir(scratch.path()).arg("--perf-basic-prof").arg(workload("response_cache.js"));
-    node.args([rate, "7", "120", mode]);
+    node.current_dir(scratch.path()).arg("--perf-basic-prof").args(flags).arg(workload("response_cache.js"));
+    node.args([rate, secs, "120", mode]);
     (node, scratch)
 }
 
@@ -72,8 +122,40 @@ fn node_buffers_are_off_heap_and_objects_managed_heap() -> Result<()> {
     }
     let _one = serial();
     for (mode, rate, location) in [("buffers", "160", "off-heap"), ("objects", "20", "managed-heap")] {
-        let (cmd, _scratch) = node(mode, rate);
+        let (cmd, _scratch) = node(mode, rate, "7", &[]);
         let run = traced_as(&format!("node-{mode}"), cmd, "node", location, "--max-old-space-size=768")?;
+        let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", run.workload.id()));
+    }
+    Ok(())
+}
+
+/// A runtime that stops itself at its own heap bound (V8 aborts at --max-old-space-size, the JVM's main thread
+/// dies of OutOfMemoryError at -Xmx) under a limit it never reaches: a heap leak whose death is the managed heap's.
+#[test]
+fn runtimes_stopping_themselves_at_their_heap_bound_die_of_memory() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let _one = serial();
+    // About 8 MiB of objects (10 MiB of arrays) a second: V8 and the JVM give up at 96 MiB some 10 s in.
+    let (node, _scratch) = node("objects", "8", "30", &["--max-old-space-size=96"]);
+    let mut java = Command::new("java");
+    java.args(["-Xmx96m", &workload("SessionBuffers.java"), "heap", "40", "30", "120"]);
+    for (name, cmd, how, death, advice) in [
+        ("node-bound", node, "V8 aborts when its heap reaches", "by SIGABRT", "--heapsnapshot-near-heap-limit=1"),
+        ("java-bound", java, "the JVM throws OutOfMemoryError", "by exit status 1", "-XX:+HeapDumpOnOutOfMemoryError"),
+    ] {
+        let run = trace_command(name, cmd, Some(1 << 30), 16, &[], &[])?;
+        let v = &run.report["verdict"];
+        eprintln!("{name}: {v}");
+        let said = |what: &str| items(&v["evidence"]).iter().filter_map(Value::as_str).any(|e| e.contains(what));
+        ensure!(
+            v["class"] == "heap-leak" && v["location"] == "managed-heap" && said(how) && said(death),
+            "{name}: not the managed heap's death {death}:\n{}",
+            summarize(&run.report)
+        );
+        let advised = items(&v["recommendations"]).iter().filter_map(Value::as_str).any(|r| r.contains(advice));
+        ensure!(advised, "{name}: no {advice} in the recommendations:\n{}", summarize(&run.report));
         let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", run.workload.id()));
     }
     Ok(())

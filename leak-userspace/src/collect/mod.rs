@@ -19,12 +19,12 @@ use leak_common::{counter, exit_count, kind, SiteCounters, SiteKey, USTACK_UNWOU
 
 use crate::{
     attribution,
+    cgroup::{self, Follower, Poll, Target},
     memory::{self, MemorySnapshot},
     probes::{Discovery, Probes},
     report,
     sites::{self, Outstanding, StackSource},
     stacks::{symbolize::Symbolizer, UserStacks},
-    target::{self, Follower, Poll, Target},
     verdict,
 };
 use flight::FlightRecorder;
@@ -199,13 +199,13 @@ impl Collector {
     /// Keeps the kernel filter on the target's current subtree and learns the processes living in it (with
     /// `--heap`, probing their allocators).
     fn follow_subtree(&mut self, probes: &mut Probes) -> Result<()> {
-        let mut ids = target::subtree_ids(&self.target.path);
+        let mut ids = cgroup::subtree_ids(&self.target.path);
         ids.sort_unstable();
         if ids != self.memcg_ids {
             probes.set_memcgs(&ids)?;
             self.memcg_ids = ids;
         }
-        let pids = target::member_pids(&self.target.path);
+        let pids = cgroup::member_pids(&self.target.path);
         for &pid in &pids {
             self.learn_process(pid);
         }
@@ -262,7 +262,7 @@ impl Collector {
             Ok(snap) => {
                 self.limit = snap.limit;
                 let t = self.start.elapsed().as_secs_f64();
-                let rss = memory::processes_rss(&target::member_pids(&self.target.path));
+                let rss = memory::processes_rss(&cgroup::member_pids(&self.target.path));
                 self.samples.push(sample_of(t, &snap, &rss, site_totals(raw)));
             }
             Err(e) => tracing::warn!("cannot read the memory files of {}: {e:#}", self.target.path.display()),
@@ -361,7 +361,11 @@ impl Collector {
     }
 
     /// The last sample and the final picture of every site, assembled into the report.
-    pub fn finish(mut self, probes: &Probes) -> Result<report::Report> {
+    pub fn finish(
+        mut self,
+        probes: &Probes,
+        jvm_perfmaps: Vec<crate::stacks::jvm_perfmap::JvmPerfMapStats>,
+    ) -> Result<report::Report> {
         self.follower.refresh(&mut self.target);
         let raw = self.sites(probes)?;
         if self.target.path.join("cgroup.procs").exists() {
@@ -451,6 +455,7 @@ impl Collector {
                 exits_unrecorded: exit_counts[exit_count::UNRECORDED as usize] + self.exits_over,
                 exits_dropped: exit_counts[exit_count::DROPPED as usize],
                 heap: self.heap.as_ref().map(|h| h.report(&c)),
+                jvm_perfmaps,
             },
             sampling: report::Sampling::from_shift(self.sample_rate_shift, c[counter::ALLOC_EVENTS as usize]),
         };

@@ -159,7 +159,7 @@ pub fn print_fmt_flag(print_fmt: &str, flag: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::testing::host_has;
+    use crate::cgroup::testing::host_has;
 
     const LRUVEC: &str = include_str!("testdata/memcg_mod_memcg_lruvec_state.format");
     const MARK_VICTIM: &str = include_str!("testdata/oom_mark_victim.format");

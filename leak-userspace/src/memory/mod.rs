@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::target::{member_tids, CgroupVersion, Target};
+use crate::cgroup::{member_tids, CgroupVersion, Target};
 
 /// v1 reports "no limit" as PAGE_COUNTER_MAX pages in bytes (0x7FFFFFFFFFFFF000 on x86-64, other values with other
 /// page sizes); anything this large is no limit in practice.

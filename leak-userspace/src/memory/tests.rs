@@ -2,7 +2,7 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::target::testing::TestMemcg;
+use crate::cgroup::testing::TestMemcg;
 
 const V1_STAT: &str = include_str!("testdata/memory.stat.v1-6.18");
 const V2_STAT: &str = include_str!("testdata/memory.stat.v2-6.1");

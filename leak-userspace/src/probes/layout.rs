@@ -442,7 +442,7 @@ fn kernel_thread(comm: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::testing::host_has;
+    use crate::cgroup::testing::host_has;
 
     #[test]
     fn ignored_events_are_named_exactly() {

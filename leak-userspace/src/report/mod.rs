@@ -446,6 +446,9 @@ pub struct Collection {
     /// `--heap`: the processes probed, what the probes cost each one, and which were let go.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heap: Option<HeapCollection>,
+    /// `--jvm-perfmap`: the JVMs asked for perf maps, and how they answered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jvm_perfmaps: Vec<crate::stacks::jvm_perfmap::JvmPerfMapStats>,
 }
 
 /// `collection.heap`.

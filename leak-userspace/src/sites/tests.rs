@@ -300,6 +300,36 @@ fn the_label_is_the_first_application_frame_not_a_c_library_leaf() {
 }
 
 #[test]
+fn a_runtime_sites_label_is_the_code_running_on_it_not_the_runtimes_machinery() {
+    let f = |sym: &str, module: &str| Frame { module: Some(module.into()), ..frame(Some(sym), 1, false) };
+    let site = |frames| crate::report::tests::site("anon", 1, frames);
+    let jit = crate::stacks::symbolize::JIT_MODULE;
+    let buffer = site(vec![
+        f("__memset_avx512_unaligned_erms", "libc.so.6"),
+        f("v8::internal::Builtin_TypedArrayPrototypeFill(int, unsigned long*, v8::internal::Isolate*)", "node"),
+        f("Builtin:TypedArrayPrototypeFill", jit),
+        f("JS:^cacheResponseBuffer /srv/response_cache.js:9:29", jit),
+        f("JS:~emit node:events:489:28", jit),
+    ]);
+    assert_eq!(app_frame(&buffer).unwrap().label(), "JS:^cacheResponseBuffer /srv/response_cache.js:9:29");
+    let direct = site(vec![
+        f("Unsafe_SetMemory0", "libjvm.so"),
+        f("void jdk.internal.misc.Unsafe.setMemory0(java.lang.Object, long, long, byte)", jit),
+        f("void SessionBuffers.handleRequest(boolean, int)", jit),
+    ]);
+    assert_eq!(app_frame(&direct).unwrap().label(), "void SessionBuffers.handleRequest(boolean, int)");
+    let go =
+        site(vec![f("runtime.mallocgc", "store"), f("runtime.growslice", "store"), f("main.leakIntoStore", "store")]);
+    assert_eq!(app_frame(&go).unwrap().label(), "main.leakIntoStore");
+    // Without a perf map the JIT frames have no names: the runtime's own frame still says where.
+    let promoted = site(vec![
+        f("__memcpy_evex_unaligned_erms", "libc.so.6"),
+        f("Generation::promote(oopDesc*, unsigned long)", "libjvm.so"),
+    ]);
+    assert_eq!(app_frame(&promoted).unwrap().label(), "Generation::promote(oopDesc*, unsigned long)");
+}
+
+#[test]
 fn standard_library_code_is_not_the_application_whatever_its_spelling() {
     for name in [
         "unsigned char* std::fill_n<unsigned char*, unsigned long, unsigned char>(unsigned char*, unsigned long)",

@@ -9,11 +9,13 @@
 //!
 //! A page's sample also says where its page fault hit (`StackSample::fault_addr`); the kind of memory there
 //! (`regions`) rides in the unwound stack's id, so that sites can say which kind holds most of their pages.
+pub mod jvm_perfmap;
 pub mod maps;
 mod object;
 pub mod perfmap;
 mod process;
 pub mod regions;
+pub mod runtime;
 pub mod symbolize;
 pub mod unwind;
 

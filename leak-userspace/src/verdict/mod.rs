@@ -21,6 +21,8 @@ pub mod growth;
 mod recommend;
 pub mod runtime;
 
+use runtime::Runtime;
+
 use crate::{
     export::{clamp, human_bytes, signed},
     report::{Coverage, Exit, Growth, Report, Site, Trend, Verdict},
@@ -60,8 +62,15 @@ pub fn judge(r: &Report) -> Verdict {
     let rt = f.rt;
     let location = f.location(class);
     evidence.extend(location.filter(|_| rt.is_some()).map(|l| f.location_line(l)));
+    let died_at_bound = f.runtime_death_line(location).filter(|_| class == "heap-leak");
     let mut recommendations = f.recommendations(class);
-    recommendations.extend(location.and_then(|l| f.runtime_recommendation(rt?, l)));
+    // A runtime that already stopped at its own bound needs its heap's contents, not a bound.
+    recommendations.extend(match (rt, &died_at_bound) {
+        (Some(rt), Some(_)) => f.heap_dump_recommendation(rt),
+        _ => location.and_then(|l| f.runtime_recommendation(rt?, l)),
+    });
+    evidence.extend(died_at_bound);
+    recommendations.extend(rt.and_then(|rt| f.jit_names_recommendation(rt, class)));
     Verdict {
         class: class.into(),
         confidence: (confidence * 100.0).round() / 100.0,
@@ -78,7 +87,7 @@ struct Facts<'a> {
     /// Bytes below which a change is noise.
     min_bytes: f64,
     /// The language runtime the memory goes through.
-    rt: Option<runtime::Runtime>,
+    rt: Option<Runtime>,
 }
 
 impl<'a> Facts<'a> {
@@ -650,10 +659,7 @@ impl<'a> Facts<'a> {
     /// holds them).
     fn in_malloc_heap(&self, site: &Site) -> Option<&'static str> {
         // Go's heap arenas are 64 MiB aligned as glibc's are, but no malloc hands them out.
-        if self.r.kernel.modes.iter().any(|m| m == "heap")
-            || site.kind != "anon"
-            || self.rt == Some(runtime::Runtime::Go)
-        {
+        if self.r.kernel.modes.iter().any(|m| m == "heap") || site.kind != "anon" || self.rt == Some(Runtime::Go) {
             return None;
         }
         match site.region.as_deref()? {
@@ -672,11 +678,18 @@ impl<'a> Facts<'a> {
     }
 
     /// The site holding the most of a leak's growth: the holder of the heap (`--heap`) before the toucher of its
-    /// pages for a heap leak, a kernel site for a kernel leak.
+    /// pages for a heap leak, a kernel site for a kernel leak. When the leaking processes died by themselves (no
+    /// kill snapshot keeps what they held), the site that allocated the most.
     fn held_site(&self, class: &str) -> Option<&Site> {
         let held = |kind: fn(&str) -> bool| all_sites(self.r).find(|s| s.outstanding_bytes > 0 && kind(&s.kind));
+        let allocated = |kind: fn(&str) -> bool| {
+            all_sites(self.r).filter(|s| s.alloc_bytes > 0 && kind(&s.kind)).max_by_key(|s| s.alloc_bytes)
+        };
+        let user = |k: &str| k == "heap" || k == "anon";
         if class == "kernel-leak" {
             held(|k| !USER_KINDS.contains(&k))
+        } else if self.deaths().next().is_some() && held(user).is_none() {
+            allocated(|k| k == "heap").or_else(|| allocated(|k| k == "anon"))
         } else {
             held(|k| k == "heap").or_else(|| held(|k| k == "anon"))
         }
@@ -709,6 +722,37 @@ impl<'a> Facts<'a> {
             other => other,
         };
         format!("runtime {rt}: the growing memory is {what}")
+    }
+
+    /// A runtime that stops itself at its own heap bound dies of memory without the OOM killer: V8 aborts at
+    /// --max-old-space-size, the JVM throws OutOfMemoryError at -Xmx, Go and Python exit. Said when a process of
+    /// the target died so after its managed heap grew.
+    fn runtime_death_line(&self, location: Option<&str>) -> Option<String> {
+        let rt = self.rt.filter(|_| location == Some("managed-heap"))?;
+        let (how, ends) = match rt {
+            Runtime::Node => {
+                ("V8 aborts when its heap reaches --max-old-space-size (\"JavaScript heap out of memory\")", Some(6))
+            }
+            Runtime::Jvm => (
+                "the JVM throws OutOfMemoryError when its heap reaches -Xmx (exit status 1 once it ends the main \
+                 thread, 3 with -XX:+ExitOnOutOfMemoryError, SIGABRT with -XX:+CrashOnOutOfMemoryError)",
+                Some(6),
+            ),
+            Runtime::Go => ("Go's runtime exits with status 2 (\"fatal error: runtime: out of memory\")", None),
+            Runtime::Python => ("Python raises MemoryError, which ends the program with status 1 unless caught", None),
+        };
+        let died = self.deaths().find(|e| {
+            (e.cause == "exit" && e.exit_code.unwrap_or(0) != 0) || (e.signal.is_some() && e.signal == ends)
+        })?;
+        let by = match died.signal {
+            Some(sig) => signal_name(sig),
+            None => format!("exit status {}", died.exit_code.unwrap_or(0)),
+        };
+        Some(format!(
+            "{how}: the death of pid {} ({}) at {:.1} s by {by}, after the managed heap grew, is the managed heap's \
+             memory death, not a crash",
+            died.pid, died.comm, died.t
+        ))
     }
 
     /// Lines every verdict carries: the OOM kills the tracer saw against the cgroup's own counter.

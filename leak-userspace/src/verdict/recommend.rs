@@ -1,5 +1,5 @@
 //! `verdict.recommendations`: for each class, what to set or where to look, with the figure measured in the window.
-use super::{runtime::Runtime, signal_name, site_name, Facts};
+use super::{app_frame, runtime::Runtime, signal_name, site_name, Facts};
 use crate::{
     export::{clamp, human_bytes},
     report::Sample,
@@ -81,6 +81,14 @@ impl Facts<'_> {
                  fix the leak there",
                 self.heap_command()
             ),
+            // The runtime's own code (its collector copying objects, its allocator) touched the pages: the leak
+            // is in whatever keeps the objects alive.
+            (Some(label), None) if site.and_then(app_frame).is_some_and(crate::stacks::runtime::is_internal) => {
+                format!(
+                    "find what keeps the runtime's objects alive (their pages were first touched by its own code, \
+                     {label}) and fix the leak there"
+                )
+            }
             (Some(label), None) => format!("fix the leak in {label}"),
             (None, _) => "fix the leak at the top site".into(),
         };
@@ -109,26 +117,88 @@ impl Facts<'_> {
         let heap = share(0.75, 16, u64::MAX);
         Some(match rt {
             Runtime::Jvm => format!(
-                "bound the JVM's pools inside the {} limit so that it throws OutOfMemoryError naming the one that                  fills instead of being killed: -Xmx{heap}m (75 % of the limit) -XX:MaxMetaspaceSize={}m                  -XX:ReservedCodeCacheSize={}m -XX:MaxDirectMemorySize={}m{}",
+                "bound the JVM's pools inside the {} limit so that it throws OutOfMemoryError naming the one that \
+                 fills instead of being killed: -Xmx{heap}m (75 % of the limit) -XX:MaxMetaspaceSize={}m \
+                 -XX:ReservedCodeCacheSize={}m -XX:MaxDirectMemorySize={}m{}",
                 human_bytes(clamp(limit)),
                 share(0.08, 32, 512),
                 share(0.05, 16, 240),
                 share(0.10, 8, u64::MAX),
-                if location == "managed-heap" { " -XX:+HeapDumpOnOutOfMemoryError (the dump shows who holds the objects)" } else { "" }
+                if location == "managed-heap" {
+                    " -XX:+HeapDumpOnOutOfMemoryError (the dump shows who holds the objects)"
+                } else {
+                    ""
+                }
             ),
             Runtime::Node => format!(
-                "start node with --max-old-space-size={heap} (75 % of the {} limit): V8 then fails with a heap                  out-of-memory error and its stack instead of the kernel killing the process{}",
+                "start node with --max-old-space-size={heap} (75 % of the {} limit): V8 then fails with a heap \
+                 out-of-memory error and its stack instead of the kernel killing the process{}",
                 human_bytes(clamp(limit)),
-                if location == "off-heap" { "; Buffers and ArrayBuffers are outside that bound: release them, or cap what is cached" } else { "" }
+                if location == "off-heap" {
+                    "; Buffers and ArrayBuffers are outside that bound: release them, or cap what is cached"
+                } else {
+                    ""
+                }
             ),
             Runtime::Go => format!(
-                "set GOMEMLIMIT={}MiB (90 % of the {} limit): the collector works harder before the kernel kills;                  a leak still fills it, and `go tool pprof` on net/http/pprof's /debug/pprof/heap names the holder",
+                "set GOMEMLIMIT={}MiB (90 % of the {} limit): the collector works harder before the kernel kills; \
+                 a leak still fills it, and `go tool pprof` on net/http/pprof's /debug/pprof/heap names the holder",
                 share(0.9, 16, u64::MAX),
                 human_bytes(clamp(limit))
             ),
-            Runtime::Python => "run the service with PYTHONTRACEMALLOC=25 (or python3 -X tracemalloc=25) and compare                  tracemalloc snapshots: they name the Python line that allocates what stays"
+            Runtime::Python => "run the service with PYTHONTRACEMALLOC=25 (or python3 -X tracemalloc=25) and compare \
+             tracemalloc snapshots: they name the Python line that allocates what stays"
                 .into(),
         })
+    }
+
+    /// What makes a runtime that stops at its heap bound say what fills its heap.
+    pub(super) fn heap_dump_recommendation(&self, rt: Runtime) -> Option<String> {
+        Some(
+            match rt {
+                Runtime::Node => {
+                    "start node with --heapsnapshot-near-heap-limit=1: V8 writes a heap snapshot as its heap nears \
+                     the bound, and the snapshot's retainers name what holds the objects"
+                }
+                Runtime::Jvm => {
+                    "start the JVM with -XX:+HeapDumpOnOutOfMemoryError: it writes a heap dump at the \
+                     OutOfMemoryError, whose dominator tree names what holds the objects"
+                }
+                Runtime::Go => {
+                    "serve net/http/pprof and fetch /debug/pprof/heap before the bound is reached: its inuse_space \
+                     names the allocating functions"
+                }
+                Runtime::Python => return self.runtime_recommendation(rt, "managed-heap"),
+            }
+            .into(),
+        )
+    }
+
+    /// How to get names for the JIT frames of the site that holds the growth, when some have none.
+    pub(super) fn jit_names_recommendation(&self, rt: Runtime, class: &str) -> Option<String> {
+        let site = self.held_site(class)?;
+        let unnamed = site.frames.iter().filter(|f| !f.kernel && f.symbol.is_none() && f.module.is_none()).count();
+        let how = match rt {
+            _ if unnamed == 0 => return None,
+            Runtime::Node => {
+                "start node with --perf-basic-prof (or load the linux-perf module in the process): V8 then writes \
+                 /tmp/perf-<pid>.map, which leaktrace reads"
+            }
+            Runtime::Jvm if self.r.collection.jvm_perfmaps.is_empty() => {
+                "run leaktrace with --jvm-perfmap: it asks the JVM (JDK 17 or later) for a perf map of its compiled \
+                 methods (interpreted ones show as Interpreter)"
+            }
+            Runtime::Python => {
+                "run Python 3.12 or later with -X perf (or PYTHONPERFSUPPORT=1): it then writes a perf map of its \
+                 Python functions"
+            }
+            Runtime::Jvm | Runtime::Go => return None,
+        };
+        Some(format!(
+            "{} has {unnamed} JIT frame{} without a name: {how}",
+            site_name(site).unwrap_or_else(|| "the site".into()),
+            if unnamed == 1 { "" } else { "s" }
+        ))
     }
 
     fn pids_recommendation(&self) -> Option<String> {

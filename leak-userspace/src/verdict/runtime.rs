@@ -6,49 +6,13 @@
 //! site), because a runtime's heap and its native allocations are both anonymous memory: a direct buffer's pages
 //! are touched by `Unsafe_SetMemory0`, a Node Buffer's by V8's typed-array fill, a Java object's by the allocator
 //! or the collector that copies it.
-use crate::report::{Frame, Site};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Runtime {
-    Go,
-    Python,
-    Node,
-    Jvm,
-}
+pub use crate::stacks::runtime::Runtime;
+use crate::{
+    report::{Frame, Site},
+    stacks::runtime::is_internal,
+};
 
 impl Runtime {
-    const ALL: [Runtime; 4] = [Runtime::Go, Runtime::Python, Runtime::Node, Runtime::Jvm];
-
-    /// Its name in report.json.
-    pub fn name(self) -> &'static str {
-        match self {
-            Runtime::Go => "go",
-            Runtime::Python => "python",
-            Runtime::Node => "node",
-            Runtime::Jvm => "jvm",
-        }
-    }
-
-    /// Whether a user frame is the runtime's own code (its interpreter, JIT output, collector or library).
-    fn owns(self, f: &Frame) -> bool {
-        let module = f.module.as_deref().unwrap_or("");
-        let base = module.rsplit('/').next().unwrap_or(module);
-        let symbol = f.symbol.as_deref().unwrap_or("");
-        match self {
-            Runtime::Jvm => base.starts_with("libjvm"),
-            Runtime::Python => {
-                base.starts_with("libpython")
-                    || base
-                        .strip_prefix("python")
-                        .is_some_and(|v| v.is_empty() || v.starts_with(|c: char| c.is_ascii_digit()))
-            }
-            Runtime::Node => {
-                base == "node" || base == "nodejs" || base.starts_with("libnode") || symbol.starts_with("JS:")
-            }
-            Runtime::Go => symbol.starts_with("runtime."),
-        }
-    }
-
     /// Symbols of native memory the runtime hands out beside its managed heap: direct buffers and `Unsafe`
     /// memory, array buffers' backing stores.
     fn off_heap_markers(self) -> &'static [&'static str] {
@@ -156,9 +120,7 @@ fn native_extension(rt: Runtime, site: &Site) -> bool {
     match rt {
         // Go and cgo's C share the executable: C symbols carry no package path.
         Runtime::Go => f.symbol.as_deref().is_some_and(|s| !s.contains('.')),
-        // The launcher (libjli) runs the JVM on the main thread: its frames sit under every Java stack.
-        Runtime::Jvm => !rt.owns(f) && !module.rsplit('/').next().unwrap_or(module).starts_with("libjli"),
-        _ => !rt.owns(f),
+        _ => !rt.owns(f) && !is_internal(f),
     }
 }
 

@@ -52,7 +52,11 @@ fn judged(samples: Vec<Sample>, kills: Vec<OomKill>, restarts: u32) -> Verdict {
 
 /// As `judged`, with these deaths in `exits` (lives end at those of the main process, as the collector has it).
 fn judged_with(samples: Vec<Sample>, kills: Vec<OomKill>, restarts: u32, exits: Vec<Exit>) -> Verdict {
-    let mut r = sample_report();
+    judged_on(sample_report(), samples, kills, restarts, exits)
+}
+
+/// As `judged_with`, for a report of other sites.
+fn judged_on(mut r: Report, samples: Vec<Sample>, kills: Vec<OomKill>, restarts: u32, exits: Vec<Exit>) -> Verdict {
     r.memory.limit_bytes = samples.last().and_then(|s| s.limit);
     r.attribution = attribution::attribute(&samples, &r.sites);
     let times: Vec<f64> = kills.iter().map(|k| k.t).collect();
@@ -125,19 +129,41 @@ fn a_crash_is_not_memory_and_names_the_signal() {
     assert!(v.recommendations[0].contains("core dump"), "{:?}", v.recommendations);
 }
 
-#[test]
-fn a_process_that_stops_itself_after_growth_is_a_leak() {
-    // 4 MiB a second for 15 s, an exit with status 3, then an empty cgroup for 15 s.
-    let samples = series(30, |i, s| {
+/// 4 MiB a second for 15 s, a death, then an empty cgroup for 15 s.
+fn one_life_that_grows() -> Vec<Sample> {
+    series(30, |i, s| {
         s.anon = Some(if i < 15 { 20 * MIB + 4 * i as u64 * MIB } else { 0 });
         s.processes = Some(u64::from(i < 15));
         s.main_process = if i < 15 { main_of(0) } else { None };
-    });
+    })
+}
+
+#[test]
+fn a_process_that_stops_itself_after_growth_is_a_leak() {
+    let samples = one_life_that_grows();
     let v = judged_with(samples, vec![], 0, vec![death(14.5, 100, None, None)]);
     assert_eq!(v.class, "heap-leak");
     has(&v, "1 death(s) by exit status 3: pid 100 (steady) at 14.5 s");
     has(&v, "dies of memory");
     assert!(v.recommendations[0].starts_with("fix the leak in grow_cache: at 4.0 MiB/s"), "{:?}", v.recommendations);
+}
+
+#[test]
+fn a_runtime_that_aborts_at_its_heap_bound_after_growth_dies_of_memory() {
+    let samples = one_life_that_grows();
+    let mut r = sample_report();
+    let node =
+        |s: &str| Frame { symbol: Some(s.into()), module: Some("/usr/bin/node".into()), ..Frame::unknown(0x10, false) };
+    r.sites[0].frames = vec![node("v8::internal::Scavenger::ScavengeObject"), node("v8::internal::Heap::Scavenge")];
+    let v = judged_on(r, samples, vec![], 0, vec![death(14.5, 100, Some(6), Some((100, "steady")))]);
+    assert_eq!((v.class.as_str(), v.location.as_deref()), ("heap-leak", Some("managed-heap")));
+    has(&v, "V8 aborts when its heap reaches --max-old-space-size");
+    has(&v, "the death of pid 100 (steady) at 14.5 s by SIGABRT, after the managed heap grew");
+    has(&v, "is the managed heap's memory death, not a crash");
+    // Its bound was reached already: what it holds is what to get, and the collector is not the leak.
+    assert!(v.recommendations[0].starts_with("find what keeps the runtime's objects alive"), "{:?}", v.recommendations);
+    assert!(v.recommendations[1].contains("--heapsnapshot-near-heap-limit=1"), "{:?}", v.recommendations);
+    assert!(!v.recommendations.iter().any(|r| r.contains("--max-old-space-size")), "{:?}", v.recommendations);
 }
 
 #[test]
@@ -610,11 +636,15 @@ fn heap_holder_is_named_beside_the_pages_toucher() {
 /// kernel leak lives in the kernel.
 #[test]
 fn runtime_and_location_of_the_growth() {
-    let leaking = |frames: Option<Vec<Frame>>| {
+    let leaking_asked = |frames: Option<Vec<Frame>>, jvm_asked: bool| {
         let samples = series(30, |i, s| s.anon = Some(20 * MIB + i as u64 * MIB));
         let mut r = sample_report();
         if let Some(frames) = frames {
             r.sites[0].frames = frames;
+        }
+        if jvm_asked {
+            r.collection.jvm_perfmaps =
+                vec![crate::stacks::jvm_perfmap::JvmPerfMapStats { pid: 7, requests: 1, written: 1, last_error: None }];
         }
         r.memory.limit_bytes = Some(1 << 30);
         r.attribution = attribution::attribute(&samples, &r.sites);
@@ -622,6 +652,7 @@ fn runtime_and_location_of_the_growth() {
         r.memory.samples = samples;
         judge(&r)
     };
+    let leaking = |frames| leaking_asked(frames, false);
     let native = leaking(None);
     assert_eq!((native.class.as_str(), native.runtime.as_deref()), ("heap-leak", None));
     assert_eq!(native.location.as_deref(), Some("application-heap"));
@@ -635,4 +666,14 @@ fn runtime_and_location_of_the_growth() {
     assert!(bounds.contains("-Xmx768m") && bounds.contains("-XX:MaxDirectMemorySize=102m"), "{bounds}");
     let kernel = judged(series(30, |i, s| s.kernel = Some(3 * MIB + i as u64 * MIB / 2)), vec![], 0);
     assert_eq!((kernel.class.as_str(), kernel.location.as_deref()), ("kernel-leak", Some("kernel")));
+    // JIT code without a perf map: how to get its names, unless the JVM was asked already.
+    let jit = || vec![jvm_frame("Unsafe_SetMemory0"), Frame::unknown(0x7f00_1000, false)];
+    let unnamed = leaking(Some(jit()));
+    let hint = unnamed.recommendations.last().expect("a recommendation");
+    assert!(
+        hint.starts_with("Unsafe_SetMemory0 has 1 JIT frame without a name") && hint.contains("--jvm-perfmap"),
+        "{hint}"
+    );
+    let asked = leaking_asked(Some(jit()), true);
+    assert!(!asked.recommendations.iter().any(|r| r.contains("--jvm-perfmap")), "{:?}", asked.recommendations);
 }

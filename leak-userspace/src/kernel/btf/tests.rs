@@ -1,5 +1,5 @@
 use super::*;
-use crate::target::testing::host_has;
+use crate::cgroup::testing::host_has;
 
 /// Builds a BTF blob by hand (see Documentation/bpf/btf.rst), so the lookups are tested without a kernel.
 #[derive(Default)]

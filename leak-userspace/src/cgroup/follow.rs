@@ -165,7 +165,7 @@ fn label(c: &Container) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::CgroupVersion;
+    use crate::cgroup::CgroupVersion;
     use std::fs;
 
     const ID: &str = "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00";

@@ -199,7 +199,7 @@ impl Resolver for ContainerId {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::CgroupVersion;
+    use crate::cgroup::CgroupVersion;
     use std::fs;
     use std::os::unix::fs::MetadataExt;
 
@@ -347,7 +347,7 @@ mod tests {
 
     #[test]
     fn docker_container_by_name() {
-        use crate::target::docker::tests::{http, inspect_json, serve, ID};
+        use crate::cgroup::docker::tests::{http, inspect_json, serve, ID};
         let t = tree();
         let dir = t.layout.memory_root.join(format!("docker/{ID}"));
         fs::create_dir_all(&dir).unwrap();

@@ -113,7 +113,7 @@ pub fn find(layout: &CgroupLayout, id_prefix: &str) -> Vec<Found> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::CgroupVersion;
+    use crate::cgroup::CgroupVersion;
     use std::fs;
 
     const A: &str = "3f4e1b2c9d8a7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f";

@@ -1,0 +1,233 @@
+//! `--jvm-perfmap`: asks every JVM of the target for a perf map of its compiled code, as `jcmd <pid>
+//! Compiler.perfmap` does, through HotSpot's attach protocol (the way jattach speaks it: a trigger file and SIGQUIT
+//! start the JVM's attach listener, then one request on its unix socket). The JVM writes `/tmp/perf-<nspid>.map` in
+//! its own mount namespace, where [`super::perfmap`] reads it, so JIT frames get Java method names. It is asked
+//! again every [`ASK_EVERY`], methods being compiled all along, and once more at the end, before the report's
+//! frames are named.
+//!
+//! The requests run on a thread of their own: a JVM at a safepoint or in a long GC answers late, and the event loop
+//! must not wait for it.
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::{Read, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    sync::mpsc,
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::perfmap::{innermost_nspid, PerfMap};
+
+/// How often a JVM is asked for a fresh map: writing one takes the JVM a few milliseconds.
+const ASK_EVERY: Duration = Duration::from_secs(2);
+/// How long a JVM may take to start its attach listener after SIGQUIT (jattach waits about as long).
+const LISTENER_WAIT: Duration = Duration::from_secs(5);
+/// How long one request may take, connecting to the last byte of the answer.
+const ANSWER_WAIT: Duration = Duration::from_secs(5);
+
+/// report.json `collection.jvm_perfmaps[]`: one JVM that was asked.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JvmPerfMapStats {
+    pub pid: u32,
+    pub requests: u64,
+    /// Requests the JVM answered with a written map.
+    pub written: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+struct Outcome {
+    pid: u32,
+    result: Result<()>,
+    /// The map did not exist before the first request: it is leaktrace's to remove at the end.
+    made: Option<PathBuf>,
+}
+
+/// The asking thread and what it reported.
+pub struct JvmPerfMaps {
+    /// The target's processes, and whether to ask their JVMs now whenever they were last asked.
+    pids: Option<mpsc::Sender<(Vec<u32>, bool)>>,
+    outcomes: mpsc::Receiver<Outcome>,
+    thread: Option<JoinHandle<()>>,
+    stats: BTreeMap<u32, JvmPerfMapStats>,
+    made: Vec<PathBuf>,
+}
+
+impl JvmPerfMaps {
+    pub fn start() -> Result<Self> {
+        let (pids, rx) = mpsc::channel::<(Vec<u32>, bool)>();
+        let (tx, outcomes) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("jvm-perfmap".into())
+            .spawn(move || {
+                let mut last: HashMap<u32, Instant> = HashMap::new();
+                let mut seen = std::collections::HashSet::new();
+                while let Ok((pids, now)) = rx.recv() {
+                    for pid in pids {
+                        if (!now && last.get(&pid).is_some_and(|t| t.elapsed() < ASK_EVERY)) || !is_jvm(pid) {
+                            continue;
+                        }
+                        last.insert(pid, Instant::now());
+                        let path = PerfMap::path(pid);
+                        let made = (seen.insert(pid) && !path.exists()).then(|| path.clone());
+                        if tx.send(Outcome { pid, result: ask(pid, &path), made }).is_err() {
+                            return;
+                        }
+                    }
+                }
+            })
+            .context("cannot start the thread that asks JVMs for perf maps")?;
+        Ok(JvmPerfMaps { pids: Some(pids), outcomes, thread: Some(thread), stats: BTreeMap::new(), made: Vec::new() })
+    }
+
+    /// Offers the target's processes (each interval); returns what to tell the user about answers since.
+    pub fn offer(&mut self, pids: Vec<u32>) -> Vec<String> {
+        if let Some(tx) = &self.pids {
+            // The thread takes the newest list when it is done with the last one; a backlog would only repeat it.
+            let _ = tx.send((pids, false));
+        }
+        self.take_outcomes()
+    }
+
+    fn take_outcomes(&mut self) -> Vec<String> {
+        let mut notices = Vec::new();
+        while let Ok(o) = self.outcomes.try_recv() {
+            let s = self.stats.entry(o.pid).or_insert_with(|| JvmPerfMapStats { pid: o.pid, ..Default::default() });
+            s.requests += 1;
+            self.made.extend(o.made);
+            match o.result {
+                Ok(()) => {
+                    if s.written == 0 && self.pids.is_some() {
+                        notices.push(format!(
+                            "--jvm-perfmap: JVM pid {} wrote a perf map of its compiled code (jcmd Compiler.perfmap); \
+                             asked again every {} s",
+                            o.pid,
+                            ASK_EVERY.as_secs()
+                        ));
+                    }
+                    s.written += 1;
+                    s.last_error = None;
+                }
+                Err(e) => {
+                    if s.last_error.is_none() {
+                        notices.push(format!("--jvm-perfmap: JVM pid {}: {e:#}", o.pid));
+                    }
+                    s.last_error = Some(format!("{e:#}"));
+                }
+            }
+        }
+        notices
+    }
+
+    /// Asks the JVMs that answered once more, ends the thread and returns who was asked. The maps stay until this
+    /// is dropped: the report's frames are named from them.
+    pub fn stop(&mut self) -> Vec<JvmPerfMapStats> {
+        if let Some(tx) = self.pids.take() {
+            let _ = tx.send((self.stats.values().filter(|s| s.written > 0).map(|s| s.pid).collect(), true));
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.take_outcomes();
+        self.stats.values().cloned().collect()
+    }
+}
+
+impl Drop for JvmPerfMaps {
+    /// Removes the maps that exist only because they were asked for.
+    fn drop(&mut self) {
+        self.stop();
+        for path in &self.made {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// A HotSpot JVM: its process maps libjvm.
+fn is_jvm(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .is_ok_and(|maps| maps.lines().any(|l| l.ends_with("/libjvm.so")))
+}
+
+/// One `jcmd Compiler.perfmap` request to the JVM `pid`, whose map lands at `map`.
+fn ask(pid: u32, map: &Path) -> Result<()> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("the process is gone")?;
+    let nspid = innermost_nspid(&status).unwrap_or(pid);
+    let tmp = PathBuf::from(format!("/proc/{pid}/root/tmp"));
+    let socket = tmp.join(format!(".java_pid{nspid}"));
+    if !socket.exists() {
+        start_listener(pid, nspid, &status, &tmp, &socket)?;
+    }
+    let mut stream = UnixStream::connect(&socket)
+        .with_context(|| format!("cannot connect to its attach listener {}", socket.display()))?;
+    stream.set_read_timeout(Some(ANSWER_WAIT))?;
+    stream.set_write_timeout(Some(ANSWER_WAIT))?;
+    // A new file, not the old one rewritten in place: the reader then knows to read it from the start.
+    let _ = std::fs::remove_file(map);
+    // Protocol version 1, the command, and always three arguments.
+    stream.write_all(b"1\0jcmd\0Compiler.perfmap\0\0\0").context("cannot send the request")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).context("no answer in time")?;
+    let (code, output) = answer.split_once('\n').unwrap_or((&answer, ""));
+    let output = output.trim();
+    if code.trim() != "0" || output.contains("Exception") || output.contains("Unknown diagnostic command") {
+        bail!("the JVM refused Compiler.perfmap (JDK 17 or later has it): {}", first_line(output, code));
+    }
+    if !map.exists() {
+        bail!("the JVM answered but wrote no {}", map.display());
+    }
+    Ok(())
+}
+
+/// Starts the JVM's attach listener: it looks for `.attach_pid<nspid>` in its working directory or /tmp when it
+/// gets SIGQUIT. Only a JVM that handles SIGQUIT is sent one: under `-Xrs` the signal would kill it.
+fn start_listener(pid: u32, nspid: u32, status: &str, tmp: &Path, socket: &Path) -> Result<()> {
+    if !catches_sigquit(status) {
+        bail!("not asked: the JVM does not handle SIGQUIT (-Xrs?), which would kill it");
+    }
+    let trigger = tmp.join(format!(".attach_pid{nspid}"));
+    std::fs::write(&trigger, b"").with_context(|| format!("cannot create {}", trigger.display()))?;
+    // SAFETY: kill(2) with a pid and a signal; no memory is shared.
+    let sent = unsafe { libc::kill(pid as i32, libc::SIGQUIT) } == 0;
+    let deadline = Instant::now() + LISTENER_WAIT;
+    while sent && !socket.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_file(&trigger);
+    if !sent {
+        bail!("cannot signal it: {}", std::io::Error::last_os_error());
+    }
+    if !socket.exists() {
+        bail!("its attach listener did not start within {} s (-XX:+DisableAttachMechanism?)", LISTENER_WAIT.as_secs());
+    }
+    Ok(())
+}
+
+/// Whether `SigCgt` in /proc/<pid>/status has SIGQUIT's bit.
+fn catches_sigquit(status: &str) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (libc::SIGQUIT - 1)) != 0)
+}
+
+fn first_line<'a>(output: &'a str, code: &'a str) -> &'a str {
+    output.lines().next().filter(|l| !l.is_empty()).unwrap_or(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sigquit_is_caught_only_when_its_bit_is_set() {
+        assert!(catches_sigquit("Name:\tjava\nSigCgt:\t0000000181005ccf\n"));
+        assert!(!catches_sigquit("Name:\tjava\nSigCgt:\t0000000181005ccb\n"));
+        assert!(!catches_sigquit("Name:\tjava\n"));
+    }
+}
