@@ -1,7 +1,7 @@
 //! memory.stat / memory.events / memory.oom_control text, as a cgroup (or a container that controls its files'
 //! view) may present it: parsing and normalising never panic, and every value parsed is a value of the text.
 #![no_main]
-use leaktrace::{memory, target::CgroupVersion};
+use leaktrace::{cgroup::CgroupVersion, memory};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

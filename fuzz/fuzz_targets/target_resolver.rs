@@ -4,7 +4,7 @@
 #![no_main]
 use std::{path::Path, sync::OnceLock};
 
-use leaktrace::target::{resolve, CgroupLayout, CgroupVersion};
+use leaktrace::cgroup::{resolve, CgroupLayout, CgroupVersion};
 use libfuzzer_sys::fuzz_target;
 
 struct Tree {

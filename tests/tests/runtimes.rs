@@ -106,6 +106,42 @@ fn java_methods_are_named_with_jvm_perfmap() -> Result<()> {
     Ok(())
 }
 
+/// A JVM is never harmed by being asked: under -Xrs its attach listener starts with it (a SIGQUIT would kill it,
+/// and it gets none); with -Xrs and the attach mechanism disabled it is not asked; with the mechanism disabled
+/// alone it gets one SIGQUIT (its thread dump goes to its output once), never one per ask.
+#[test]
+fn jvms_are_not_harmed_by_being_asked_for_a_perf_map() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let _one = serial();
+    let cases: [(&[&str], Option<&str>); 3] = [
+        (&["-Xrs"], None),
+        (&["-Xrs", "-XX:+DisableAttachMechanism"], Some("does not handle SIGQUIT")),
+        (&["-XX:+DisableAttachMechanism"], Some("did not start")),
+    ];
+    for (flags, refused) in cases {
+        let mut java = Command::new("java");
+        java.args(flags).args(["-Xmx512m", &workload("SessionBuffers.java"), "direct", "40", "7", "120"]);
+        java.stdout(std::process::Stdio::piped());
+        let mut run = trace_command("java-asked", java, Some(1 << 30), 7, &["--jvm-perfmap"], &[])?;
+        ensure!(run.workload.try_wait()?.is_none(), "{flags:?}: the JVM died: {:?}", run.workload.try_wait());
+        let asked = &run.report["collection"]["jvm_perfmaps"];
+        let j = items(asked).first().cloned().unwrap_or_default();
+        let error = j["last_error"].as_str().unwrap_or_default();
+        let answered = match refused {
+            None => j["written"].as_u64() > Some(0),
+            Some(why) => j["written"] == 0 && j["requests"].as_u64() > Some(1) && error.contains(why),
+        };
+        ensure!(answered, "{flags:?}: {asked}");
+        let _ = run.workload.kill();
+        let out = run.workload.wait_with_output()?;
+        let dumps = String::from_utf8_lossy(&out.stdout).matches("Full thread dump").count();
+        ensure!(dumps <= 1, "{flags:?}: {dumps} thread dumps in the JVM's output");
+    }
+    Ok(())
+}
+
 fn node(mode: &str, rate: &str, secs: &str, flags: &[&str]) -> (Command, tempfile::TempDir) {
     let mut node = Command::new("node");
     // node writes its perf map's isolate log into its working directory: a scratch one.

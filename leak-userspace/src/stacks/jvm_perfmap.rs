@@ -8,7 +8,7 @@
 //! The requests run on a thread of their own: a JVM at a safepoint or in a long GC answers late, and the event loop
 //! must not wait for it.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     io::{Read, Write},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
@@ -65,7 +65,10 @@ impl JvmPerfMaps {
             .name("jvm-perfmap".into())
             .spawn(move || {
                 let mut last: HashMap<u32, Instant> = HashMap::new();
-                let mut seen = std::collections::HashSet::new();
+                let mut seen = HashSet::new();
+                // Each JVM gets one SIGQUIT at most: one whose listener does not start (attach disabled) would
+                // print a thread dump into the service's log at every ask.
+                let mut signalled = HashSet::new();
                 while let Ok((pids, now)) = rx.recv() {
                     for pid in pids {
                         if (!now && last.get(&pid).is_some_and(|t| t.elapsed() < ASK_EVERY)) || !is_jvm(pid) {
@@ -74,7 +77,8 @@ impl JvmPerfMaps {
                         last.insert(pid, Instant::now());
                         let path = PerfMap::path(pid);
                         let made = (seen.insert(pid) && !path.exists()).then(|| path.clone());
-                        if tx.send(Outcome { pid, result: ask(pid, &path), made }).is_err() {
+                        let result = ask(pid, &path, &mut signalled);
+                        if tx.send(Outcome { pid, result, made }).is_err() {
                             return;
                         }
                     }
@@ -154,13 +158,13 @@ fn is_jvm(pid: u32) -> bool {
 }
 
 /// One `jcmd Compiler.perfmap` request to the JVM `pid`, whose map lands at `map`.
-fn ask(pid: u32, map: &Path) -> Result<()> {
+fn ask(pid: u32, map: &Path, signalled: &mut HashSet<u32>) -> Result<()> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("the process is gone")?;
     let nspid = innermost_nspid(&status).unwrap_or(pid);
     let tmp = PathBuf::from(format!("/proc/{pid}/root/tmp"));
     let socket = tmp.join(format!(".java_pid{nspid}"));
     if !socket.exists() {
-        start_listener(pid, nspid, &status, &tmp, &socket)?;
+        start_listener(pid, nspid, &status, &tmp, &socket, signalled)?;
     }
     let mut stream = UnixStream::connect(&socket)
         .with_context(|| format!("cannot connect to its attach listener {}", socket.display()))?;
@@ -185,9 +189,19 @@ fn ask(pid: u32, map: &Path) -> Result<()> {
 
 /// Starts the JVM's attach listener: it looks for `.attach_pid<nspid>` in its working directory or /tmp when it
 /// gets SIGQUIT. Only a JVM that handles SIGQUIT is sent one: under `-Xrs` the signal would kill it.
-fn start_listener(pid: u32, nspid: u32, status: &str, tmp: &Path, socket: &Path) -> Result<()> {
+fn start_listener(
+    pid: u32,
+    nspid: u32,
+    status: &str,
+    tmp: &Path,
+    socket: &Path,
+    signalled: &mut HashSet<u32>,
+) -> Result<()> {
     if !catches_sigquit(status) {
         bail!("not asked: the JVM does not handle SIGQUIT (-Xrs?), which would kill it");
+    }
+    if !signalled.insert(pid) {
+        bail!("its attach listener did not start when signalled once; not signalled again");
     }
     let trigger = tmp.join(format!(".attach_pid{nspid}"));
     std::fs::write(&trigger, b"").with_context(|| format!("cannot create {}", trigger.display()))?;
