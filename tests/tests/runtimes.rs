@@ -219,17 +219,59 @@ fn python_objects_are_managed_heap() -> Result<()> {
     traced_as("python", py, "python", "managed-heap", "tracemalloc").map(drop)
 }
 
+/// The Go service at 40 sessions of 256 KiB a second for 7 s.
+fn store_sessions() -> Result<Command> {
+    let mut go = Command::new(build_workload("store_sessions")?);
+    go.args(["40", "7", "120"]);
+    Ok(go)
+}
+
 #[test]
 fn go_heap_leak_is_managed_heap_in_the_leaking_function() -> Result<()> {
     if !require_root() {
         return Ok(());
     }
     let _one = serial();
-    let mut go = Command::new(build_workload("store_sessions")?);
-    go.args(["40", "7", "120"]);
+    let go = store_sessions()?;
     let run = traced_as("go", go, "go", "managed-heap", "GOMEMLIMIT=921MiB")?;
     let top = items(&run.report["sites"]).iter().find(|s| s["kind"] == "anon");
     let label = top.and_then(|s| s["label"].as_str()).unwrap_or_default();
     ensure!(label.contains("leakIntoStore"), "the top anon site is {label:?}:\n{}", summarize(&run.report));
+    Ok(())
+}
+
+/// With --heap, a Go process (nothing to probe: Go allocates from its own heap) gets `heap` sites from its
+/// runtime's sampled heap profile, read from its memory: the top one is the leaking function.
+#[test]
+fn go_heap_sites_come_from_the_runtimes_own_profile() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let _one = serial();
+    let go = store_sessions()?;
+    let run = traced_with("go-heap", go, &["--heap"], "go", "managed-heap", "GOMEMLIMIT=")?;
+    let procs = &run.report["collection"]["heap"]["processes"];
+    let read =
+        |p: &Value| p["note"].as_str().is_some_and(|n| n.contains("heap profile is read") && !n.contains("failed"));
+    ensure!(items(procs).iter().any(read), "no Go process's profile read: {procs}");
+    let top = items(&run.report["sites"]).iter().find(|s| s["kind"] == "heap").cloned().unwrap_or_default();
+    let label = top["label"].as_str().unwrap_or_default();
+    let frames: Vec<&str> = items(&top["frames"]).iter().filter_map(|f| f["symbol"].as_str()).collect();
+    eprintln!("go-heap top heap site {} {label}:\n  {}", top["outstanding_bytes"], frames.join("\n  "));
+    ensure!(label.contains("leakIntoStore"), "the top heap site is {label:?}:\n{}", summarize(&run.report));
+    let coverage = &run.report["attribution"]["heap"];
+    eprintln!("go-heap attribution.heap: {coverage}");
+    ensure!(coverage["attributed_bytes"].as_i64() > Some(0), "attribution.heap: {coverage}");
+    // OOM-killed under a 48 MiB limit (~5 s in): the profile read at the kill names the holder before the kill.
+    let go = store_sessions()?;
+    let run = trace_command("go-heap-oom", go, Some(48 << 20), 8, &["--heap"], &[])?;
+    let kill = items(&run.report["oom_kills"]).first().cloned().unwrap_or_default();
+    let before = items(&kill["sites_before_kill"]).iter().find(|s| s["kind"] == "heap").cloned().unwrap_or_default();
+    eprintln!("go-heap-oom: heap site before the kill {} {}", before["outstanding_bytes"], before["label"]);
+    ensure!(
+        before["label"].as_str().is_some_and(|l| l.contains("leakIntoStore")),
+        "no heap site before the kill names leakIntoStore:\n{}",
+        summarize(&run.report)
+    );
     Ok(())
 }

@@ -9,10 +9,14 @@ use std::{
 use anyhow::Result;
 use leak_common::{counter, kind, SiteCounters, SiteKey};
 
+use super::go_heap::{self, GoHeap};
 use crate::{
     probes::{allocator, Probes},
     report::{HeapCollection, HeapProcess},
 };
+
+const GO_NOTE: &str =
+    "Go allocates from its own heap, not through malloc: its runtime's sampled heap profile is read every interval";
 
 /// Below this estimated cost (a share of one CPU) a process is never detached, whatever its share: a process
 /// that barely runs is not slowed down in any way anyone would notice, and its CPU time is too coarse (10 ms
@@ -38,6 +42,8 @@ pub struct HeapTracer {
     /// Lines for the terminal, taken by the session.
     notices: Vec<String>,
     announced: usize,
+    /// Go processes: no allocator to probe, their runtime's own heap profile instead.
+    go: GoHeap,
 }
 
 struct Traced {
@@ -67,6 +73,7 @@ impl HeapTracer {
             pending: Vec::new(),
             notices,
             announced: 0,
+            go: GoHeap::default(),
         }
     }
 
@@ -140,6 +147,12 @@ impl HeapTracer {
             }
         }
         self.retry(probes, t);
+        self.go.read_all();
+        for (&pid, p) in self.procs.iter_mut() {
+            if let Some((_, error)) = self.go.state(pid) {
+                p.report.note = Some(error.map_or(GO_NOTE.into(), |e| format!("{GO_NOTE}; the last read failed: {e}")));
+            }
+        }
         let hits = probes.heap_hits().unwrap_or_default();
         let mut ended = Vec::new();
         for (&pid, p) in self.procs.iter_mut().filter(|(_, p)| p.attached) {
@@ -214,11 +227,24 @@ impl HeapTracer {
                 report.note = Some(format!("{e:#}"));
             }
         }
+        // A Go program's own heap is in its profile; the probes, on libc when it links it (cgo), see C's.
+        if let Some(sym) = go_heap::Symbols::find(pid) {
+            self.go.add(pid, sym);
+            if report.allocator.is_none() {
+                report.state = "go-profile".into();
+            }
+            report.note = Some(GO_NOTE.into());
+        }
         let attached = report.allocator.is_some();
         if self.announced < ANNOUNCED {
             self.announced += 1;
             self.notices.push(match (&report.allocator, &report.note) {
+                (Some(a), Some(note)) => format!(
+                    "heap probes on pid {pid} ({}): {} probes in {a} for C's heap; {note}",
+                    report.comm, report.probes
+                ),
                 (Some(a), _) => format!("heap probes on pid {pid} ({}): {} probes in {a}", report.comm, report.probes),
+                (None, Some(note)) if report.state == "go-profile" => format!("pid {pid} ({}): {note}", report.comm),
                 (None, note) => {
                     format!("pid {pid} ({}) is not heap-traced: {}", report.comm, note.as_deref().unwrap_or(""))
                 }
@@ -228,6 +254,11 @@ impl HeapTracer {
             pid,
             Traced { report, exe_file: Some(exe_file), allocator_file, unprobed_objects, last: None, attached },
         );
+    }
+
+    /// The Go processes' own heap profiles.
+    pub fn go(&mut self) -> &mut GoHeap {
+        &mut self.go
     }
 
     /// Whether process `tgid`'s heap is traced now (its sites' frees are still seen).

@@ -4,6 +4,7 @@
 pub mod early;
 pub mod exits;
 pub mod flight;
+mod go_heap;
 pub mod heap;
 pub mod oom;
 mod retire;
@@ -300,8 +301,11 @@ impl Collector {
         if !oom::belongs_to_target(&notice, &self.memcg_ids, &self.known_pids, &self.target_rel) {
             return Ok(false);
         }
-        // Read the counters first: what follows (symbolizing) may take a while.
+        // Read the counters first (and a Go victim's heap profile): what follows (symbolizing) may take a while.
         let mut raw = self.sites(probes)?;
+        if let Some(h) = &mut self.heap {
+            h.go().read_one(notice.victim_pid);
+        }
         self.comms.entry(notice.victim_pid).or_insert_with(|| notice.victim_comm.clone());
         let t = notice.ktime_ns.saturating_sub(self.start_ktime_ns) as f64 / 1e9;
         // The flight recorder settles earlier victims' OOM frees itself (up to the last interval before this
@@ -316,7 +320,12 @@ impl Collector {
         }
         let earlier: Vec<u32> = self.oom_kills.iter().map(|k| k.pid).collect();
         oom::settle_earlier_victims(&mut raw, &earlier);
-        let sites = self.build_sites(probes, &raw, Outstanding::BeforeOomKill, self.top)?;
+        let mut sites = self.build_sites(probes, &raw, Outstanding::BeforeOomKill, self.top)?;
+        if let Some(h) = &mut self.heap {
+            sites.extend(h.go().sites(&mut self.symbolizer, &self.comms, Some(notice.victim_pid)));
+            sites.sort_by_key(|s| std::cmp::Reverse(s.outstanding_bytes));
+            sites.truncate(self.top);
+        }
         self.oom_kills.push(report::OomKill {
             t,
             pid: notice.victim_pid,
@@ -372,6 +381,10 @@ impl Collector {
             self.sample(&raw);
         }
         let mut sites = self.build_sites(probes, &raw, Outstanding::Live, usize::MAX)?;
+        if let Some(h) = &mut self.heap {
+            sites.extend(h.go().sites(&mut self.symbolizer, &self.comms, None));
+            sites.sort_by_key(|s| std::cmp::Reverse(s.outstanding_bytes));
+        }
         let c = probes.counters()?;
         if let Some(h) = &mut self.heap {
             h.final_hits(probes);

@@ -476,7 +476,8 @@ pub struct HeapProcess {
     pub probes: u32,
     /// Seconds since the start.
     pub attached_at: f64,
-    /// `traced`, `exited`, `over-budget` (detached), `not-traced` (no allocator found, or attaching failed).
+    /// `traced`, `exited`, `over-budget` (detached), `not-traced` (no allocator found, or attaching failed), `go-profile`
+    /// (a Go program without libc: its runtime's heap profile is read instead; see `note`).
     pub state: String,
     pub hits: u64,
     /// In the first interval after attaching.
