@@ -193,6 +193,7 @@ fn runtimes_stopping_themselves_at_their_heap_bound_die_of_memory() -> Result<()
         ("java-bound", java, "the JVM throws OutOfMemoryError", "by exit status 1", "-XX:+HeapDumpOnOutOfMemoryError"),
     ] {
         let run = trace_command(name, cmd, Some(1 << 30), 16, &[], &[])?;
+        let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", run.workload.id()));
         let v = &run.report["verdict"];
         eprintln!("{name}: {v}");
         let said = |what: &str| items(&v["evidence"]).iter().filter_map(Value::as_str).any(|e| e.contains(what));
@@ -203,7 +204,6 @@ fn runtimes_stopping_themselves_at_their_heap_bound_die_of_memory() -> Result<()
         );
         let advised = items(&v["recommendations"]).iter().filter_map(Value::as_str).any(|r| r.contains(advice));
         ensure!(advised, "{name}: no {advice} in the recommendations:\n{}", summarize(&run.report));
-        let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", run.workload.id()));
     }
     Ok(())
 }
