@@ -61,12 +61,11 @@ impl Symbols {
 fn load_address(pid: u32) -> Option<u64> {
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    maps.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() >= 6 && f[2].trim_start_matches('0').is_empty() && std::path::Path::new(f[5]) == exe)
-            .then(|| u64::from_str_radix(f[0].split('-').next()?, 16).ok())
-            .flatten()
-    })
+    let exe = exe.to_str()?;
+    crate::stacks::maps::parse(&maps)
+        .into_iter()
+        .find(|m| m.offset == 0 && m.path.as_deref() == Some(exe))
+        .map(|m| m.start)
 }
 
 /// One stack of the profile, scaled to estimates of all allocations.
@@ -144,13 +143,13 @@ pub struct GoHeap {
 struct GoProcess {
     sym: Symbols,
     records: Vec<Record>,
-    reads: u64,
+    /// Why the last read failed.
     error: Option<String>,
 }
 
 impl GoHeap {
     pub fn add(&mut self, pid: u32, sym: Symbols) {
-        self.procs.insert(pid, GoProcess { sym, records: Vec::new(), reads: 0, error: None });
+        self.procs.insert(pid, GoProcess { sym, records: Vec::new(), error: None });
     }
 
     /// Reads the profile of every Go process still there; a process gone keeps its last one.
@@ -168,14 +167,14 @@ impl GoHeap {
         match read(pid, p.sym) {
             // A dying process's memory may read as an empty list: its last profile stands.
             Ok(records) if records.is_empty() && !p.records.is_empty() => {}
-            Ok(records) => (p.records, p.reads, p.error) = (records, p.reads + 1, None),
+            Ok(records) => (p.records, p.error) = (records, None),
             Err(e) => p.error = Some(format!("{e:#}")),
         }
     }
 
-    /// Profiles read from `pid`, and the last failure to read one.
-    pub fn state(&self, pid: u32) -> Option<(u64, Option<&str>)> {
-        self.procs.get(&pid).map(|p| (p.reads, p.error.as_deref()))
+    /// For a Go process, why the last read of its profile failed, if it did.
+    pub fn last_error(&self, pid: u32) -> Option<Option<&str>> {
+        self.procs.get(&pid).map(|p| p.error.as_deref())
     }
 
     /// The `heap` sites of the profiles (of `victim`'s only, as it stood before its OOM kill, when given), merged

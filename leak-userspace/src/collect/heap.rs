@@ -13,6 +13,7 @@ use super::go_heap::{self, GoHeap};
 use crate::{
     probes::{allocator, Probes},
     report::{HeapCollection, HeapProcess},
+    stacks::maps::{exe_file, file_id},
 };
 
 const GO_NOTE: &str =
@@ -149,7 +150,7 @@ impl HeapTracer {
         self.retry(probes, t);
         self.go.read_all();
         for (&pid, p) in self.procs.iter_mut() {
-            if let Some((_, error)) = self.go.state(pid) {
+            if let Some(error) = self.go.last_error(pid) {
                 p.report.note = Some(error.map_or(GO_NOTE.into(), |e| format!("{GO_NOTE}; the last read failed: {e}")));
             }
         }
@@ -307,15 +308,6 @@ pub fn settle(raw: &mut [(SiteKey, SiteCounters)], traced: impl Fn(u32) -> bool,
 
 fn comm(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim_end().to_string()
-}
-
-fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-}
-
-fn exe_file(pid: u32) -> Option<(u64, u64)> {
-    file_id(std::path::Path::new(&format!("/proc/{pid}/exe")))
 }
 
 /// User and system CPU seconds of a process so far; `None` once it is gone (or a zombie: its memory is freed).

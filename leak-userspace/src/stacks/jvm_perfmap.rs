@@ -20,7 +20,10 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::perfmap::{innermost_nspid, PerfMap};
+use super::{
+    maps::exe_file,
+    perfmap::{innermost_nspid, PerfMap},
+};
 
 /// How often a JVM is asked for a fresh map: writing one takes the JVM a few milliseconds.
 const ASK_EVERY: Duration = Duration::from_secs(2);
@@ -69,9 +72,21 @@ impl JvmPerfMaps {
                 // Each JVM gets one SIGQUIT at most: one whose listener does not start (attach disabled) would
                 // print a thread dump into the service's log at every ask.
                 let mut signalled = HashSet::new();
+                // Whether each process's executable (device, inode) is a JVM: its maps are read once per program
+                // it runs, not at every interval (an entry-point script that execs java is another program).
+                let mut jvms: HashMap<u32, ((u64, u64), bool)> = HashMap::new();
                 while let Ok((pids, now)) = rx.recv() {
                     for pid in pids {
-                        if (!now && last.get(&pid).is_some_and(|t| t.elapsed() < ASK_EVERY)) || !is_jvm(pid) {
+                        let Some(exe) = exe_file(pid) else { continue };
+                        let jvm = match jvms.get(&pid) {
+                            Some(&(seen, jvm)) if seen == exe => jvm,
+                            _ => {
+                                let jvm = is_jvm(pid);
+                                jvms.insert(pid, (exe, jvm));
+                                jvm
+                            }
+                        };
+                        if !jvm || (!now && last.get(&pid).is_some_and(|t| t.elapsed() < ASK_EVERY)) {
                             continue;
                         }
                         last.insert(pid, Instant::now());

@@ -28,6 +28,17 @@ impl Mapping {
     }
 }
 
+/// A file's identity (device, inode): the same file whatever path it is reached by.
+pub fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// The identity of the executable `pid` runs: another one after an exec.
+pub fn exe_file(pid: u32) -> Option<(u64, u64)> {
+    file_id(std::path::Path::new(&format!("/proc/{pid}/exe")))
+}
+
 /// Every mapping of a maps text, in the kernel's (address) order. Malformed lines are skipped.
 pub fn parse(maps: &str) -> Vec<Mapping> {
     maps.lines().filter_map(parse_line).collect()

@@ -1,8 +1,8 @@
 //! Perf maps (`/tmp/perf-<pid>.map`): the names JIT compilers (V8 with `--perf-basic-prof`, the JVM's
 //! `Compiler.perfmap`, Python 3.12+ with `-X perf`) give the code they write, one `START SIZE name` line each.
 //! A containerised process writes its map inside its own root under its own (namespaced) pid, so the map is read
-//! through `/proc/<pid>/root/tmp/perf-<nspid>.map`. A V8 or Python map only grows while the process runs: each read takes
-//! the lines appended since the last. A JVM's is a snapshot written anew (a new file) each time it is asked.
+//! through `/proc/<pid>/root/tmp/perf-<nspid>.map`. A V8 or Python map only grows while the process runs: each
+//! read takes the lines appended since the last. A JVM's is a snapshot written anew each time it is asked.
 use std::{
     io::{Read, Seek, SeekFrom},
     os::unix::fs::MetadataExt,
