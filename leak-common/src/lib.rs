@@ -122,9 +122,67 @@ pub struct StackSample {
     /// tells in what kind of memory the page lies (a malloc heap, a thread stack, ...). 0 when unknown: another
     /// allocation, a fault taken in the kernel (`read(2)` into a fresh buffer), or a kernel without the event.
     pub fault_addr: u64,
+    /// The Python frames running on the thread, newest first (`PyProc`): `py_len` of `py`.
+    pub py_len: u32,
+    /// [`PY_TRUNCATED`]: the interpreter's frame chain went on past `PY_MAX_FRAMES`.
+    pub py_flags: u32,
+    pub py: [PyFrame; PY_MAX_FRAMES],
 }
 
 pub const STACK_SAMPLE_FULL: u32 = 1;
+
+/// Python frames a sample holds at most: a service's stack is rarely deeper, and each costs a few reads.
+pub const PY_MAX_FRAMES: usize = 32;
+/// Threads of a Python process searched for the sampled one's thread state at most (once per thread: the
+/// programs remember what they found).
+pub const PY_MAX_THREADS: usize = 64;
+pub const PY_TRUNCATED: u32 = 1;
+/// Set in `PyFrame::code` of a frame that began a call of the interpreter's eval loop from C: the frames up to it
+/// run in one native `_PyEval_EvalFrameDefault` frame. Code objects are aligned, so the low bit is free.
+pub const PY_ENTRY_BIT: u64 = 1;
+/// Set in `PyFrame::code` of the eval loop's own entry frame (3.12+, `PY_OWNER_CSTACK`): no Python code, but the
+/// frame before it began that call of the loop.
+pub const PY_CSTACK_BIT: u64 = 2;
+
+/// One interpreter frame as the programs read it: its code object, and where it is in that code (an instruction
+/// pointer from 3.11, the byte or instruction offset `f_lasti` before), which userspace turns into a line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyFrame {
+    pub code: u64,
+    pub instr: u64,
+}
+
+/// Where a Python process keeps its threads' frames, by the tgid in `PY_PROCS`: the `_PyRuntime` address and the
+/// member offsets of its CPython version (from `_Py_DebugOffsets` from 3.13, known tables before), found by
+/// userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyProc {
+    pub runtime: u64,
+    /// `_PyRuntime.interpreters.head`, `PyInterpreterState` -> its first thread state.
+    pub interp_head: u32,
+    pub threads_head: u32,
+    /// `PyThreadState`: the next thread's, and the `pthread_t` of its thread (its TLS block: the task's fs base).
+    pub tstate_next: u32,
+    pub tstate_thread_id: u32,
+    /// `PyThreadState` -> the newest frame; through `_PyCFrame.current_frame` when `cframe_frame` is set (3.11,
+    /// 3.12).
+    pub tstate_frame: u32,
+    pub cframe_frame: u32,
+    /// The frame's code object, its caller's frame, its instruction.
+    pub frame_code: u32,
+    pub frame_previous: u32,
+    pub frame_instr: u32,
+    /// `owner` (3.12+: a frame the C stack owns, `PY_OWNER_CSTACK`, marks an entry into the eval loop and is no
+    /// Python code) and `is_entry` (3.11); `OFFSET_NONE` where the version has none.
+    pub frame_owner: u32,
+    pub frame_is_entry: u32,
+    pub _pad: u32,
+}
+
+/// `_PyInterpreterFrame.owner` of the eval loop's entry frame (3.12+: `FRAME_OWNED_BY_CSTACK`).
+pub const PY_OWNER_CSTACK: u8 = 3;
 
 /// Where the programs find a task's saved user registers (`Config::regs_source`).
 pub mod regs {
@@ -404,7 +462,11 @@ pub mod counter {
     /// that did not match their call (a `longjmp` out of the allocator, a probe detached mid-call).
     pub const HEAP_CALLS_FULL: u32 = 17;
     pub const HEAP_UNMATCHED_RETURN: u32 = 18;
-    pub const COUNT: u32 = 19;
+    /// Samples of Python processes that carry the thread's Python frames, and those whose thread had no thread
+    /// state the programs found (a thread Python did not start, or more threads than they search).
+    pub const PY_STACKS: u32 = 19;
+    pub const PY_NO_THREAD: u32 = 20;
+    pub const COUNT: u32 = 21;
 }
 
 /// Marks a record field or struct member this kernel does not have.
@@ -510,6 +572,9 @@ pub struct Config {
     /// How the task entered the kernel: a system call's number; an exception's or interrupt's -1 (or, under
     /// FRED, a fault's error code).
     pub regs_orig_ax: u32,
+    /// `task_struct.thread.fsbase`: a thread's TLS block, which is its `pthread_t` (Python frames: which thread
+    /// state is the current thread's).
+    pub task_fsbase: u32,
     /// 1: every program returns at once (the benchmark's floor: what attaching alone costs).
     pub floor: u32,
 }
@@ -552,6 +617,7 @@ impl Config {
             regs_bp: OFFSET_NONE,
             regs_cs: OFFSET_NONE,
             regs_orig_ax: OFFSET_NONE,
+            task_fsbase: OFFSET_NONE,
             floor: 0,
         }
     }
@@ -681,4 +747,5 @@ mod pod {
     unsafe impl aya::Pod for SignalSent {}
     unsafe impl aya::Pod for ExitConfig {}
     unsafe impl aya::Pod for HeapKey {}
+    unsafe impl aya::Pod for PyProc {}
 }

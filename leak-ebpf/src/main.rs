@@ -43,6 +43,7 @@ use leak_common::{
 
 mod fault;
 mod heap;
+mod python;
 
 /// Kernel layout facts discovered by userspace (tracefs formats, BTF) and written here before load.
 #[no_mangle]
@@ -280,18 +281,22 @@ fn fill_and_send(level: u32, regs: impl FnOnce() -> Option<UserRegs>, page: bool
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     let len = chunks * USTACK_CHUNK;
-    s.head = StackSample {
-        token,
-        tgid: (pid_tgid >> 32) as u32,
-        tid,
-        ip,
-        sp,
-        bp,
-        base,
-        len: len as u32,
-        flags: if chunks as u32 >= want { STACK_SAMPLE_FULL } else { 0 },
-        fault_addr: if page { fault::fault_address(tid, orig_ax) } else { 0 },
-    };
+    // Field by field: the head, with its Python frames, is larger than a program's stack.
+    let h = &mut s.head;
+    h.token = token;
+    h.tgid = (pid_tgid >> 32) as u32;
+    h.tid = tid;
+    h.ip = ip;
+    h.sp = sp;
+    h.bp = bp;
+    h.base = base;
+    h.len = len as u32;
+    h.flags = if chunks as u32 >= want { STACK_SAMPLE_FULL } else { 0 };
+    h.fault_addr = if page { fault::fault_address(tid, orig_ax) } else { 0 };
+    (h.py_len, h.py_flags) = python::frames(h.tgid, tid, &mut h.py);
+    if h.py_len > 0 {
+        count(counter::PY_STACKS, 1);
+    }
     let size = core::mem::size_of::<StackSample>() + len;
     if size > core::mem::size_of::<StackScratch>() {
         return Err(-ENOSPC);

@@ -57,13 +57,19 @@ pub fn trace(target: Target, args: &TraceArgs, hooks: Hooks<'_>) -> Result<PathB
     discovery.config.sample_rate_shift = args.sample_rate_shift();
     let mut probes = Probes::load(&mut discovery, args.live_entries(), args.stack_entries, args.heap)?;
     let ring = if discovery.config.ustack_chunks > 0 { Some(probes.take_user_stacks()?) } else { None };
+    let python = if discovery.config.task_fsbase != leak_common::OFFSET_NONE && ring.is_some() {
+        Some(probes.take_python_procs()?)
+    } else {
+        None
+    };
     let heap = if args.heap {
         let hit = probes.measure_heap_hit().context("cannot measure what a heap probe hit costs")?;
         Some(HeapTracer::new(args.heap_budget, hit.as_nanos() as f64))
     } else {
         None
     };
-    let mut collector = Collector::new(target, &discovery, args.top, crate::stacks::UserStacks::new(ring), heap);
+    let mut collector =
+        Collector::new(target, &discovery, args.top, crate::stacks::UserStacks::new(ring, python), heap);
     // The first sample is the baseline that growth is measured from.
     collector.tick(&mut probes)?;
     let say = |line: &str| {

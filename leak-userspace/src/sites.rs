@@ -21,6 +21,11 @@ pub trait StackSource {
     fn region(&self, _id: i32) -> Option<&'static str> {
         None
     }
+
+    /// A Python frame of an unwound stack (`python` frames), and whether it began a call of the eval loop.
+    fn python_frame(&self, _address: u64) -> Option<(Frame, bool)> {
+        None
+    }
 }
 
 /// Addresses -> frames. The real one is [`crate::stacks::symbolize::Symbolizer`]; tests use fakes.
@@ -297,7 +302,12 @@ where
             .collect(),
     };
     let mut frames = Vec::new();
+    let mut python = Vec::new();
     for (addr, how) in addrs {
+        if how == "python" {
+            python.extend(stacks.python_frame(addr));
+            continue;
+        }
         // One address may stand for several frames (functions inlined there): all were found the same way.
         for mut f in resolver.user(key.tgid, &[addr]) {
             f.unwind = Some(
@@ -306,7 +316,35 @@ where
             frames.push(f);
         }
     }
-    frames
+    interleave_python(frames, python)
+}
+
+/// Native frames (leaf first) with the Python frames (newest first) each where it runs: the frames up to and
+/// including an entry frame run in one `_PyEval_EvalFrameDefault`, and come leafward of it. Frames left over
+/// (the native walk ended early) go at the root end. Python 3.12's perf-map trampolines (`py::fn:file`) name the
+/// same functions again, and go when the interpreter's frames are there.
+fn interleave_python(native: Vec<Frame>, python: Vec<(Frame, bool)>) -> Vec<Frame> {
+    if python.is_empty() {
+        return native;
+    }
+    let mut python = python.into_iter().peekable();
+    let mut out = Vec::with_capacity(native.len() + python.len());
+    for f in native {
+        if f.symbol.as_deref().is_some_and(|s| s.starts_with("py::")) {
+            continue;
+        }
+        if f.symbol.as_deref() == Some("_PyEval_EvalFrameDefault") {
+            while let Some((py, entry)) = python.next() {
+                out.push(py);
+                if entry {
+                    break;
+                }
+            }
+        }
+        out.push(f);
+    }
+    out.extend(python.map(|(f, _)| f));
+    out
 }
 
 fn stack_of<S: StackSource + ?Sized>(stacks: &S, id: i32) -> Option<Vec<u64>> {

@@ -459,12 +459,15 @@ impl Collector {
                 tracer_peak_rss_bytes: usage.1,
                 programs,
                 retired_sites_dropped: self.retired.dropped(),
-                unwind: self.ustacks.stats([
-                    c[counter::USTACK_NO_REGS as usize],
-                    c[counter::USTACK_UNREADABLE as usize],
-                    c[counter::USTACK_RINGBUF_DROP as usize],
-                    c[counter::USTACK_NESTED as usize],
-                ]),
+                unwind: self.ustacks.stats(
+                    [
+                        c[counter::USTACK_NO_REGS as usize],
+                        c[counter::USTACK_UNREADABLE as usize],
+                        c[counter::USTACK_RINGBUF_DROP as usize],
+                        c[counter::USTACK_NESTED as usize],
+                    ],
+                    [c[counter::PY_STACKS as usize], c[counter::PY_NO_THREAD as usize]],
+                ),
                 exits_unrecorded: exit_counts[exit_count::UNRECORDED as usize] + self.exits_over,
                 exits_dropped: exit_counts[exit_count::DROPPED as usize],
                 heap: self.heap.as_ref().map(|h| h.report(&c)),
@@ -494,6 +497,10 @@ impl StackSource for AllStacks<'_> {
 
     fn region(&self, id: i32) -> Option<&'static str> {
         self.user.region(id).map(|r| r.name())
+    }
+
+    fn python_frame(&self, address: u64) -> Option<(report::Frame, bool)> {
+        self.user.python_frame(address).map(|p| (p.frame(), p.entry))
     }
 }
 

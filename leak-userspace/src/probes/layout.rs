@@ -224,6 +224,15 @@ pub fn discover(exact_anon: bool, ustack_chunks: Option<u32>) -> Result<Discover
             Ok(how) => {
                 config.ustack_chunks = chunks;
                 modes.push(format!("dwarf-unwind:{how}"));
+                match task_fsbase(&btf) {
+                    Some(offset) => {
+                        config.task_fsbase = offset;
+                        modes.push("python-frames".to_string());
+                    }
+                    None => degraded.push(
+                        "no task_struct.thread.fsbase in this kernel's BTF: Python frames are not read".to_string(),
+                    ),
+                }
             }
             Err(why) => degraded.push(format!("{why}: user stacks are walked by frame pointers")),
         }
@@ -413,6 +422,12 @@ fn user_registers(btf: &KernelBtf, c: &mut Config) -> Result<&'static str, Strin
     c.thread_size = thread_size();
     c.regs_source = leak_common::regs::STACK_TOP;
     Ok("stack-top")
+}
+
+/// Where a task's TLS base (`thread.fsbase`, x86-64) lies in its `task_struct`: a thread's `pthread_t`, which
+/// tells a Python thread's state apart from the others'.
+fn task_fsbase(btf: &KernelBtf) -> Option<u32> {
+    Some(btf.member_offset("task_struct", "thread")? + btf.member_offset("thread_struct", "fsbase")?)
 }
 
 /// THREAD_SIZE on x86-64: four pages, eight with KASAN (which doubles kernel stacks), as the kernel's config

@@ -261,6 +261,12 @@ impl Probes {
         self.take_ring("USTACKS")
     }
 
+    /// The table of Python processes whose frames the programs walk (`PY_PROCS`).
+    pub fn take_python_procs(&mut self) -> Result<HashMap<MapData, u32, leak_common::PyProc>> {
+        let map = self.ebpf.take_map("PY_PROCS").ok_or_else(|| anyhow!("PY_PROCS already taken"))?;
+        Ok(HashMap::try_from(map)?)
+    }
+
     fn take_ring(&mut self, name: &str) -> Result<RingBuf<MapData>> {
         let map = self.ebpf.take_map(name).ok_or_else(|| anyhow!("{name} ring buffer already taken"))?;
         Ok(RingBuf::try_from(map)?)

@@ -382,3 +382,75 @@ fn heap_sites_start_at_the_first_frame_outside_the_allocator() {
     assert_eq!(sites[1].frames.len(), 1, "only the allocator: kept");
     assert_eq!(kind_name(kind::HEAP), "heap");
 }
+
+/// An unwound stack of a Python process: native frames, then the interpreter's frames newest first.
+struct PythonStacks(Vec<(u64, &'static str)>, Vec<(&'static str, bool)>);
+
+impl StackSource for PythonStacks {
+    fn stack(&self, _id: i32) -> Option<Vec<u64>> {
+        None
+    }
+    fn unwound(&self, _id: i32) -> Option<Vec<(u64, &'static str)>> {
+        Some(self.0.clone())
+    }
+    fn python_frame(&self, address: u64) -> Option<(Frame, bool)> {
+        let (name, entry) = *self.1.get(address as usize)?;
+        Some((Frame { module: Some("[python]".into()), ..frame(Some(name), 0, false) }, entry))
+    }
+}
+
+/// Each Python frame goes where its eval loop runs: `remember` and `handle` run in the leafmost
+/// `_PyEval_EvalFrameDefault` (`handle` began that call of the loop), `main` in the next; a frame left over, for
+/// which the native walk found no eval loop, ends the stack. A perf-map trampoline naming a function again goes.
+#[test]
+fn python_frames_sit_in_the_eval_loop_that_runs_them() {
+    /// The interpreter's native code, in its executable.
+    struct Interpreter(FakeResolver);
+    impl FrameResolver for Interpreter {
+        fn kernel(&mut self, addrs: &[u64]) -> Vec<Frame> {
+            self.0.kernel(addrs)
+        }
+        fn user(&mut self, pid: u32, addrs: &[u64]) -> Vec<Frame> {
+            let module = Some("/usr/bin/python3.11".to_string());
+            self.0.user(pid, addrs).into_iter().map(|f| Frame { module: module.clone(), ..f }).collect()
+        }
+    }
+    let mut resolver = Interpreter(FakeResolver {
+        kernel: HashMap::new(),
+        user: HashMap::from([
+            (0x10, "memcpy"),
+            (0x20, "PyBytes_FromStringAndSize"),
+            (0x30, "_PyEval_EvalFrameDefault"),
+            (0x40, "py::handle:/srv/app.py"),
+            (0x50, "PyObject_Call"),
+            (0x60, "_PyEval_EvalFrameDefault"),
+            (0x70, "Py_RunMain"),
+        ]),
+        calls: 0,
+    });
+    let native = [0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70].map(|a| (a + 0x1000, "dwarf"));
+    let python = [(0, "python"), (1, "python"), (2, "python"), (3, "python")];
+    let stacks = PythonStacks(
+        native.iter().chain(&python).copied().collect(),
+        vec![("remember", false), ("handle", true), ("main", true), ("<module>", true)],
+    );
+    let raw = [(key(1, -1, leak_common::USTACK_UNWOUND_BIT, kind::ANON, 0), counters(4096, 0, 0))];
+    let sites = build(&raw, &stacks, &HashMap::new(), &comms(), &mut resolver, Outstanding::Live, 10);
+    let got: Vec<&str> = sites[0].frames.iter().map(Frame::label).collect();
+    assert_eq!(
+        got,
+        [
+            "memcpy",
+            "PyBytes_FromStringAndSize",
+            "remember",
+            "handle",
+            "_PyEval_EvalFrameDefault",
+            "PyObject_Call",
+            "main",
+            "_PyEval_EvalFrameDefault",
+            "Py_RunMain",
+            "<module>"
+        ]
+    );
+    assert_eq!(app_frame(&sites[0]).map(Frame::label), Some("remember"), "the site is named by its Python function");
+}

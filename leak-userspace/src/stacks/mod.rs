@@ -14,6 +14,7 @@ pub mod maps;
 mod object;
 pub mod perfmap;
 mod process;
+pub mod python;
 pub mod regions;
 pub mod runtime;
 pub mod symbolize;
@@ -24,12 +25,13 @@ use std::{
     os::fd::{AsRawFd, RawFd},
 };
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
 use framehop::x86_64::CacheX86_64;
-use leak_common::{SiteCounters, SiteKey, StackSample, STACK_SAMPLE_FULL, USTACK_UNWOUND_BIT};
+use leak_common::{PyProc, SiteCounters, SiteKey, StackSample, PY_TRUNCATED, STACK_SAMPLE_FULL, USTACK_UNWOUND_BIT};
 use serde::{Deserialize, Serialize};
 
 use process::{Objects, Process};
+use python::{PyFrameName, PythonFrames};
 use regions::{RegionKind, RegionMap};
 pub use unwind::{Method, UserFrame};
 
@@ -83,6 +85,21 @@ pub struct UnwindStats {
     /// accessible mapping held the address, even read again (unmapped since, or a read not yet due).
     #[serde(default)]
     pub regions: BTreeMap<String, u64>,
+    /// Python: the CPython versions of the traced processes whose frames were walked, samples that carried
+    /// Python frames, those whose frame chain went on past what a sample holds, those whose thread had no thread
+    /// state found, and frames whose code object could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python: Option<PythonStats>,
+}
+
+/// `collection.unwind.python` in report.json.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PythonStats {
+    pub versions: Vec<String>,
+    pub samples: u64,
+    pub truncated: u64,
+    pub no_thread_state: u64,
+    pub unreadable_frames: u64,
 }
 
 pub struct UserStacks {
@@ -94,12 +111,15 @@ pub struct UserStacks {
     stacks: Vec<Vec<UserFrame>>,
     /// Sample token -> unwound stack id, for the tokens still in the kernel's site map.
     tokens: HashMap<u64, i32>,
+    python: PythonFrames,
+    py_truncated: u64,
     stats: UnwindStats,
 }
 
 impl UserStacks {
-    /// Reads samples from `ring` (none: frame-pointer stacks, nothing to unwind).
-    pub fn new(ring: Option<RingBuf<MapData>>) -> Self {
+    /// Reads samples from `ring` (none: frame-pointer stacks, nothing to unwind); enters the Python processes
+    /// it meets in `python` (the programs' `PY_PROCS`) for their frames to be walked.
+    pub fn new(ring: Option<RingBuf<MapData>>, python: Option<BpfHashMap<MapData, u32, PyProc>>) -> Self {
         UserStacks {
             ring,
             processes: HashMap::new(),
@@ -108,6 +128,8 @@ impl UserStacks {
             ids: HashMap::new(),
             stacks: Vec::new(),
             tokens: HashMap::new(),
+            python: PythonFrames::new(python),
+            py_truncated: 0,
             stats: UnwindStats::default(),
         }
     }
@@ -160,6 +182,14 @@ impl UserStacks {
             unwind::End::NotCode => s.ended_not_code += 1,
         }
         *s.depth_kib.entry(walk.depth.div_ceil(1024).next_power_of_two().max(1)).or_default() += 1;
+        // The thread's Python frames follow its native ones: the report puts each where its eval loop runs.
+        let py = &sample.py[..(sample.py_len as usize).min(sample.py.len())];
+        if sample.py_flags & PY_TRUNCATED != 0 {
+            self.py_truncated += 1;
+        }
+        let python = self.python.intern(sample.tgid, py);
+        walk.frames.extend(python.into_iter().map(|id| UserFrame { address: id as u64, method: Method::Python }));
+        let s = &mut self.stats;
         if walk.frames.is_empty() {
             return;
         }
@@ -196,7 +226,9 @@ impl UserStacks {
         let stale = stale || self.processes.get(&tgid).is_none_or(|p| p.region(ip).is_none());
         if stale {
             if let Some(p) = Process::read(tgid, &mut self.objects) {
-                self.processes.insert(tgid, p);
+                // Met again, it may have mapped its libpython since, or exec'd.
+                let again = self.processes.insert(tgid, p).is_some();
+                self.python.look_at(tgid, again);
             }
             self.stats.objects = self.objects.read;
         }
@@ -243,7 +275,14 @@ impl UserStacks {
 
     /// Drops the processes that are gone (after the samples they sent were drained).
     pub fn prune(&mut self) {
-        self.processes.retain(|pid, _| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+        self.processes.retain(|&pid, _| alive(pid));
+        self.python.prune(alive);
+    }
+
+    /// A Python frame of an unwound stack (`Method::Python`), by its address there.
+    pub fn python_frame(&self, address: u64) -> Option<&PyFrameName> {
+        self.python.name(address)
     }
 
     /// An unwound stack, leaf first.
@@ -262,10 +301,21 @@ impl UserStacks {
         RegionKind::from_code(((id & !USTACK_UNWOUND_BIT) >> REGION_SHIFT) as u32)
     }
 
-    /// The figures of `collection.unwind`, with what the kernel side counted as lost.
-    pub fn stats(&self, lost: [u64; 4]) -> UnwindStats {
+    /// The figures of `collection.unwind`, with what the kernel side counted as lost, and its counts of samples
+    /// with Python frames and without a thread state.
+    pub fn stats(&self, lost: [u64; 4], [py_samples, py_no_thread]: [u64; 2]) -> UnwindStats {
         let mut s = self.stats.clone();
         [s.lost_no_regs, s.lost_unreadable, s.lost_ring_full, s.lost_nested] = lost;
+        let versions = self.python.versions();
+        if !versions.is_empty() {
+            s.python = Some(PythonStats {
+                versions,
+                samples: py_samples,
+                truncated: self.py_truncated,
+                no_thread_state: py_no_thread,
+                unreadable_frames: self.python.unreadable,
+            });
+        }
         s.objects_without_cfi = self.objects.without_cfi.clone();
         s.distinct_stacks = self.stacks.len() as u64;
         s
@@ -290,7 +340,7 @@ mod tests {
 
     #[test]
     fn samples_of_one_stack_merge_and_their_tokens_are_forgotten() {
-        let mut u = UserStacks::new(None);
+        let mut u = UserStacks::new(None, None);
         let a = u.intern(vec![frame(1), frame(2)]);
         let b = u.intern(vec![frame(1), frame(3)]);
         assert_eq!(u.intern(vec![frame(1), frame(2)]), a, "the same stack, the same id");
@@ -314,7 +364,7 @@ mod tests {
     /// Pages of one stack in two kinds of memory: two ids, one stack, each id with its kind.
     #[test]
     fn the_kind_of_memory_rides_in_the_stack_id() {
-        let mut u = UserStacks::new(None);
+        let mut u = UserStacks::new(None, None);
         let a = u.intern(vec![frame(1), frame(2)]);
         let heap = with_region(a, Some(RegionKind::BrkHeap));
         let mmap = with_region(a, Some(RegionKind::Mmap));
@@ -331,8 +381,8 @@ mod tests {
 
     #[test]
     fn a_short_record_is_ignored() {
-        let mut u = UserStacks::new(None);
+        let mut u = UserStacks::new(None, None);
         u.add(&[0u8; 8]);
-        assert_eq!(u.stats([0; 4]).samples, 0);
+        assert_eq!(u.stats([0; 4], [0; 2]).samples, 0);
     }
 }

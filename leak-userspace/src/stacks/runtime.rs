@@ -3,7 +3,7 @@
 //! the application's frame, as a C site is named past libc.
 use crate::report::Frame;
 
-use super::symbolize::JIT_MODULE;
+use super::{python::PY_MODULE, symbolize::JIT_MODULE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Runtime {
@@ -34,7 +34,8 @@ impl Runtime {
         match self {
             Runtime::Jvm => base.starts_with("libjvm"),
             Runtime::Python => {
-                base.starts_with("libpython")
+                f.module.as_deref() == Some(PY_MODULE)
+                    || base.starts_with("libpython")
                     || base
                         .strip_prefix("python")
                         .is_some_and(|v| v.is_empty() || v.starts_with(|c: char| c.is_ascii_digit()))
@@ -57,6 +58,9 @@ pub fn is_internal(f: &Frame) -> bool {
     let symbol = f.symbol.as_deref().unwrap_or("");
     if f.module.as_deref() == Some(JIT_MODULE) {
         return jit_internal(symbol);
+    }
+    if f.module.as_deref() == Some(PY_MODULE) {
+        return python_stdlib(f.file.as_deref().unwrap_or(""));
     }
     const JDK_LIBS: &[&str] = &["libjvm", "libjli", "libjava", "libnio", "libnet", "libzip", "libjimage", "libverify"];
     let base = module_base(f);
@@ -84,6 +88,16 @@ fn jit_internal(symbol: &str) -> bool {
     // HotSpot's methods are `void pkg.Class.method(args)`: the method is the last word before the arguments.
     let method = symbol.split('(').next().unwrap_or(symbol).rsplit(' ').next().unwrap_or(symbol);
     JDK.iter().any(|p| method.starts_with(p)) || !(symbol.contains('.') || symbol.contains(':'))
+}
+
+/// Python code of the interpreter's standard library (`/usr/lib/python3.11/threading.py`, frozen modules), not
+/// of the packages installed beside it.
+fn python_stdlib(file: &str) -> bool {
+    if file.starts_with("<frozen ") {
+        return true;
+    }
+    let Some(at) = file.find("/lib/python3.") else { return false };
+    !file[at..].contains("-packages/")
 }
 
 /// Go's runtime and the standard packages that grow buffers for their callers (`bytes.(*Buffer).grow`).
@@ -152,6 +166,27 @@ mod tests {
         ];
         for (s, m) in application {
             assert!(!is_internal(&frame(s, m)), "{s} in {m}");
+        }
+    }
+
+    #[test]
+    fn python_frames_are_application_code_outside_the_standard_library() {
+        let py = |symbol: &str, file: &str| Frame { file: Some(file.into()), ..frame(symbol, PY_MODULE) };
+        for (s, file) in [
+            ("Thread.run", "/usr/lib/python3.11/threading.py"),
+            ("_find_and_load", "<frozen importlib._bootstrap>"),
+            ("BaseServer.serve_forever", "/root/.pyenv/versions/3.12.1/lib/python3.12/socketserver.py"),
+        ] {
+            assert!(is_internal(&py(s, file)), "{s} in {file}");
+            assert!(Runtime::Python.owns(&py(s, file)));
+        }
+        for (s, file) in [
+            ("remember", "/srv/session_store.py"),
+            ("Session.save", "/usr/lib/python3/dist-packages/app/session.py"),
+            ("Cache.put", "/venv/lib/python3.12/site-packages/cachetools/__init__.py"),
+        ] {
+            assert!(!is_internal(&py(s, file)), "{s} in {file}");
+            assert!(Runtime::Python.owns(&py(s, file)));
         }
     }
 }

@@ -21,6 +21,9 @@ pub enum Method {
     Fp,
     /// In JIT code (anonymous executable memory), found by the frame pointer of its callee.
     Jit,
+    /// A Python function, from the interpreter's own frame chain (its address is the frame's id in
+    /// `stacks::python`).
+    Python,
 }
 
 impl Method {
@@ -30,6 +33,7 @@ impl Method {
             Method::Dwarf => "dwarf",
             Method::Fp => "fp",
             Method::Jit => "jit",
+            Method::Python => "python",
         }
     }
 }
@@ -155,7 +159,7 @@ mod tests {
             base,
             len: stack.len() as u32,
             flags: 0,
-            fault_addr: 0,
+            ..Default::default()
         };
         (sample, stack)
     }

@@ -882,7 +882,11 @@ fn location(site: &Site) -> String {
     }
     match app_frame(site) {
         Some(f) if !f.kernel && !f.symbol.as_deref().is_some_and(is_allocator) => {
-            let module = f.module.as_deref().unwrap_or("");
+            // A Python function's module is its source file.
+            let module = match f.module.as_deref() {
+                Some(crate::stacks::python::PY_MODULE) => f.file.as_deref().unwrap_or(""),
+                m => m.unwrap_or(""),
+            };
             let base = module.rsplit('/').next().unwrap_or(module);
             if base.starts_with("libc.so") || base.starts_with("libc-") {
                 "the C library (libc)".into()
