@@ -500,7 +500,7 @@ impl StackSource for AllStacks<'_> {
     }
 
     fn python_frame(&self, address: u64) -> Option<(report::Frame, bool)> {
-        self.user.python_frame(address).map(|p| (p.frame(), p.entry))
+        self.user.python_frame(address).map(|p| (p.frame(address), p.entry))
     }
 }
 

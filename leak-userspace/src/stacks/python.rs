@@ -248,11 +248,13 @@ pub struct PyFrameName {
 }
 
 impl PyFrameName {
-    pub fn frame(&self) -> Frame {
+    /// The report frame; its address is the frame's id, so that two Python frames in a row never look like
+    /// functions inlined at one address (pprof's locations).
+    pub fn frame(&self, id: u64) -> Frame {
         Frame {
             symbol: Some(self.name.clone()),
             module: Some(PY_MODULE.to_string()),
-            address: "0x0".to_string(),
+            address: format!("{id:#x}"),
             file: Some(self.file.clone()),
             line: self.line,
             kernel: false,
@@ -288,10 +290,11 @@ impl PythonFrames {
         PythonFrames { map, ..Default::default() }
     }
 
-    /// Looks at a process first seen (or seen again after an exec, `again`): when it runs CPython, the programs
-    /// walk its frames from its next sample on.
+    /// Looks at a process first seen, or seen again (`again`: its code changed) without an interpreter found
+    /// (its libpython mapped since): when it runs CPython, the programs walk its frames from its next sample on.
     pub fn look_at(&mut self, pid: u32, again: bool) {
-        if self.map.is_none() || (!again && self.processes.contains_key(&pid)) {
+        let known = self.processes.get(&pid);
+        if self.map.is_none() || known.is_some_and(|t| !again || t.is_some()) {
             return;
         }
         let traced = Interpreter::find(pid).and_then(|interpreter| {
@@ -308,7 +311,7 @@ impl PythonFrames {
         self.processes.insert(pid, traced);
     }
 
-    /// The Python CPython versions of the processes seen, for the report.
+    /// The CPython versions of the processes seen, for the report.
     pub fn versions(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .processes
