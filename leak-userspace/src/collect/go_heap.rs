@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use object::{Object, ObjectKind, ObjectSegment, ObjectSymbol};
+use object::{Object, ObjectSymbol};
 
 use crate::{
     report::Site,
@@ -45,14 +45,7 @@ impl Symbols {
         elf.section_by_name(".go.buildinfo")?;
         let at = |name: &str| elf.symbols().find(|s| s.name() == Ok(name)).map(|s| s.address());
         let (mbuckets, rate) = (at("runtime.mbuckets")?, at("runtime.MemProfileRate")?);
-        // A position-independent executable is loaded where its first mapping says.
-        let bias = match elf.kind() {
-            ObjectKind::Dynamic => {
-                let first = elf.segments().map(|s| s.address()).min()? & !0xfff;
-                load_address(pid)?.checked_sub(first)?
-            }
-            _ => 0,
-        };
+        let bias = crate::stacks::maps::load_bias(&elf, || load_address(pid))?;
         Some(Symbols { mbuckets: mbuckets + bias, rate: rate + bias })
     }
 }

@@ -28,6 +28,17 @@ impl Mapping {
     }
 }
 
+/// How far an object's addresses are moved in a process: a position-independent object (an `ET_DYN` executable or
+/// library) is loaded where its first mapping starts (`first_mapping`, asked only then); others at their link
+/// addresses.
+pub fn load_bias(elf: &object::File, first_mapping: impl FnOnce() -> Option<u64>) -> Option<u64> {
+    use object::{Object, ObjectKind, ObjectSegment};
+    match elf.kind() {
+        ObjectKind::Dynamic => first_mapping()?.checked_sub(elf.segments().map(|s| s.address()).min()? & !0xfff),
+        _ => Some(0),
+    }
+}
+
 /// A file's identity (device, inode): the same file whatever path it is reached by.
 pub fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;

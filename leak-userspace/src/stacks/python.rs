@@ -11,7 +11,7 @@ use std::{collections::HashMap, fs::File, os::unix::fs::FileExt};
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use leak_common::{PyFrame, PyProc, OFFSET_NONE, PY_CSTACK_BIT, PY_ENTRY_BIT};
-use object::{Object, ObjectKind, ObjectSegment, ObjectSymbol};
+use object::{Object, ObjectSymbol};
 
 use super::maps::{self, Mapping};
 use crate::report::Frame;
@@ -167,13 +167,15 @@ impl Layout {
 /// Bytes of `_Py_DebugOffsets` read (3.13's struct is 75 words).
 const DEBUG_OFFSETS_BYTES: usize = 80 * 8;
 
-/// A CPython interpreter found in a process: its layout and addresses.
-#[derive(Debug, Clone)]
+/// A CPython interpreter found in a process: its layout and addresses, and the process's memory to read its
+/// code objects from.
+#[derive(Debug)]
 pub struct Interpreter {
     pub layout: Layout,
     pub runtime: u64,
     /// `&PyCode_Type`: what a code object's `ob_type` is.
     code_type: u64,
+    mem: File,
 }
 
 impl Interpreter {
@@ -195,10 +197,7 @@ impl Interpreter {
         let symbol =
             |name: &str| elf.dynamic_symbols().chain(elf.symbols()).find(|s| s.name() == Ok(name) && s.address() != 0);
         let (runtime, code_type) = (symbol("_PyRuntime")?.address(), symbol("PyCode_Type")?.address());
-        let bias = match elf.kind() {
-            ObjectKind::Dynamic => first.start.checked_sub(elf.segments().map(|s| s.address()).min()? & !0xfff)?,
-            _ => 0,
-        };
+        let bias = maps::load_bias(&elf, || Some(first.start))?;
         let (runtime, code_type) = (runtime + bias, code_type + bias);
         let mem = File::open(format!("/proc/{pid}/mem")).ok()?;
         let layout = match version_of(first.path.as_deref()?)? {
@@ -209,7 +208,7 @@ impl Interpreter {
             }
             version => Layout::known(version)?,
         };
-        Some(Interpreter { layout, runtime, code_type })
+        Some(Interpreter { layout, runtime, code_type, mem })
     }
 
     /// The entry for `PY_PROCS`.
@@ -265,7 +264,6 @@ impl PyFrameName {
 
 struct Traced {
     interpreter: Interpreter,
-    mem: File,
     codes: HashMap<u64, Option<Code>>,
 }
 
@@ -297,10 +295,7 @@ impl PythonFrames {
         if self.map.is_none() || known.is_some_and(|t| !again || t.is_some()) {
             return;
         }
-        let traced = Interpreter::find(pid).and_then(|interpreter| {
-            let mem = File::open(format!("/proc/{pid}/mem")).ok()?;
-            Some(Traced { interpreter, mem, codes: HashMap::new() })
-        });
+        let traced = Interpreter::find(pid).map(|interpreter| Traced { interpreter, codes: HashMap::new() });
         if let (Some(t), Some(map)) = (&traced, self.map.as_mut()) {
             let (major, minor) = t.interpreter.layout.version;
             match map.insert(pid, t.interpreter.proc(), 0) {
@@ -338,7 +333,7 @@ impl PythonFrames {
                 continue;
             }
             let addr = f.code & !(PY_ENTRY_BIT | PY_CSTACK_BIT);
-            let code = t.codes.entry(addr).or_insert_with(|| read_code(&t.mem, &t.interpreter, addr));
+            let code = t.codes.entry(addr).or_insert_with(|| read_code(&t.interpreter, addr));
             let Some(code) = code else {
                 self.unreadable += 1;
                 continue;
@@ -383,8 +378,8 @@ impl PythonFrames {
 }
 
 /// Reads a code object's names and line table; `None` when `addr` holds no code object.
-fn read_code(mem: &File, interpreter: &Interpreter, addr: u64) -> Option<Code> {
-    let l = &interpreter.layout;
+fn read_code(interpreter: &Interpreter, addr: u64) -> Option<Code> {
+    let (l, mem) = (&interpreter.layout, &interpreter.mem);
     let word = |at: u64| -> Option<u64> {
         let mut b = [0u8; 8];
         mem.read_exact_at(&mut b, at).ok()?;
