@@ -230,9 +230,10 @@ fn version_of(path: &str) -> Option<(u8, u8)> {
 /// A code object as read: what names its frames.
 #[derive(Debug, Clone)]
 struct Code {
+    /// Its header words: a code object freed and another made at its address differ in them.
+    header: Header,
     name: String,
     file: String,
-    firstlineno: u32,
     lines: Vec<u8>,
 }
 
@@ -264,7 +265,7 @@ impl PyFrameName {
 
 struct Traced {
     interpreter: Interpreter,
-    codes: HashMap<u64, Option<Code>>,
+    codes: HashMap<u64, Code>,
 }
 
 /// The Python processes of a trace and the frames their samples carried.
@@ -333,8 +334,7 @@ impl PythonFrames {
                 continue;
             }
             let addr = f.code & !(PY_ENTRY_BIT | PY_CSTACK_BIT);
-            let code = t.codes.entry(addr).or_insert_with(|| read_code(&t.interpreter, addr));
-            let Some(code) = code else {
+            let Some(code) = code_at(&mut t.codes, &t.interpreter, addr) else {
                 self.unreadable += 1;
                 continue;
             };
@@ -377,25 +377,54 @@ impl PythonFrames {
     }
 }
 
-/// Reads a code object's names and line table; `None` when `addr` holds no code object.
-fn read_code(interpreter: &Interpreter, addr: u64) -> Option<Code> {
-    let (l, mem) = (&interpreter.layout, &interpreter.mem);
-    let word = |at: u64| -> Option<u64> {
-        let mut b = [0u8; 8];
-        mem.read_exact_at(&mut b, at).ok()?;
-        Some(u64::from_le_bytes(b))
-    };
-    if addr == 0 || word(addr + OB_TYPE)? != interpreter.code_type {
-        return None;
+/// The code object at `addr`, read again when its header changed since it was read: the interpreter frees code
+/// objects (a module's body once run) and makes others where they were.
+fn code_at<'a>(codes: &'a mut HashMap<u64, Code>, interpreter: &Interpreter, addr: u64) -> Option<&'a Code> {
+    let header = Header::read(interpreter, addr)?;
+    if codes.get(&addr).is_none_or(|c| c.header != header) {
+        codes.insert(addr, read_code(interpreter, header)?);
     }
-    let name = word(addr + l.code_qualname.unwrap_or(l.code_name))?;
-    let file = word(addr + l.code_filename)?;
-    let firstlineno = word(addr + l.code_firstlineno)? as u32;
-    let table = word(addr + l.code_lines)?;
-    let table_len = word(table + BYTES_SIZE)?.min(MAX_LINE_TABLE);
+    codes.get(&addr)
+}
+
+/// The words of a code object that name it (its type checked): name, file, first line, line table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Header {
+    name: u64,
+    file: u64,
+    firstlineno: u32,
+    table: u64,
+}
+
+impl Header {
+    /// One read of the object's start; `None` when `addr` holds no code object.
+    fn read(interpreter: &Interpreter, addr: u64) -> Option<Header> {
+        let l = &interpreter.layout;
+        let name_at = l.code_qualname.unwrap_or(l.code_name);
+        let span = [OB_TYPE, name_at, l.code_filename, l.code_firstlineno, l.code_lines].into_iter().max()? + 8;
+        let mut raw = vec![0u8; span as usize];
+        if addr == 0 || interpreter.mem.read_exact_at(&mut raw, addr).is_err() {
+            return None;
+        }
+        let word = |at: u64| u64::from_le_bytes(raw[at as usize..][..8].try_into().unwrap_or_default());
+        (word(OB_TYPE) == interpreter.code_type).then(|| Header {
+            name: word(name_at),
+            file: word(l.code_filename),
+            firstlineno: word(l.code_firstlineno) as u32,
+            table: word(l.code_lines),
+        })
+    }
+}
+
+/// Reads a code object's names and line table.
+fn read_code(interpreter: &Interpreter, header: Header) -> Option<Code> {
+    let (l, mem) = (&interpreter.layout, &interpreter.mem);
+    let mut size = [0u8; 8];
+    mem.read_exact_at(&mut size, header.table + BYTES_SIZE).ok()?;
+    let table_len = u64::from_le_bytes(size).min(MAX_LINE_TABLE);
     let mut lines = vec![0u8; table_len as usize];
-    mem.read_exact_at(&mut lines, table + BYTES_SVAL).ok()?;
-    Some(Code { name: read_str(mem, l, name)?, file: read_str(mem, l, file)?, firstlineno, lines })
+    mem.read_exact_at(&mut lines, header.table + BYTES_SVAL).ok()?;
+    Some(Code { name: read_str(mem, l, header.name)?, file: read_str(mem, l, header.file)?, header, lines })
 }
 
 const MAX_LINE_TABLE: u64 = 1 << 16;
@@ -430,14 +459,14 @@ fn read_str(mem: &File, l: &Layout, addr: u64) -> Option<String> {
 /// The line a frame is at: its instruction's, from the code's line table.
 fn line_of(l: &Layout, code: &Code, addr: u64, instr: u64) -> Option<u32> {
     match l.lines {
-        Lines::Lnotab => lnotab_line(&code.lines, code.firstlineno, instr as u32 as i32),
+        Lines::Lnotab => lnotab_line(&code.lines, code.header.firstlineno, instr as u32 as i32),
         Lines::Linetable310 => {
-            linetable310_line(&code.lines, code.firstlineno, (instr as u32 as i32).saturating_mul(2))
+            linetable310_line(&code.lines, code.header.firstlineno, (instr as u32 as i32).saturating_mul(2))
         }
         Lines::Locations => {
             let first = addr + l.code_adaptive;
             let offset = instr.checked_sub(first)? / 2;
-            locations_line(&code.lines, code.firstlineno, offset)
+            locations_line(&code.lines, code.header.firstlineno, offset)
         }
     }
 }

@@ -100,3 +100,43 @@ fn versions_come_from_the_interpreters_file_name() {
     }
     assert_eq!(Layout::known((3, 13)), None, "3.13 has its debug offsets");
 }
+
+/// A compact ASCII `str` object, as CPython lays it out.
+fn py_str(l: &Layout, text: &str) -> Vec<u8> {
+    let mut o = vec![0u8; l.ascii_size as usize + text.len() + 1];
+    o[UNICODE_LENGTH as usize..][..8].copy_from_slice(&(text.len() as u64).to_le_bytes());
+    // kind 1, compact, ascii.
+    o[UNICODE_STATE as usize..][..4].copy_from_slice(&(1u32 << 2 | 1 << 5 | 1 << 6).to_le_bytes());
+    o[l.ascii_size as usize..][..text.len()].copy_from_slice(text.as_bytes());
+    o
+}
+
+#[test]
+fn a_code_object_made_where_a_freed_one_was_is_read_again() {
+    let layout = Layout::known((3, 11)).unwrap();
+    let code_type = 0x5eed_u64;
+    let (module, remember, file) = (py_str(&layout, "<module>"), py_str(&layout, "remember"), py_str(&layout, "a.py"));
+    let table = vec![0u8; 40];
+    let mut code = vec![0u64; 32];
+    let set = |code: &mut Vec<u64>, at: u64, v: u64| code[at as usize / 8] = v;
+    set(&mut code, OB_TYPE, code_type);
+    set(&mut code, layout.code_filename, file.as_ptr() as u64);
+    set(&mut code, layout.code_lines, table.as_ptr() as u64);
+    set(&mut code, layout.code_firstlineno, 1);
+    set(&mut code, layout.code_qualname.unwrap(), module.as_ptr() as u64);
+    let interpreter =
+        Interpreter { layout: layout.clone(), runtime: 0, code_type, mem: File::open("/proc/self/mem").unwrap() };
+    let addr = code.as_ptr() as u64;
+    let mut codes = HashMap::new();
+    let read = |codes: &mut HashMap<u64, Code>| code_at(codes, &interpreter, addr).map(|c| c.name.clone());
+    assert_eq!(read(&mut codes).as_deref(), Some("<module>"));
+    // The module's body ran and was freed; a function's code object now sits at its address.
+    set(&mut code, layout.code_qualname.unwrap(), remember.as_ptr() as u64);
+    set(&mut code, layout.code_firstlineno, 9);
+    assert_eq!(read(&mut codes).as_deref(), Some("remember"));
+    assert_eq!(codes[&addr].header.firstlineno, 9);
+    // Then something else that is no code object.
+    set(&mut code, OB_TYPE, 0);
+    assert!(read(&mut codes).is_none());
+    std::hint::black_box((&module, &remember, &file, &table, &code));
+}
