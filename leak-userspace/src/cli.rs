@@ -89,6 +89,12 @@ pub struct TraceArgs {
     /// frames get method names. A map that exists only because it was asked for is removed at the end.
     #[arg(long)]
     pub jvm_perfmap: bool,
+
+    /// Profile the JavaScript heap of every node process of the target with V8's sampling heap profiler, so that
+    /// `heap` sites name the JS functions whose objects stay. This opens the process's inspector (SIGUSR1: it
+    /// listens on 127.0.0.1:9229 in the process's network namespace) and closes it again at the end.
+    #[arg(long)]
+    pub node_heap: bool,
 }
 
 /// See the README ("Heap") for the measurements behind it.

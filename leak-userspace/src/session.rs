@@ -98,6 +98,9 @@ pub fn trace(target: Target, args: &TraceArgs, hooks: Hooks<'_>) -> Result<PathB
         start()?;
     }
 
+    if args.node_heap {
+        collector.profile_node_heaps(crate::collect::node_heap::NodeHeap::start()?);
+    }
     let mut jvm_perfmaps = if args.jvm_perfmap { Some(JvmPerfMaps::start()?) } else { None };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let ended = runtime.block_on(event_loop(

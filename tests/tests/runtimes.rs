@@ -176,6 +176,54 @@ fn node_buffers_are_off_heap_and_objects_managed_heap() -> Result<()> {
     Ok(())
 }
 
+/// With --node-heap, V8's sampling heap profiler names the JS function whose objects stay (no page fault does:
+/// V8's collector touches their pages), and a Buffer leak, outside V8's heap, stays off-heap. The inspector
+/// leaktrace opened is closed again and node runs on.
+#[test]
+fn node_heap_names_the_js_function_holding_objects() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let _one = serial();
+    for (mode, rate, location) in [("objects", "20", "managed-heap"), ("buffers", "160", "off-heap")] {
+        let (cmd, _scratch) = node(mode, rate, "7", &[]);
+        let name = format!("node-heap-{mode}");
+        let mut run = traced_with(&name, cmd, &["--node-heap"], "node", location, "--max-old-space-size=768")?;
+        let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", run.workload.id()));
+        let stats = &run.report["collection"]["node_heaps"];
+        eprintln!("{name}: collection.node_heaps {stats}");
+        let profiled = items(stats).first().cloned().unwrap_or_default();
+        ensure!(
+            profiled["inspector"] == "opened" && profiled["profiles"].as_u64() > Some(2),
+            "node's heap was not profiled: {stats}"
+        );
+        let top = items(&run.report["sites"]).iter().find(|s| s["kind"] == "heap").cloned().unwrap_or_default();
+        let frames: Vec<String> = items(&top["frames"])
+            .iter()
+            .map(|f| format!("{}:{}", f["symbol"].as_str().unwrap_or("?"), f["line"]))
+            .collect();
+        eprintln!("{name}: top heap site {} {frames:?}", top["outstanding_bytes"]);
+        if mode == "objects" {
+            let label = top["label"].as_str().unwrap_or_default();
+            ensure!(label == "cacheResponseObject", "the top heap site is {label:?}:\n{}", summarize(&run.report));
+            // Below V8's builtins (`padEnd`), the function and its caller.
+            let at = frames.iter().position(|f| f == "cacheResponseObject:16");
+            ensure!(
+                at.and_then(|i| frames.get(i + 1)).is_some_and(|f| f.starts_with("handleRequest:")),
+                "the top heap site's frames are {frames:?}"
+            );
+        }
+        ensure!(run.workload.try_wait()?.is_none(), "node did not run on after the trace");
+        let tcp = std::fs::read_to_string(format!("/proc/{}/net/tcp", run.workload.id()))?;
+        ensure!(
+            !tcp.lines()
+                .any(|l| l.split_whitespace().nth(1).is_some_and(|a| a.ends_with(":240D")) && l.contains(" 0A ")),
+            "node's inspector still listens after the trace:\n{tcp}"
+        );
+    }
+    Ok(())
+}
+
 /// A runtime that stops itself at its own heap bound (V8 aborts at --max-old-space-size, the JVM's main thread
 /// dies of OutOfMemoryError at -Xmx) under a limit it never reaches: a heap leak whose death is the managed heap's.
 #[test]

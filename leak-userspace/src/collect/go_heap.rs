@@ -12,10 +12,8 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use object::{Object, ObjectSymbol};
 
-use crate::{
-    report::Site,
-    sites::{app_frame, FrameResolver},
-};
+use super::profile_sites::{Held, ProfileSites};
+use crate::{report::Site, sites::FrameResolver};
 
 /// A bucket's header: next, allnext, typ, hash, size, nstk (uintptr each).
 const HEADER: usize = 6 * 8;
@@ -66,10 +64,7 @@ fn load_address(pid: u32) -> Option<u64> {
 pub struct Record {
     /// Return addresses, leaf first (past the allocator's own frames).
     pub stack: Vec<u64>,
-    pub inuse_bytes: f64,
-    pub inuse_objects: f64,
-    pub alloc_bytes: f64,
-    pub alloc_objects: f64,
+    pub held: Held,
 }
 
 /// Reads the profile of `pid`.
@@ -111,20 +106,24 @@ pub fn read(pid: u32, sym: Symbols) -> Result<Vec<Record>> {
     Ok(records)
 }
 
-/// A bucket's counts scaled as pprof scales a heap profile's: a sample of average size s stands for
-/// 1 / (1 - e^(-s/rate)) allocations.
+/// How many allocations of `size` bytes one sample stands for when one is taken every `rate` bytes on average
+/// (a Poisson process, as Go's and V8's samplers are): 1 / (1 - e^(-size/rate)).
+pub fn sampled_count(size: f64, rate: u64) -> f64 {
+    1.0 / (1.0 - (-size / rate as f64).exp())
+}
+
+/// A bucket's counts scaled as pprof scales a heap profile's, by the sample count of their average size.
 fn record(stack: Vec<u64>, [allocs, frees, alloc_bytes, free_bytes]: [u64; 4], rate: u64) -> Record {
     let scale = |count: u64, bytes: u64| -> (f64, f64) {
         if count == 0 || bytes == 0 {
             return (0.0, 0.0);
         }
-        let avg = bytes as f64 / count as f64;
-        let s = 1.0 / (1.0 - (-avg / rate as f64).exp());
+        let s = sampled_count(bytes as f64 / count as f64, rate);
         (count as f64 * s, bytes as f64 * s)
     };
     let (inuse_objects, inuse_bytes) = scale(allocs.saturating_sub(frees), alloc_bytes.saturating_sub(free_bytes));
     let (alloc_objects, alloc_bytes) = scale(allocs, alloc_bytes);
-    Record { stack, inuse_bytes, inuse_objects, alloc_bytes, alloc_objects }
+    Record { stack, held: Held { inuse_bytes, inuse_objects, alloc_bytes, alloc_objects } }
 }
 
 /// The Go processes of the target and their last profiles.
@@ -179,10 +178,10 @@ impl GoHeap {
         comms: &HashMap<u32, String>,
         victim: Option<u32>,
     ) -> Vec<Site> {
-        let mut merged: BTreeMap<Vec<String>, Site> = BTreeMap::new();
+        let mut sites = ProfileSites::new(comms);
         for (&pid, p) in self.procs.iter().filter(|(&pid, _)| victim.is_none_or(|v| v == pid)) {
             let alive = victim.is_some() || std::path::Path::new(&format!("/proc/{pid}")).exists();
-            for r in p.records.iter().filter(|r| r.alloc_bytes > 0.0) {
+            for r in p.records.iter().filter(|r| r.held.alloc_bytes > 0.0) {
                 // Return addresses: the call is the byte before. The runtime records an inlined call as a PC of
                 // its own, so each PC is one frame: the innermost function at it.
                 let mut frames: Vec<_> = r
@@ -191,28 +190,10 @@ impl GoHeap {
                     .filter_map(|&a| resolver.user(pid, &[a.saturating_sub(1)]).into_iter().next())
                     .collect();
                 frames.iter_mut().for_each(|f| f.unwind = Some("profile".into()));
-                let key = frames.iter().map(|f| f.label().to_string()).collect();
-                let site =
-                    merged.entry(key).or_insert_with(|| Site { kind: "heap".into(), frames, ..Default::default() });
-                if alive {
-                    site.outstanding_bytes += r.inuse_bytes.round() as i64;
-                    site.outstanding_allocs += r.inuse_objects.round() as i64;
-                }
-                site.alloc_bytes += r.alloc_bytes.round() as u64;
-                site.alloc_count += r.alloc_objects.round() as u64;
-                if !site.pids.contains(&pid) {
-                    site.pids.push(pid);
-                    site.comms.extend(comms.get(&pid).cloned());
-                }
+                sites.add(pid, alive, &frames, r.held);
             }
         }
-        merged
-            .into_values()
-            .map(|mut s| {
-                s.label = app_frame(&s).map(|f| f.label().to_string());
-                s
-            })
-            .collect()
+        sites.into_sites()
     }
 }
 
@@ -226,10 +207,10 @@ mod tests {
         let r = record(vec![0x401000], [4, 1, 4 << 16, 1 << 16], 512 << 10);
         let each = 1.0 / (1.0 - (-0.125f64).exp());
         assert!((each - 8.51).abs() < 0.01);
-        assert!((r.alloc_objects - 4.0 * each).abs() < 1e-6, "{r:?}");
-        assert!((r.inuse_bytes - 3.0 * 65536.0 * each).abs() < 1e-3, "{r:?}");
+        assert!((r.held.alloc_objects - 4.0 * each).abs() < 1e-6, "{r:?}");
+        assert!((r.held.inuse_bytes - 3.0 * 65536.0 * each).abs() < 1e-3, "{r:?}");
         let none = record(vec![], [0, 0, 0, 0], 512 << 10);
-        assert_eq!((none.alloc_bytes, none.inuse_objects), (0.0, 0.0));
+        assert_eq!((none.held.alloc_bytes, none.held.inuse_objects), (0.0, 0.0));
     }
 
     #[test]

@@ -6,7 +6,9 @@ pub mod exits;
 pub mod flight;
 mod go_heap;
 pub mod heap;
+pub mod node_heap;
 pub mod oom;
+mod profile_sites;
 mod retire;
 
 use std::{
@@ -73,6 +75,8 @@ pub struct Collector {
     ustacks: UserStacks,
     /// `--heap`: the allocator probes of the target's processes.
     heap: Option<heap::HeapTracer>,
+    /// `--node-heap`: V8's sampling heap profiles of the target's node processes.
+    node: Option<node_heap::NodeHeap>,
 }
 
 impl Collector {
@@ -113,7 +117,25 @@ impl Collector {
             retired: retire::Retired::default(),
             ustacks,
             heap,
+            node: None,
         }
+    }
+
+    /// `--node-heap`: the target's node processes are profiled from the next interval on.
+    pub fn profile_node_heaps(&mut self, node: node_heap::NodeHeap) {
+        self.node = Some(node);
+    }
+
+    /// The `heap` sites the runtimes' own profiles give (Go's, V8's), of `victim` only when given.
+    fn runtime_heap_sites(&mut self, victim: Option<u32>) -> Vec<report::Site> {
+        let mut sites = Vec::new();
+        if let Some(h) = &mut self.heap {
+            sites.extend(h.go().sites(&mut self.symbolizer, &self.comms, victim));
+        }
+        if let Some(n) = &self.node {
+            sites.extend(n.sites(&self.comms, victim));
+        }
+        sites
     }
 
     /// A process of the target spawned (`SPAWNS`): probed for `--heap` at once.
@@ -253,6 +275,9 @@ impl Collector {
         self.early.offer(self.intervals, self.start.elapsed().as_secs_f64(), &raw);
         self.flight.record(self.start.elapsed().as_secs_f64(), &raw);
         self.sample(&raw);
+        if let Some(n) = &mut self.node {
+            n.offer(cgroup::member_pids(&self.target.path));
+        }
         self.intervals += 1;
         Ok(None)
     }
@@ -321,8 +346,9 @@ impl Collector {
         let earlier: Vec<u32> = self.oom_kills.iter().map(|k| k.pid).collect();
         oom::settle_earlier_victims(&mut raw, &earlier);
         let mut sites = self.build_sites(probes, &raw, Outstanding::BeforeOomKill, self.top)?;
-        if let Some(h) = &mut self.heap {
-            sites.extend(h.go().sites(&mut self.symbolizer, &self.comms, Some(notice.victim_pid)));
+        let held = self.runtime_heap_sites(Some(notice.victim_pid));
+        if !held.is_empty() {
+            sites.extend(held);
             sites.sort_by_key(|s| std::cmp::Reverse(s.outstanding_bytes));
             sites.truncate(self.top);
         }
@@ -381,10 +407,13 @@ impl Collector {
             self.sample(&raw);
         }
         let mut sites = self.build_sites(probes, &raw, Outstanding::Live, usize::MAX)?;
-        if let Some(h) = &mut self.heap {
-            sites.extend(h.go().sites(&mut self.symbolizer, &self.comms, None));
-            sites.sort_by_key(|s| std::cmp::Reverse(s.outstanding_bytes));
-        }
+        // The node processes' last profiles are taken now, and their inspectors closed.
+        let node_heaps = match &mut self.node {
+            Some(n) => n.stop(cgroup::member_pids(&self.target.path)),
+            None => Vec::new(),
+        };
+        sites.extend(self.runtime_heap_sites(None));
+        sites.sort_by_key(|s| std::cmp::Reverse(s.outstanding_bytes));
         let c = probes.counters()?;
         if let Some(h) = &mut self.heap {
             h.final_hits(probes);
@@ -472,6 +501,7 @@ impl Collector {
                 exits_dropped: exit_counts[exit_count::DROPPED as usize],
                 heap: self.heap.as_ref().map(|h| h.report(&c)),
                 jvm_perfmaps,
+                node_heaps,
             },
             sampling: report::Sampling::from_shift(self.sample_rate_shift, c[counter::ALLOC_EVENTS as usize]),
         };

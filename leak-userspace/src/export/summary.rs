@@ -112,11 +112,9 @@ pub(crate) fn site_line(site: &Site) -> String {
         Some(cache) => format!("{}:{}", site.kind, cache),
         None => site.kind.clone(),
     };
-    let func = app_frame(site).map_or("?".to_string(), |f| match (f.module.as_deref(), &f.file, f.line) {
-        // A Python function with where it runs: `remember (session_store.py:12)`.
-        (Some(crate::stacks::python::PY_MODULE), Some(file), Some(l)) => {
-            format!("{} ({}:{l})", f.label(), file.rsplit('/').next().unwrap_or(file))
-        }
+    let func = app_frame(site).map_or("?".to_string(), |f| match (crate::stacks::runtime::source_file(f), f.line) {
+        // A Python or JS function with where it runs: `remember (session_store.py:12)`.
+        (Some(file), Some(l)) => format!("{} ({}:{l})", f.label(), file.rsplit('/').next().unwrap_or(file)),
         _ => f.label().to_string(),
     });
     let mut line = format!("{kind:<18} {:>10}  {func}", human_bytes(site.outstanding_bytes));

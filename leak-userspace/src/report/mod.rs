@@ -449,6 +449,9 @@ pub struct Collection {
     /// `--jvm-perfmap`: the JVMs asked for perf maps, and how they answered.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub jvm_perfmaps: Vec<crate::stacks::jvm_perfmap::JvmPerfMapStats>,
+    /// `--node-heap`: the node processes whose V8 heap was profiled, and how that went.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_heaps: Vec<crate::collect::node_heap::NodeHeapStats>,
 }
 
 /// `collection.heap`.

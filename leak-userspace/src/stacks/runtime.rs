@@ -5,6 +5,15 @@ use crate::report::Frame;
 
 use super::{python::PY_MODULE, symbolize::JIT_MODULE};
 
+/// The module of JavaScript frames named by V8's own profiler (`--node-heap`), not by a perf map.
+pub const JS_MODULE: &str = "[js]";
+
+/// The source file of a frame a language runtime named (Python's, V8's profiler's): its module stands for the
+/// language, and the file tells the application's code from the runtime's.
+pub fn source_file(f: &Frame) -> Option<&str> {
+    matches!(f.module.as_deref(), Some(PY_MODULE | JS_MODULE)).then_some(f.file.as_deref()).flatten()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Runtime {
     Go,
@@ -41,7 +50,11 @@ impl Runtime {
                         .is_some_and(|v| v.is_empty() || v.starts_with(|c: char| c.is_ascii_digit()))
             }
             Runtime::Node => {
-                base == "node" || base == "nodejs" || base.starts_with("libnode") || symbol.starts_with("JS:")
+                f.module.as_deref() == Some(JS_MODULE)
+                    || base == "node"
+                    || base == "nodejs"
+                    || base.starts_with("libnode")
+                    || symbol.starts_with("JS:")
             }
             Runtime::Go => symbol.starts_with("runtime."),
         }
@@ -61,6 +74,10 @@ pub fn is_internal(f: &Frame) -> bool {
     }
     if f.module.as_deref() == Some(PY_MODULE) {
         return python_stdlib(f.file.as_deref().unwrap_or(""));
+    }
+    if f.module.as_deref() == Some(JS_MODULE) {
+        // node's own modules (`node:internal/...`), and V8's pseudo-frames and builtins, which have no script.
+        return f.file.as_deref().is_none_or(|url| url.starts_with("node:"));
     }
     const JDK_LIBS: &[&str] = &["libjvm", "libjli", "libjava", "libnio", "libnet", "libzip", "libjimage", "libverify"];
     let base = module_base(f);

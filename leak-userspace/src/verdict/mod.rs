@@ -69,6 +69,7 @@ pub fn judge(r: &Report) -> Verdict {
         (Some(rt), Some(_)) => f.heap_dump_recommendation(rt),
         _ => location.and_then(|l| f.runtime_recommendation(rt?, l)),
     });
+    recommendations.extend(location.and_then(|l| f.holder_recommendation(rt?, l)));
     evidence.extend(died_at_bound);
     recommendations.extend(rt.and_then(|rt| f.jit_names_recommendation(rt, class)));
     Verdict {
@@ -651,7 +652,7 @@ impl<'a> Facts<'a> {
             "the top anon site's pages lie in the malloc heap ({heap}): {} first touched them, but the allocator hands \
              freed memory to the next caller, so another function may hold them now; run `{}` to name the holder",
             site_name(top)?,
-            self.heap_command()
+            self.trace_again_with("--heap")
         ))
     }
 
@@ -669,12 +670,12 @@ impl<'a> Facts<'a> {
         }
     }
 
-    /// The command that traces this target again with `--heap`: by the container's name when it has one (a
-    /// restart makes a new cgroup), else by the cgroup traced.
-    fn heap_command(&self) -> String {
+    /// The command that traces this target again with `flag`: by the container's name when it has one (a restart
+    /// makes a new cgroup), else by the cgroup traced.
+    fn trace_again_with(&self, flag: &str) -> String {
         let t = &self.r.target;
         let target = t.container.as_ref().map(|c| c.name.as_str()).filter(|n| !n.is_empty());
-        format!("leaktrace --cgroup {} --heap", shell_word(target.unwrap_or(&t.cgroup_path)))
+        format!("leaktrace --cgroup {} {flag}", shell_word(target.unwrap_or(&t.cgroup_path)))
     }
 
     /// The site holding the most of a leak's growth: the holder of the heap (`--heap`) before the toucher of its
@@ -690,9 +691,17 @@ impl<'a> Facts<'a> {
             held(|k| !USER_KINDS.contains(&k))
         } else if self.deaths().next().is_some() && held(user).is_none() {
             allocated(|k| k == "heap").or_else(|| allocated(|k| k == "anon"))
+        } else if self.heap_explains_little() {
+            held(|k| k == "anon")
         } else {
             held(|k| k == "heap").or_else(|| held(|k| k == "anon"))
         }
+    }
+
+    /// Whether the heap sites explain under a quarter of the anon growth: what grows is then memory the heap's
+    /// view leaves out (a Node Buffer's bytes, outside V8's heap its profiler samples), and the anon site holds it.
+    fn heap_explains_little(&self) -> bool {
+        self.r.attribution.heap.as_ref().and_then(|c| c.coverage).is_some_and(|c| c < HEAP_EXPLAINS)
     }
 
     /// `verdict.location`: where the memory the class is about lives.
@@ -882,11 +891,8 @@ fn location(site: &Site) -> String {
     }
     match app_frame(site) {
         Some(f) if !f.kernel && !f.symbol.as_deref().is_some_and(is_allocator) => {
-            // A Python function's module is its source file.
-            let module = match f.module.as_deref() {
-                Some(crate::stacks::python::PY_MODULE) => f.file.as_deref().unwrap_or(""),
-                m => m.unwrap_or(""),
-            };
+            // A Python or JS function's module is its source file.
+            let module = crate::stacks::runtime::source_file(f).or(f.module.as_deref()).unwrap_or("");
             let base = module.rsplit('/').next().unwrap_or(module);
             if base.starts_with("libc.so") || base.starts_with("libc-") {
                 "the C library (libc)".into()
@@ -903,6 +909,9 @@ fn location(site: &Site) -> String {
     }
 }
 
+/// The share of the anon growth under which the heap sites are not where the growth lives.
+const HEAP_EXPLAINS: f64 = 0.25;
+
 /// The kinds of user memory: anon pages, and the heap blocks (`--heap`) that are a view of them.
 const USER_KINDS: &[&str] = &["anon", "heap"];
 
@@ -916,16 +925,24 @@ fn holder_line(sites: &[Site], heap: Option<&Coverage>) -> Option<String> {
         .and_then(|c| c.coverage)
         .map(|c| format!(" (the live sampled heap explains {:.0}% of the anon growth)", c * 100.0))
         .unwrap_or_default();
+    // A runtime's own profile (Go's, V8's) counts its objects; the probes count malloc's blocks.
+    let (what, why) = if holder.frames.iter().any(|f| f.unwind.as_deref() == Some("profile")) {
+        ("the objects that stay", "the runtime's collector, not the code that keeps the objects, touches their pages")
+    } else {
+        ("the malloc'd bytes that stay", "the allocator reused memory freed by one for the other")
+    };
+    let little = heap.and_then(|c| c.coverage).is_some_and(|c| c < HEAP_EXPLAINS);
     Some(match top("anon").and_then(site_name) {
+        _ if little => format!(
+            "{what} are held by {held}, {}{explains}: what grows is memory outside the heap they are counted in \
+             (native or off-heap buffers), told by the anon sites",
+            human_bytes(holder.outstanding_bytes)
+        ),
         Some(toucher) if toucher != held => format!(
-            "anon pages first touched by {toucher}; the malloc'd bytes that stay are held by {held}, {}{explains}: \
-             the allocator reused memory freed by one for the other, so fix {held}",
+            "anon pages first touched by {toucher}; {what} are held by {held}, {}{explains}: {why}, so fix {held}",
             human_bytes(holder.outstanding_bytes)
         ),
-        _ => format!(
-            "the malloc'd bytes that stay are held by {held}, {}{explains}",
-            human_bytes(holder.outstanding_bytes)
-        ),
+        _ => format!("{what} are held by {held}, {}{explains}", human_bytes(holder.outstanding_bytes)),
     })
 }
 

@@ -79,7 +79,7 @@ impl Facts<'_> {
             (Some(label), Some(heap)) => format!(
                 "run `{}` to name the function that holds the malloc'd memory {label} first touched in {heap}, and \
                  fix the leak there",
-                self.heap_command()
+                self.trace_again_with("--heap")
             ),
             // The runtime's own code (its collector copying objects, its allocator) touched the pages: the leak
             // is in whatever keeps the objects alive.
@@ -149,6 +149,18 @@ impl Facts<'_> {
             Runtime::Python => "run the service with PYTHONTRACEMALLOC=25 (or python3 -X tracemalloc=25) and compare \
              tracemalloc snapshots: they name the Python line that allocates what stays"
                 .into(),
+        })
+    }
+
+    /// How to name the holder of a growing managed heap where page faults cannot: a JS object's pages are touched
+    /// by V8's collector as it promotes the object, never by the function that keeps it.
+    pub(super) fn holder_recommendation(&self, rt: Runtime, location: &str) -> Option<String> {
+        (rt == Runtime::Node && location == "managed-heap" && self.r.collection.node_heaps.is_empty()).then(|| {
+            format!(
+                "run `{}`: V8's sampling heap profiler then names the JS functions whose objects stay (it opens \
+                 node's inspector on its loopback for the trace)",
+                self.trace_again_with("--node-heap")
+            )
         })
     }
 

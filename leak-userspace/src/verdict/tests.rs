@@ -677,3 +677,58 @@ fn runtime_and_location_of_the_growth() {
     let asked = leaking_asked(Some(jit()), true);
     assert!(!asked.recommendations.iter().any(|r| r.contains("--jvm-perfmap")), "{:?}", asked.recommendations);
 }
+
+/// Node: an object leak's pages are touched by V8's collector, so without `--node-heap` the advice is to trace
+/// with it; with it, a profile whose heap sites explain little of the growth (a Buffer leak: its bytes are outside
+/// V8's heap) leaves the anon site to say where the memory lives.
+#[test]
+fn node_heaps_name_the_holder_only_where_they_explain_the_growth() {
+    let node =
+        |s: &str| Frame { symbol: Some(s.into()), module: Some("/usr/bin/node".into()), ..Frame::unknown(0x10, false) };
+    let judged_with = |anon: Vec<Frame>, heap: Option<(i64, &str)>| {
+        let samples = series(30, |i, s| s.anon = Some(20 * MIB + i as u64 * MIB));
+        let mut r = sample_report();
+        r.sites[0].frames = anon;
+        if let Some((bytes, label)) = heap {
+            let js = Frame {
+                module: Some(crate::stacks::runtime::JS_MODULE.into()),
+                file: Some("/srv/app.js".into()),
+                unwind: Some("profile".into()),
+                ..node(label)
+            };
+            let mut site = crate::report::tests::site("heap", bytes, vec![js]);
+            site.label = Some(label.into());
+            r.sites.insert(0, site);
+            r.collection.node_heaps = vec![crate::collect::node_heap::NodeHeapStats {
+                pid: 7,
+                inspector: "opened".into(),
+                profiles: 9,
+                last_error: None,
+            }];
+        }
+        r.memory.limit_bytes = Some(1 << 30);
+        r.attribution = attribution::attribute(&samples, &r.sites);
+        r.growth = growth::analyse(&samples, &growth::life_ends(&[], &[], &samples), r.memory.limit_bytes, 0);
+        r.memory.samples = samples;
+        judge(&r)
+    };
+    let scavenged = || {
+        vec![node("v8::internal::Scavenger::ScavengeObject"), node("v8::internal::ScavengerCollector::JobTask::Run")]
+    };
+    let objects = judged_with(scavenged(), None);
+    assert_eq!((objects.runtime.as_deref(), objects.location.as_deref()), (Some("node"), Some("managed-heap")));
+    assert!(objects.recommendations.iter().any(|r| r.contains("--node-heap")), "{:?}", objects.recommendations);
+    let profiled = judged_with(scavenged(), Some((25 * MIB as i64, "cacheResponseObject")));
+    assert!(
+        profiled.recommendations[0].starts_with("fix the leak in cacheResponseObject"),
+        "{:?}",
+        profiled.recommendations
+    );
+    assert!(!profiled.recommendations.iter().any(|r| r.contains("--node-heap")), "{:?}", profiled.recommendations);
+    has(&profiled, "the objects that stay are held by cacheResponseObject, 25.0 MiB");
+    let buffer =
+        vec![node("v8::internal::Builtin_TypedArrayPrototypeFill(int, unsigned long*, v8::internal::Isolate*)")];
+    let buffers = judged_with(buffer, Some((MIB as i64, "cacheResponseBuffer")));
+    assert_eq!(buffers.location.as_deref(), Some("off-heap"), "{buffers:#?}");
+    has(&buffers, "the objects that stay are held by cacheResponseBuffer, 1.0 MiB (the live sampled heap explains 3% of the anon growth): what grows is memory outside the heap");
+}
