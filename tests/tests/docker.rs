@@ -84,11 +84,22 @@ impl Dockerd {
 
     /// Imports an image holding busybox and `exe` as /bin/<its name>.
     fn import_image(&self, tag: &str, exe: &Path) -> Result<()> {
+        let name = exe.file_name().context("no file name")?.to_string_lossy();
+        self.import_image_with(tag, &[(exe.to_path_buf(), format!("bin/{name}"))])
+    }
+
+    /// Imports an image holding busybox and `files` (host path, path in the image).
+    fn import_image_with(&self, tag: &str, files: &[(PathBuf, String)]) -> Result<()> {
         let rootfs = self.dir.path().join("rootfs");
+        let _ = fs::remove_dir_all(&rootfs);
         fs::create_dir_all(rootfs.join("bin"))?;
         fs::copy("/bin/busybox", rootfs.join("bin/busybox")).context("no /bin/busybox (apt install busybox-static)")?;
         std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh"))?;
-        fs::copy(exe, rootfs.join("bin").join(exe.file_name().context("no file name")?))?;
+        for (from, to) in files {
+            let to = rootfs.join(to);
+            fs::create_dir_all(to.parent().context("a file at the root")?)?;
+            fs::copy(from, &to).with_context(|| format!("cannot copy {}", from.display()))?;
+        }
         let tar = self.dir.path().join("rootfs.tar");
         let status = Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg(".").status()?;
         ensure!(status.success(), "tar failed");
@@ -311,6 +322,57 @@ fn heap_holder_of_a_static_binary_in_a_container() -> Result<()> {
     ensure!(service["allocator"] == "/bin/render_sessions", "not probed in the executable: {service}");
     scenarios::check_heap_holder(&report, &[&["remember_session"], &["handle_request"], &["main"]])?;
     Ok(())
+}
+
+/// `--node-heap` on node in a container with a network of its own (`--network none`: a loopback only it sees):
+/// the inspector is reached inside the container's network namespace and the JS function that keeps the objects
+/// named. The image holds Debian's node and the libraries it links.
+#[test]
+fn node_heap_of_a_container_reaches_its_inspector_in_its_network_namespace() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let _one_at_a_time = serial();
+    let dockerd = Dockerd::start()?;
+    let node = fs::canonicalize(which("node")?)?;
+    let ldd = Command::new("ldd").arg(&node).output().context("cannot run ldd")?;
+    let mut files = vec![(node, "bin/node".to_string())];
+    for lib in String::from_utf8_lossy(&ldd.stdout).split_whitespace().filter(|w| w.starts_with('/')) {
+        files.push((PathBuf::from(lib), lib.trim_start_matches('/').to_string()));
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/response_cache.js");
+    files.push((script, "srv/response_cache.js".to_string()));
+    dockerd.import_image_with("leaktrace-e2e-node:1", &files)?;
+    let name = format!("lt-e2e-node-{}", std::process::id());
+    let run = ["run", "-d", "--name", &name, "--network", "none", "--memory", "1g", "-w", "/tmp"];
+    dockerd.docker(
+        &[&run[..], &["leaktrace-e2e-node:1", "/bin/node", "/srv/response_cache.js", "20", "7", "120", "objects"]]
+            .concat(),
+    )?;
+    let work = tempfile::tempdir()?;
+    let out_dir = work.path().join("out");
+    let mut trace = dockerd.leaktrace(&["--cgroup", &name, "--node-heap", "--duration", "9"], &out_dir)?;
+    let out = trace.wait(Duration::from_secs(60))?;
+    ensure!(out.status.success(), "leaktrace failed: {}", describe(&out));
+    assert_nothing_attached()?;
+    let report = read_report(&out_dir)?;
+    let stats = &report["collection"]["node_heaps"];
+    eprintln!("container node: collection.node_heaps {stats}\n{}", summarize(&report));
+    ensure!(items(stats).iter().any(|s| s["inspector"] == "opened" && s["profiles"].as_u64() > Some(2)), "{stats}");
+    let top = items(&report["sites"]).iter().find(|s| s["kind"] == "heap").cloned().unwrap_or_default();
+    ensure!(top["label"] == "cacheResponseObject", "the top heap site is {}:\n{}", top["label"], summarize(&report));
+    ensure!(dockerd.docker(&["inspect", "-f", "{{.State.Running}}", &name])? == "true", "the container stopped");
+    Ok(())
+}
+
+/// Where `program` is on PATH.
+fn which(program: &str) -> Result<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .with_context(|| format!("no {program} on PATH"))
 }
 
 /// A container name needs a daemon: without one the error says which daemon could not be reached. No root needed
