@@ -232,6 +232,7 @@ impl Collector {
         for &pid in &pids {
             self.learn_process(pid);
         }
+        self.ustacks.look_at(&pids);
         if let Some(h) = &mut self.heap {
             h.tick(probes, &pids, self.start.elapsed().as_secs_f64());
         }

@@ -226,9 +226,9 @@ impl UserStacks {
         let stale = stale || self.processes.get(&tgid).is_none_or(|p| p.region(ip).is_none());
         if stale {
             if let Some(p) = Process::read(tgid, &mut self.objects) {
-                // Met again, it may have mapped its libpython since, or exec'd.
-                let again = self.processes.insert(tgid, p).is_some();
-                self.python.look_at(tgid, again);
+                self.processes.insert(tgid, p);
+                // It may have mapped its libpython, or exec'd, since it was looked at (at an interval).
+                self.python.look_at(tgid, true);
             }
             self.stats.objects = self.objects.read;
         }
@@ -271,6 +271,12 @@ impl UserStacks {
         for key in keys.iter().filter(|k| k.usample != 0) {
             self.tokens.remove(&key.usample);
         }
+    }
+
+    /// The target's processes as its cgroup lists them: a CPython one has its frames walked from its first sample,
+    /// not only once a sample made it known (a process running before the trace, or spawned since an interval).
+    pub fn look_at(&mut self, pids: &[u32]) {
+        pids.iter().for_each(|&pid| self.python.look_at(pid, false));
     }
 
     /// Drops the processes that are gone (after the samples they sent were drained).
