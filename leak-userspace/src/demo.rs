@@ -45,6 +45,7 @@ pub fn run(output: Option<PathBuf>, quiet: bool) -> Result<()> {
         heap_budget: crate::cli::DEFAULT_HEAP_BUDGET,
         jvm_perfmap: false,
         node_heap: false,
+        jvm_heap: false,
     };
     let mut child: Option<Child> = None;
     let cgroup_path = cgroup.path.clone();

@@ -5,13 +5,14 @@
 //! `collect` (draining maps and events every interval) + `memory` (the cgroup's own accounting) -> `stacks` (user
 //! stack samples unwound, then every stack symbolized) ->
 //! `sites` (aggregated call sites) -> `attribution` (sites against memory.stat growth) -> `verdict` ->
-//! `report` (report.json model) -> `export` (folded stacks, terminal summary); `live` shows the trace as it runs.
+//! `report` (report.json model) -> `export` (folded stacks, terminal summary); `live` shows the trace as it runs; `jvm_attach` speaks to running JVMs.
 pub mod attribution;
 pub mod cgroup;
 pub mod cli;
 pub mod collect;
 pub mod demo;
 pub mod export;
+pub mod jvm_attach;
 pub mod kernel;
 pub mod live;
 pub mod memory;

@@ -101,6 +101,9 @@ pub fn trace(target: Target, args: &TraceArgs, hooks: Hooks<'_>) -> Result<PathB
     if args.node_heap {
         collector.profile_node_heaps(crate::collect::node_heap::NodeHeap::start()?);
     }
+    if args.jvm_heap {
+        collector.profile_jvm_heaps(crate::collect::jvm_heap::JvmHeap::start()?);
+    }
     let mut jvm_perfmaps = if args.jvm_perfmap { Some(JvmPerfMaps::start()?) } else { None };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let ended = runtime.block_on(event_loop(

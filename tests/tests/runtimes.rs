@@ -57,7 +57,7 @@ fn java_heap_leak_is_managed_heap() -> Result<()> {
         return Ok(());
     }
     let _one = serial();
-    traced_as("java-heap", java("heap", &[]), "jvm", "managed-heap", "-XX:+HeapDumpOnOutOfMemoryError").map(drop)
+    traced_as("java-heap", java("heap", &[]), "jvm", "managed-heap", "--jvm-heap").map(drop)
 }
 
 #[test]
@@ -197,12 +197,7 @@ fn node_heap_names_the_js_function_holding_objects() -> Result<()> {
             profiled["inspector"] == "opened" && profiled["profiles"].as_u64() > Some(2),
             "node's heap was not profiled: {stats}"
         );
-        let top = items(&run.report["sites"]).iter().find(|s| s["kind"] == "heap").cloned().unwrap_or_default();
-        let frames: Vec<String> = items(&top["frames"])
-            .iter()
-            .map(|f| format!("{}:{}", f["symbol"].as_str().unwrap_or("?"), f["line"]))
-            .collect();
-        eprintln!("{name}: top heap site {} {frames:?}", top["outstanding_bytes"]);
+        let (top, frames) = top_heap_site(&name, &run.report);
         if mode == "objects" {
             let label = top["label"].as_str().unwrap_or_default();
             ensure!(label == "cacheResponseObject", "the top heap site is {label:?}:\n{}", summarize(&run.report));
@@ -222,6 +217,75 @@ fn node_heap_names_the_js_function_holding_objects() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--jvm-heap`: JFR's old-object sampler names the Java method whose arrays stay (page faults name the
+/// collector's promotion). The JVM runs on, with no leaktrace recording left in it and no dump left in its /tmp.
+#[test]
+fn jvm_heap_names_the_java_method_holding_objects() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let _one = serial();
+    let mut run = traced_with(
+        "java-jvm-heap",
+        java("heap", &[]),
+        &["--jvm-heap"],
+        "jvm",
+        "managed-heap",
+        "-XX:+HeapDumpOnOutOfMemoryError",
+    )?;
+    let pid = run.workload.id();
+    let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
+    let stats = &run.report["collection"]["jvm_heaps"];
+    eprintln!("java-jvm-heap: collection.jvm_heaps {stats}");
+    let sampled = items(stats).first().cloned().unwrap_or_default();
+    ensure!(sampled["profiles"].as_u64() > Some(2) && sampled["samples"].as_u64() > Some(10), "not sampled: {stats}");
+    let (top, frames) = top_heap_site("java-jvm-heap", &run.report);
+    let label = top["label"].as_str().unwrap_or_default();
+    ensure!(
+        label == "SessionBuffers.rememberSession(boolean, int)",
+        "the top heap site is {label:?}:\n{}",
+        summarize(&run.report)
+    );
+    ensure!(
+        frames.get(1).is_some_and(|f| f.starts_with("SessionBuffers.handleRequest(boolean, int):")),
+        "the top heap site's frames are {frames:?}"
+    );
+    let said = items(&run.report["verdict"]["evidence"])
+        .iter()
+        .filter_map(Value::as_str)
+        .any(|e| e.contains("the objects that stay are held by SessionBuffers.rememberSession"));
+    ensure!(said, "the evidence does not name the holder: {}", run.report["verdict"]["evidence"]);
+    ensure!(run.workload.try_wait()?.is_none(), "the JVM did not run on after the trace");
+    let check = jcmd(pid, "JFR.check")?;
+    ensure!(!check.contains("leaktrace"), "a leaktrace recording is left in the JVM:\n{check}");
+    let dumps: Vec<_> =
+        std::fs::read_dir("/tmp")?.flatten().filter(|e| e.file_name() == *format!("leaktrace-{pid}.jfr")).collect();
+    ensure!(dumps.is_empty(), "a dump is left in /tmp");
+    Ok(())
+}
+
+/// The report's largest heap site, and its frames as `symbol:line`.
+fn top_heap_site(name: &str, report: &Value) -> (Value, Vec<String>) {
+    let top = items(&report["sites"]).iter().find(|s| s["kind"] == "heap").cloned().unwrap_or_default();
+    let frames: Vec<String> = items(&top["frames"])
+        .iter()
+        .map(|f| format!("{}:{}", f["symbol"].as_str().unwrap_or("?"), f["line"]))
+        .collect();
+    eprintln!("{name}: top heap site {} {frames:?}", top["outstanding_bytes"]);
+    (top, frames)
+}
+
+/// One diagnostic command through the JVM's attach listener (started by the trace), as jcmd sends it.
+fn jcmd(pid: u32, command: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(format!("/tmp/.java_pid{pid}"))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    s.write_all(format!("1\0jcmd\0{command}\0\0\0").as_bytes())?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    Ok(answer)
 }
 
 /// A runtime that stops itself at its own heap bound (V8 aborts at --max-old-space-size, the JVM's main thread

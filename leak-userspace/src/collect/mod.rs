@@ -6,10 +6,12 @@ pub mod exits;
 pub mod flight;
 mod go_heap;
 pub mod heap;
+pub mod jvm_heap;
 pub mod node_heap;
 pub mod oom;
 mod profile_sites;
 mod retire;
+pub mod runtime_heap;
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -77,6 +79,8 @@ pub struct Collector {
     heap: Option<heap::HeapTracer>,
     /// `--node-heap`: V8's sampling heap profiles of the target's node processes.
     node: Option<node_heap::NodeHeap>,
+    /// `--jvm-heap`: JFR's old-object samples of the target's JVMs.
+    jvm: Option<jvm_heap::JvmHeap>,
 }
 
 impl Collector {
@@ -118,6 +122,7 @@ impl Collector {
             ustacks,
             heap,
             node: None,
+            jvm: None,
         }
     }
 
@@ -126,7 +131,12 @@ impl Collector {
         self.node = Some(node);
     }
 
-    /// The `heap` sites the runtimes' own profiles give (Go's, V8's), of `victim` only when given.
+    /// `--jvm-heap`: the target's JVMs are sampled from the next interval on.
+    pub fn profile_jvm_heaps(&mut self, jvm: jvm_heap::JvmHeap) {
+        self.jvm = Some(jvm);
+    }
+
+    /// The `heap` sites the runtimes' own profiles give (Go's, V8's, the JVM's), of `victim` only when given.
     fn runtime_heap_sites(&mut self, victim: Option<u32>) -> Vec<report::Site> {
         let mut sites = Vec::new();
         if let Some(h) = &mut self.heap {
@@ -134,6 +144,9 @@ impl Collector {
         }
         if let Some(n) = &self.node {
             sites.extend(n.sites(&self.comms, victim));
+        }
+        if let Some(j) = &self.jvm {
+            sites.extend(j.sites(&self.comms, victim));
         }
         sites
     }
@@ -276,8 +289,14 @@ impl Collector {
         self.early.offer(self.intervals, self.start.elapsed().as_secs_f64(), &raw);
         self.flight.record(self.start.elapsed().as_secs_f64(), &raw);
         self.sample(&raw);
-        if let Some(n) = &mut self.node {
-            n.offer(cgroup::member_pids(&self.target.path));
+        if self.node.is_some() || self.jvm.is_some() {
+            let pids = cgroup::member_pids(&self.target.path);
+            if let Some(n) = &mut self.node {
+                n.offer(pids.clone());
+            }
+            if let Some(j) = &mut self.jvm {
+                j.offer(pids);
+            }
         }
         self.intervals += 1;
         Ok(None)
@@ -408,9 +427,13 @@ impl Collector {
             self.sample(&raw);
         }
         let mut sites = self.build_sites(probes, &raw, Outstanding::Live, usize::MAX)?;
-        // The node processes' last profiles are taken now, and their inspectors closed.
+        // The runtimes' last profiles are taken now, and their profilers stopped.
         let node_heaps = match &mut self.node {
             Some(n) => n.stop(cgroup::member_pids(&self.target.path)),
+            None => Vec::new(),
+        };
+        let jvm_heaps = match &mut self.jvm {
+            Some(j) => j.stop(cgroup::member_pids(&self.target.path)),
             None => Vec::new(),
         };
         sites.extend(self.runtime_heap_sites(None));
@@ -503,6 +526,7 @@ impl Collector {
                 heap: self.heap.as_ref().map(|h| h.report(&c)),
                 jvm_perfmaps,
                 node_heaps,
+                jvm_heaps,
             },
             sampling: report::Sampling::from_shift(self.sample_rate_shift, c[counter::ALLOC_EVENTS as usize]),
         };

@@ -7,14 +7,10 @@
 //! own network namespace (one already open, `--inspect`, is used as it is), a websocket session there starts
 //! sampling, and every interval the profile is fetched. At the end sampling stops and an inspector leaktrace opened
 //! is closed again (`process._debugEnd()`); should leaktrace die first, its session's end stops the sampling.
-//!
-//! The sessions run on a thread of their own: a process busy in a long collection answers late.
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
-    sync::mpsc,
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -25,10 +21,10 @@ use tungstenite::{Message, WebSocket};
 
 use super::{
     go_heap::sampled_count,
-    profile_sites::{Held, ProfileSites},
+    runtime_heap::{HeapStats, Profiler, Record, RuntimeHeap},
 };
 use crate::{
-    report::{Frame, Site},
+    report::Frame,
     stacks::{maps::exe_file, runtime::JS_MODULE},
 };
 
@@ -42,177 +38,67 @@ const ANSWER_WAIT: Duration = Duration::from_secs(5);
 const DEFAULT_PORT: u16 = 9229;
 
 /// report.json `collection.node_heaps[]`: one Node.js process profiled.
+pub type NodeHeapStats = HeapStats<Inspected>;
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct NodeHeapStats {
-    pub pid: u32,
+pub struct Inspected {
     /// "opened" (by SIGUSR1, closed again at the end) or "already-open".
     pub inspector: String,
-    pub profiles: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
 }
 
-/// One sampled stack of live objects: JS frames leaf first, the bytes and objects they stand for.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Record {
-    pub frames: Vec<Frame>,
-    pub bytes: f64,
-    pub objects: f64,
-}
-
-enum Ask {
-    /// The target's processes now: new node processes get a session, every session a fresh profile.
-    Profile(Vec<u32>),
-    Stop,
-}
-
-enum Told {
-    Profile(u32, Vec<Record>),
-    Stats(NodeHeapStats),
-}
-
-/// The profiling thread and the last profile of each process.
-pub struct NodeHeap {
-    asks: mpsc::Sender<Ask>,
-    told: mpsc::Receiver<Told>,
-    thread: Option<JoinHandle<()>>,
-    profiles: BTreeMap<u32, Vec<Record>>,
-    stats: BTreeMap<u32, NodeHeapStats>,
-}
-
-impl NodeHeap {
-    pub fn start() -> Result<Self> {
-        let (asks, rx) = mpsc::channel();
-        let (tx, told) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("node-heap".into())
-            .spawn(move || profile_loop(rx, tx))
-            .context("cannot start the node heap profiling thread")?;
-        Ok(NodeHeap { asks, told, thread: Some(thread), profiles: BTreeMap::new(), stats: BTreeMap::new() })
-    }
-
-    /// Once an interval: asks for fresh profiles of the target's node processes, takes those that came.
-    pub fn offer(&mut self, pids: Vec<u32>) {
-        let _ = self.asks.send(Ask::Profile(pids));
-        self.take();
-    }
-
-    fn take(&mut self) {
-        while let Ok(t) = self.told.try_recv() {
-            match t {
-                Told::Profile(pid, records) => {
-                    self.profiles.insert(pid, records);
-                }
-                Told::Stats(s) => {
-                    self.stats.insert(s.pid, s);
-                }
-            }
-        }
-    }
-
-    /// Takes the last profiles, stops sampling, closes the inspectors it opened; returns what each process gave.
-    pub fn stop(&mut self, pids: Vec<u32>) -> Vec<NodeHeapStats> {
-        let _ = self.asks.send(Ask::Profile(pids));
-        let _ = self.asks.send(Ask::Stop);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        self.take();
-        self.stats.values().cloned().collect()
-    }
-
-    /// The `heap` sites of the last profiles (of `victim`'s only, as it stood before its OOM kill, when given),
-    /// merged by function. A process gone holds nothing any more: its sites keep what they allocated.
-    pub fn sites(&self, comms: &HashMap<u32, String>, victim: Option<u32>) -> Vec<Site> {
-        let mut sites = ProfileSites::new(comms);
-        for (&pid, records) in self.profiles.iter().filter(|(&pid, _)| victim.is_none_or(|v| v == pid)) {
-            let alive = victim.is_some() || std::path::Path::new(&format!("/proc/{pid}")).exists();
-            for r in records {
-                // The profile holds live objects only: what they allocated is what they hold.
-                let (bytes, objects) = (r.bytes, r.objects);
-                let held =
-                    Held { inuse_bytes: bytes, inuse_objects: objects, alloc_bytes: bytes, alloc_objects: objects };
-                sites.add(pid, alive, &r.frames, held);
-            }
-        }
-        sites.into_sites()
-    }
-}
-
-impl Drop for NodeHeap {
-    fn drop(&mut self) {
-        if self.thread.is_some() {
-            self.stop(Vec::new());
-        }
-    }
-}
+/// The profiling thread of `--node-heap`.
+pub type NodeHeap = RuntimeHeap<Inspector>;
 
 /// One process's inspector session.
-struct Session {
+pub struct Inspector {
     ws: WebSocket<TcpStream>,
     next_id: u64,
     stats: NodeHeapStats,
 }
 
-fn profile_loop(asks: mpsc::Receiver<Ask>, told: mpsc::Sender<Told>) {
-    let mut sessions: BTreeMap<u32, Session> = BTreeMap::new();
-    // Each process is tried once: one whose inspector does not open is not signalled again.
-    let mut tried = HashSet::new();
-    let mut stop = false;
-    while let Ok(ask) = asks.recv() {
-        // Asks that queued up while a slow process answered are one ask: the latest processes, once.
-        let mut pids = Vec::new();
-        for ask in std::iter::once(ask).chain(asks.try_iter()) {
-            match ask {
-                Ask::Profile(p) => pids = p,
-                Ask::Stop => stop = true,
-            }
-        }
-        for pid in pids {
-            if tried.contains(&pid) || !is_node(pid) {
-                continue;
-            }
-            // node installs its handler as it starts: one that does not catch it yet is looked at again.
-            if !catches_sigusr1(pid) {
-                let why = "node does not catch SIGUSR1 (starting, no inspector, or --disable-sigusr1): not signalled";
-                let stats = NodeHeapStats { pid, last_error: Some(why.into()), ..Default::default() };
-                let _ = told.send(Told::Stats(stats));
-                continue;
-            }
-            tried.insert(pid);
-            match Session::open(pid) {
-                Ok(s) => drop(sessions.insert(pid, s)),
-                Err(e) => {
-                    let stats = NodeHeapStats { pid, last_error: Some(format!("{e:#}")), ..Default::default() };
-                    let _ = told.send(Told::Stats(stats));
-                }
-            }
-        }
-        let mut gone = Vec::new();
-        for (&pid, s) in sessions.iter_mut() {
-            match s.profile() {
-                Ok(records) => {
-                    s.stats.profiles += 1;
-                    s.stats.last_error = None;
-                    let _ = told.send(Told::Profile(pid, records));
-                }
-                Err(e) => {
-                    s.stats.last_error = Some(format!("{e:#}"));
-                    if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                        gone.push(pid);
-                    }
-                }
-            }
-            let _ = told.send(Told::Stats(s.stats.clone()));
-        }
-        gone.iter().for_each(|pid| drop(sessions.remove(pid)));
-        if stop {
-            break;
-        }
+impl Profiler for Inspector {
+    type Stats = Inspected;
+    const THREAD: &'static str = "node-heap";
+
+    fn runs_in(pid: u32) -> bool {
+        is_node(pid)
     }
-    for (_, mut s) in sessions {
-        s.close();
-        let _ = told.send(Told::Stats(s.stats));
+
+    /// node installs its SIGUSR1 handler as it starts: one that does not catch it yet is looked at again.
+    fn not_yet(pid: u32) -> Option<&'static str> {
+        (!catches_sigusr1(pid))
+            .then_some("node does not catch SIGUSR1 (starting, no inspector, or --disable-sigusr1): not signalled")
+    }
+
+    fn open(pid: u32) -> Result<Self> {
+        Inspector::start(pid)
+    }
+
+    fn profile(&mut self) -> Result<Vec<Record>> {
+        let mut result = self.call("HeapProfiler.getSamplingProfile", json!({}))?;
+        let profile: Profile =
+            serde_json::from_value(result["profile"].take()).context("an unexpected sampling heap profile")?;
+        Ok(records(&profile))
+    }
+
+    /// Stops sampling; closes the inspector if it was leaktrace that opened it.
+    fn close(&mut self) {
+        if let Err(e) = self.call("HeapProfiler.stopSampling", json!({})) {
+            self.stats.last_error = Some(format!("{e:#}"));
+        }
+        if self.stats.runtime.inspector == "opened" {
+            // The inspector closes this very session: no answer is waited for.
+            let id = self.next_id;
+            let end =
+                json!({ "id": id, "method": "Runtime.evaluate", "params": { "expression": "process._debugEnd()" } });
+            let _ = self.ws.send(Message::text(end.to_string()));
+        }
+        let _ = self.ws.close(None);
+        let _ = self.ws.flush();
+    }
+
+    fn stats(&mut self) -> &mut NodeHeapStats {
+        &mut self.stats
     }
 }
 
@@ -232,8 +118,8 @@ fn catches_sigusr1(pid: u32) -> bool {
     caught.and_then(|m| u64::from_str_radix(m, 16).ok()).is_some_and(|m| m & 1 << (libc::SIGUSR1 - 1) != 0)
 }
 
-impl Session {
-    fn open(pid: u32) -> Result<Session> {
+impl Inspector {
+    fn start(pid: u32) -> Result<Inspector> {
         let before = listening(pid);
         let (addr, inspector) = match before.iter().find(|a| a.port() == DEFAULT_PORT) {
             Some(&a) => (a, "already-open"),
@@ -254,11 +140,11 @@ impl Session {
                 }
             }
         };
-        let stats = NodeHeapStats { pid, inspector: inspector.into(), ..Default::default() };
+        let stats = HeapStats { pid, runtime: Inspected { inspector: inspector.into() }, ..Default::default() };
         let url = debugger_url(pid, addr)?;
         let (ws, _) = tungstenite::client(url.as_str(), connect_in(pid, addr)?)
             .map_err(|e| anyhow::anyhow!("the inspector's websocket at {url}: {e}"))?;
-        let mut s = Session { ws, next_id: 1, stats };
+        let mut s = Inspector { ws, next_id: 1, stats };
         s.call("HeapProfiler.enable", json!({}))?;
         s.call("HeapProfiler.startSampling", json!({ "samplingInterval": SAMPLING_INTERVAL }))?;
         Ok(s)
@@ -285,29 +171,6 @@ impl Session {
             }
             return Ok(answer["result"].take());
         }
-    }
-
-    fn profile(&mut self) -> Result<Vec<Record>> {
-        let mut result = self.call("HeapProfiler.getSamplingProfile", json!({}))?;
-        let profile: Profile =
-            serde_json::from_value(result["profile"].take()).context("an unexpected sampling heap profile")?;
-        Ok(records(&profile))
-    }
-
-    /// Stops sampling; closes the inspector if it was leaktrace that opened it.
-    fn close(&mut self) {
-        if let Err(e) = self.call("HeapProfiler.stopSampling", json!({})) {
-            self.stats.last_error = Some(format!("{e:#}"));
-        }
-        if self.stats.inspector == "opened" {
-            // The inspector closes this very session: no answer is waited for.
-            let id = self.next_id;
-            let end =
-                json!({ "id": id, "method": "Runtime.evaluate", "params": { "expression": "process._debugEnd()" } });
-            let _ = self.ws.send(Message::text(end.to_string()));
-        }
-        let _ = self.ws.close(None);
-        let _ = self.ws.flush();
     }
 }
 

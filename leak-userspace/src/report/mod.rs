@@ -452,6 +452,9 @@ pub struct Collection {
     /// `--node-heap`: the node processes whose V8 heap was profiled, and how that went.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub node_heaps: Vec<crate::collect::node_heap::NodeHeapStats>,
+    /// `--jvm-heap`: the JVMs whose heap JFR's old-object sampler sampled, and how that went.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jvm_heaps: Vec<crate::collect::jvm_heap::JvmHeapStats>,
 }
 
 /// `collection.heap`.

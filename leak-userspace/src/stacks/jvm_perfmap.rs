@@ -1,6 +1,5 @@
 //! `--jvm-perfmap`: asks every JVM of the target for a perf map of its compiled code, as `jcmd <pid>
-//! Compiler.perfmap` does, through HotSpot's attach protocol (the way jattach speaks it: a trigger file and SIGQUIT
-//! start the JVM's attach listener, then one request on its unix socket). The JVM writes `/tmp/perf-<nspid>.map` in
+//! Compiler.perfmap` does, through HotSpot's attach protocol ([`crate::jvm_attach`]). The JVM writes `/tmp/perf-<nspid>.map` in
 //! its own mount namespace, where [`super::perfmap`] reads it, so JIT frames get Java method names. It is asked
 //! again every [`ASK_EVERY`], methods being compiled all along, and once more at the end, before the report's
 //! frames are named.
@@ -9,8 +8,6 @@
 //! must not wait for it.
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    io::{Read, Write},
-    os::unix::net::UnixStream,
     path::{Path, PathBuf},
     sync::mpsc,
     thread::JoinHandle,
@@ -20,17 +17,11 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::{
-    maps::exe_file,
-    perfmap::{innermost_nspid, PerfMap},
-};
+use super::{maps::exe_file, perfmap::PerfMap};
+use crate::jvm_attach::{is_jvm, Jvm};
 
 /// How often a JVM is asked for a fresh map: writing one takes the JVM a few milliseconds.
 const ASK_EVERY: Duration = Duration::from_secs(2);
-/// How long a JVM may take to start its attach listener after SIGQUIT (jattach waits about as long).
-const LISTENER_WAIT: Duration = Duration::from_secs(5);
-/// How long one request may take, connecting to the last byte of the answer.
-const ANSWER_WAIT: Duration = Duration::from_secs(5);
 
 /// report.json `collection.jvm_perfmaps[]`: one JVM that was asked.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -166,97 +157,14 @@ impl Drop for JvmPerfMaps {
     }
 }
 
-/// A HotSpot JVM: its process maps libjvm.
-fn is_jvm(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .is_ok_and(|maps| maps.lines().any(|l| l.ends_with("/libjvm.so")))
-}
-
 /// One `jcmd Compiler.perfmap` request to the JVM `pid`, whose map lands at `map`.
 fn ask(pid: u32, map: &Path, signalled: &mut HashSet<u32>) -> Result<()> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("the process is gone")?;
-    let nspid = innermost_nspid(&status).unwrap_or(pid);
-    let tmp = PathBuf::from(format!("/proc/{pid}/root/tmp"));
-    let socket = tmp.join(format!(".java_pid{nspid}"));
-    if !socket.exists() {
-        start_listener(pid, nspid, &status, &tmp, &socket, signalled)?;
-    }
-    let mut stream = UnixStream::connect(&socket)
-        .with_context(|| format!("cannot connect to its attach listener {}", socket.display()))?;
-    stream.set_read_timeout(Some(ANSWER_WAIT))?;
-    stream.set_write_timeout(Some(ANSWER_WAIT))?;
+    let (jvm, status) = Jvm::new(pid)?;
     // A new file, not the old one rewritten in place: the reader then knows to read it from the start.
     let _ = std::fs::remove_file(map);
-    // Protocol version 1, the command, and always three arguments.
-    stream.write_all(b"1\0jcmd\0Compiler.perfmap\0\0\0").context("cannot send the request")?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).context("no answer in time")?;
-    let (code, output) = answer.split_once('\n').unwrap_or((&answer, ""));
-    let output = output.trim();
-    if code.trim() != "0" || output.contains("Exception") || output.contains("Unknown diagnostic command") {
-        bail!("the JVM refused Compiler.perfmap (JDK 17 or later has it): {}", first_line(output, code));
-    }
+    jvm.jcmd("Compiler.perfmap", &status, signalled)?;
     if !map.exists() {
         bail!("the JVM answered but wrote no {}", map.display());
     }
     Ok(())
-}
-
-/// Starts the JVM's attach listener: it looks for `.attach_pid<nspid>` in its working directory or /tmp when it
-/// gets SIGQUIT. Only a JVM that handles SIGQUIT is sent one: under `-Xrs` the signal would kill it.
-fn start_listener(
-    pid: u32,
-    nspid: u32,
-    status: &str,
-    tmp: &Path,
-    socket: &Path,
-    signalled: &mut HashSet<u32>,
-) -> Result<()> {
-    if !catches_sigquit(status) {
-        bail!("not asked: the JVM does not handle SIGQUIT (-Xrs?), which would kill it");
-    }
-    if !signalled.insert(pid) {
-        bail!("its attach listener did not start when signalled once; not signalled again");
-    }
-    let trigger = tmp.join(format!(".attach_pid{nspid}"));
-    std::fs::write(&trigger, b"").with_context(|| format!("cannot create {}", trigger.display()))?;
-    // SAFETY: kill(2) with a pid and a signal; no memory is shared.
-    let sent = unsafe { libc::kill(pid as i32, libc::SIGQUIT) } == 0;
-    let deadline = Instant::now() + LISTENER_WAIT;
-    while sent && !socket.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = std::fs::remove_file(&trigger);
-    if !sent {
-        bail!("cannot signal it: {}", std::io::Error::last_os_error());
-    }
-    if !socket.exists() {
-        bail!("its attach listener did not start within {} s (-XX:+DisableAttachMechanism?)", LISTENER_WAIT.as_secs());
-    }
-    Ok(())
-}
-
-/// Whether `SigCgt` in /proc/<pid>/status has SIGQUIT's bit.
-fn catches_sigquit(status: &str) -> bool {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigCgt:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .is_some_and(|mask| mask & (1 << (libc::SIGQUIT - 1)) != 0)
-}
-
-fn first_line<'a>(output: &'a str, code: &'a str) -> &'a str {
-    output.lines().next().filter(|l| !l.is_empty()).unwrap_or(code)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sigquit_is_caught_only_when_its_bit_is_set() {
-        assert!(catches_sigquit("Name:\tjava\nSigCgt:\t0000000181005ccf\n"));
-        assert!(!catches_sigquit("Name:\tjava\nSigCgt:\t0000000181005ccb\n"));
-        assert!(!catches_sigquit("Name:\tjava\n"));
-    }
 }

@@ -125,7 +125,7 @@ fn parse_line(line: &str) -> Option<(u64, u64, String)> {
 }
 
 /// The pid a process has in its own pid namespace: the last of `NSpid:` in its status.
-pub(super) fn innermost_nspid(status: &str) -> Option<u32> {
+pub(crate) fn innermost_nspid(status: &str) -> Option<u32> {
     status.lines().find_map(|l| l.strip_prefix("NSpid:"))?.split_whitespace().last()?.parse().ok()
 }
 

@@ -7,6 +7,8 @@ use super::{python::PY_MODULE, symbolize::JIT_MODULE};
 
 /// The module of JavaScript frames named by V8's own profiler (`--node-heap`), not by a perf map.
 pub const JS_MODULE: &str = "[js]";
+/// The module of Java methods named by JFR's old-object sampler (`--jvm-heap`), not by a perf map.
+pub const JAVA_MODULE: &str = "[java]";
 
 /// The source file of a frame a language runtime named (Python's, V8's profiler's): its module stands for the
 /// language, and the file tells the application's code from the runtime's.
@@ -41,7 +43,7 @@ impl Runtime {
         let base = module_base(f);
         let symbol = f.symbol.as_deref().unwrap_or("");
         match self {
-            Runtime::Jvm => base.starts_with("libjvm"),
+            Runtime::Jvm => base.starts_with("libjvm") || f.module.as_deref() == Some(JAVA_MODULE),
             Runtime::Python => {
                 f.module.as_deref() == Some(PY_MODULE)
                     || base.starts_with("libpython")
@@ -79,6 +81,9 @@ pub fn is_internal(f: &Frame) -> bool {
         // node's own modules (`node:internal/...`), and V8's pseudo-frames and builtins, which have no script.
         return f.file.as_deref().is_none_or(|url| url.starts_with("node:"));
     }
+    if f.module.as_deref() == Some(JAVA_MODULE) {
+        return jdk_class(symbol);
+    }
     const JDK_LIBS: &[&str] = &["libjvm", "libjli", "libjava", "libnio", "libnet", "libzip", "libjimage", "libverify"];
     let base = module_base(f);
     JDK_LIBS.iter().any(|l| base.starts_with(l))
@@ -92,7 +97,6 @@ pub fn is_internal(f: &Frame) -> bool {
 fn jit_internal(symbol: &str) -> bool {
     const V8_CODE: &[&str] = &["JS:", "LazyCompile:", "Function:", "Script:", "Eval:", "InterpretedFunction:"];
     const V8_MACHINERY: &[&str] = &["Builtin:", "BytecodeHandler:", "Stub:", "Handler:", "RegExp:", "Builtins_"];
-    const JDK: &[&str] = &["java.", "javax.", "jdk.", "sun.", "com.sun."];
     if V8_CODE.iter().any(|t| symbol.starts_with(t)) {
         return symbol.contains(" node:");
     }
@@ -104,7 +108,13 @@ fn jit_internal(symbol: &str) -> bool {
     }
     // HotSpot's methods are `void pkg.Class.method(args)`: the method is the last word before the arguments.
     let method = symbol.split('(').next().unwrap_or(symbol).rsplit(' ').next().unwrap_or(symbol);
-    JDK.iter().any(|p| method.starts_with(p)) || !(symbol.contains('.') || symbol.contains(':'))
+    jdk_class(method) || !(symbol.contains('.') || symbol.contains(':'))
+}
+
+/// A method of the JDK's own classes (`java.util.ArrayList.grow(int)`).
+fn jdk_class(method: &str) -> bool {
+    const JDK: &[&str] = &["java.", "javax.", "jdk.", "sun.", "com.sun."];
+    JDK.iter().any(|p| method.starts_with(p))
 }
 
 /// Python code of the interpreter's standard library (`/usr/lib/python3.11/threading.py`, frozen modules), not

@@ -152,16 +152,24 @@ impl Facts<'_> {
         })
     }
 
-    /// How to name the holder of a growing managed heap where page faults cannot: a JS object's pages are touched
-    /// by V8's collector as it promotes the object, never by the function that keeps it.
+    /// How to name the holder of a growing managed heap where page faults cannot: a JS or Java object's pages are
+    /// touched by the collector as it promotes the object, never by the code that keeps it.
     pub(super) fn holder_recommendation(&self, rt: Runtime, location: &str) -> Option<String> {
-        (rt == Runtime::Node && location == "managed-heap" && self.r.collection.node_heaps.is_empty()).then(|| {
-            format!(
-                "run `{}`: V8's sampling heap profiler then names the JS functions whose objects stay (it opens \
-                 node's inspector on its loopback for the trace)",
-                self.trace_again_with("--node-heap")
-            )
-        })
+        let c = &self.r.collection;
+        let (flag, how) = match rt {
+            Runtime::Node if c.node_heaps.is_empty() => (
+                "--node-heap",
+                "V8's sampling heap profiler then names the JS functions whose objects stay (it opens node's \
+                 inspector on its loopback for the trace)",
+            ),
+            Runtime::Jvm if c.jvm_heaps.is_empty() => (
+                "--jvm-heap",
+                "JFR's old-object sampler then names the Java methods whose objects stay (a recording of its own \
+                 in the JVM for the trace)",
+            ),
+            _ => return None,
+        };
+        (location == "managed-heap").then(|| format!("run `{}`: {how}", self.trace_again_with(flag)))
     }
 
     /// What makes a runtime that stops at its heap bound say what fills its heap.

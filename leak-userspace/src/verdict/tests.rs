@@ -678,6 +678,62 @@ fn runtime_and_location_of_the_growth() {
     assert!(!asked.recommendations.iter().any(|r| r.contains("--jvm-perfmap")), "{:?}", asked.recommendations);
 }
 
+/// A growing anon series whose top site has `anon` frames, with a runtime profile's heap site (its bytes, label,
+/// frame) and what the collection says of the profiler when there is one.
+fn judged_with_heap(
+    anon: Vec<Frame>,
+    heap: Option<(i64, &str, Frame)>,
+    profiled: impl Fn(&mut crate::report::Collection),
+) -> Verdict {
+    let samples = series(30, |i, s| s.anon = Some(20 * MIB + i as u64 * MIB));
+    let mut r = sample_report();
+    r.sites[0].frames = anon;
+    if let Some((bytes, label, frame)) = heap {
+        let mut site = crate::report::tests::site("heap", bytes, vec![frame]);
+        site.label = Some(label.into());
+        r.sites.insert(0, site);
+        profiled(&mut r.collection);
+    }
+    r.memory.limit_bytes = Some(1 << 30);
+    r.attribution = attribution::attribute(&samples, &r.sites);
+    r.growth = growth::analyse(&samples, &growth::life_ends(&[], &[], &samples), r.memory.limit_bytes, 0);
+    r.memory.samples = samples;
+    judge(&r)
+}
+
+/// The JVM: a Java-heap leak's pages are touched by the collector's promotion, so without `--jvm-heap` the advice
+/// is to trace with it; with it, the method whose objects stay is the one to fix.
+#[test]
+fn jvm_heaps_name_the_java_method_holding_objects() {
+    let jvm = |s: &str| Frame {
+        symbol: Some(s.into()),
+        module: Some("/usr/lib/jvm/java-17-openjdk-amd64/lib/server/libjvm.so".into()),
+        ..Frame::unknown(0x10, false)
+    };
+    let promoted = || vec![jvm("Generation::promote(oopDesc*, unsigned long)"), jvm("DefNewGeneration::collect")];
+    let plain = judged_with_heap(promoted(), None, |_| {});
+    assert_eq!((plain.runtime.as_deref(), plain.location.as_deref()), (Some("jvm"), Some("managed-heap")));
+    assert!(plain.recommendations.iter().any(|r| r.contains("--jvm-heap")), "{:?}", plain.recommendations);
+    let method = "SessionBuffers.rememberSession(boolean, int)";
+    let java = Frame {
+        module: Some(crate::stacks::runtime::JAVA_MODULE.into()),
+        unwind: Some("profile".into()),
+        line: Some(20),
+        ..jvm(method)
+    };
+    let sampled = judged_with_heap(promoted(), Some((25 * MIB as i64, method, java)), |c| {
+        c.jvm_heaps = vec![crate::collect::jvm_heap::JvmHeapStats { pid: 7, profiles: 9, ..Default::default() }]
+    });
+    assert_eq!(sampled.location.as_deref(), Some("managed-heap"));
+    assert!(
+        sampled.recommendations[0].starts_with(&format!("fix the leak in {method}")),
+        "{:?}",
+        sampled.recommendations
+    );
+    assert!(!sampled.recommendations.iter().any(|r| r.contains("--jvm-heap")), "{:?}", sampled.recommendations);
+    has(&sampled, &format!("anon pages first touched by Generation::promote(oopDesc*, unsigned long); the objects that stay are held by {method}, 25.0 MiB"));
+}
+
 /// Node: an object leak's pages are touched by V8's collector, so without `--node-heap` the advice is to trace
 /// with it; with it, a profile whose heap sites explain little of the growth (a Buffer leak: its bytes are outside
 /// V8's heap) leaves the anon site to say where the memory lives.
@@ -686,31 +742,20 @@ fn node_heaps_name_the_holder_only_where_they_explain_the_growth() {
     let node =
         |s: &str| Frame { symbol: Some(s.into()), module: Some("/usr/bin/node".into()), ..Frame::unknown(0x10, false) };
     let judged_with = |anon: Vec<Frame>, heap: Option<(i64, &str)>| {
-        let samples = series(30, |i, s| s.anon = Some(20 * MIB + i as u64 * MIB));
-        let mut r = sample_report();
-        r.sites[0].frames = anon;
-        if let Some((bytes, label)) = heap {
-            let js = Frame {
-                module: Some(crate::stacks::runtime::JS_MODULE.into()),
-                file: Some("/srv/app.js".into()),
-                unwind: Some("profile".into()),
-                ..node(label)
-            };
-            let mut site = crate::report::tests::site("heap", bytes, vec![js]);
-            site.label = Some(label.into());
-            r.sites.insert(0, site);
-            r.collection.node_heaps = vec![crate::collect::node_heap::NodeHeapStats {
+        let js = |label: &str| Frame {
+            module: Some(crate::stacks::runtime::JS_MODULE.into()),
+            file: Some("/srv/app.js".into()),
+            unwind: Some("profile".into()),
+            ..node(label)
+        };
+        judged_with_heap(anon, heap.map(|(bytes, label)| (bytes, label, js(label))), |c| {
+            c.node_heaps = vec![crate::collect::node_heap::NodeHeapStats {
                 pid: 7,
-                inspector: "opened".into(),
+                runtime: crate::collect::node_heap::Inspected { inspector: "opened".into() },
                 profiles: 9,
                 last_error: None,
-            }];
-        }
-        r.memory.limit_bytes = Some(1 << 30);
-        r.attribution = attribution::attribute(&samples, &r.sites);
-        r.growth = growth::analyse(&samples, &growth::life_ends(&[], &[], &samples), r.memory.limit_bytes, 0);
-        r.memory.samples = samples;
-        judge(&r)
+            }]
+        })
     };
     let scavenged = || {
         vec![node("v8::internal::Scavenger::ScavengeObject"), node("v8::internal::ScavengerCollector::JobTask::Run")]
