@@ -30,6 +30,8 @@ pub use crate::privilege::require_root;
 pub const USER_STACKS_ENV: &str = "LEAKTRACE_USER_STACKS";
 /// Set: the programs attach and return at once (the benchmark's floor).
 pub const FLOOR_ENV: &str = "LEAKTRACE_FLOOR";
+/// `off`: Python frames are not walked (for the benchmark: what the walk costs).
+pub const PYTHON_FRAMES_ENV: &str = "LEAKTRACE_PYTHON_FRAMES";
 
 /// How often the user stack samples are drained when the ring buffer does not fill up.
 const USTACK_DRAIN: Duration = Duration::from_millis(20);
@@ -50,10 +52,14 @@ pub fn trace(target: Target, args: &TraceArgs, hooks: Hooks<'_>) -> Result<PathB
     require_root()?;
     let stop = StopSignals::install()?;
     let dir = output::prepare(args.output.as_deref())?;
-    // Benchmark knobs: frame-pointer user stacks in sampled mode (the cost before unwinding), and the floor.
+    // Benchmark knobs: frame-pointer user stacks in sampled mode (the cost before unwinding), the floor, and no
+    // Python frames.
     let fp_stacks = std::env::var(USER_STACKS_ENV).is_ok_and(|v| v == "fp");
     let mut discovery = probes::discover(args.record_all, args.user_stack_chunks().filter(|_| !fp_stacks))?;
     discovery.config.floor = u32::from(std::env::var_os(FLOOR_ENV).is_some());
+    if std::env::var(PYTHON_FRAMES_ENV).is_ok_and(|v| v == "off") {
+        discovery.config.task_fsbase = leak_common::OFFSET_NONE;
+    }
     discovery.config.sample_rate_shift = args.sample_rate_shift();
     let mut probes = Probes::load(&mut discovery, args.live_entries(), args.stack_entries, args.heap)?;
     let ring = if discovery.config.ustack_chunks > 0 { Some(probes.take_user_stacks()?) } else { None };

@@ -335,11 +335,8 @@ fn node_heap_of_a_container_reaches_its_inspector_in_its_network_namespace() -> 
     let _one_at_a_time = serial();
     let dockerd = Dockerd::start()?;
     let node = fs::canonicalize(which("node")?)?;
-    let ldd = Command::new("ldd").arg(&node).output().context("cannot run ldd")?;
-    let mut files = vec![(node, "bin/node".to_string())];
-    for lib in String::from_utf8_lossy(&ldd.stdout).split_whitespace().filter(|w| w.starts_with('/')) {
-        files.push((PathBuf::from(lib), lib.trim_start_matches('/').to_string()));
-    }
+    let mut files = linked_libraries(&node)?;
+    files.push((node, "bin/node".to_string()));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/response_cache.js");
     files.push((script, "srv/response_cache.js".to_string()));
     dockerd.import_image_with("leaktrace-e2e-node:1", &files)?;
@@ -362,6 +359,83 @@ fn node_heap_of_a_container_reaches_its_inspector_in_its_network_namespace() -> 
     let top = items(&report["sites"]).iter().find(|s| s["kind"] == "heap").cloned().unwrap_or_default();
     ensure!(top["label"] == "cacheResponseObject", "the top heap site is {}:\n{}", top["label"], summarize(&report));
     ensure!(dockerd.docker(&["inspect", "-f", "{{.State.Running}}", &name])? == "true", "the container stopped");
+    Ok(())
+}
+
+/// `--jvm-heap` and `--jvm-perfmap` on a JVM in a container, pid 1 of a pid namespace of its own: the attach
+/// listener is reached in the container's /tmp under its namespaced pid, JFR's dump is read through the
+/// container's root, and the Java method that keeps the arrays is named. The image holds Debian's JRE and the
+/// libraries it links. The JVM runs on, with no dump left in its /tmp.
+#[test]
+fn jvm_heap_of_a_container_is_sampled_through_its_own_root_and_pid() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let _one_at_a_time = serial();
+    let dockerd = Dockerd::start()?;
+    let java = fs::canonicalize(which("java")?)?;
+    let home = java.parent().and_then(Path::parent).context("java is not in a JRE's bin/")?.to_path_buf();
+    let mut files = linked_libraries(&java)?;
+    files.extend(linked_libraries(&home.join("lib/server/libjvm.so"))?);
+    files.push((java.clone(), "jre/bin/java".to_string()));
+    for dir in ["lib", "conf"] {
+        tree_files(&home.join(dir), &format!("jre/{dir}"), &mut files)?;
+    }
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/SessionBuffers.java");
+    files.push((source, "srv/SessionBuffers.java".to_string()));
+    dockerd.import_image_with("leaktrace-e2e-jre:1", &files)?;
+    let name = format!("lt-e2e-jre-{}", std::process::id());
+    let run = ["run", "-d", "--name", &name, "--memory", "1g", "-w", "/tmp"];
+    let java_args = ["/jre/bin/java", "-Xmx512m", "/srv/SessionBuffers.java", "heap", "40", "7", "120"];
+    dockerd.docker(&[&run[..], &["leaktrace-e2e-jre:1"], &java_args[..]].concat())?;
+    let work = tempfile::tempdir()?;
+    let out_dir = work.path().join("out");
+    let args = ["--cgroup", &name, "--jvm-heap", "--jvm-perfmap", "--duration", "10"];
+    let mut trace = dockerd.leaktrace(&args, &out_dir)?;
+    let out = trace.wait(Duration::from_secs(60))?;
+    ensure!(out.status.success(), "leaktrace failed: {}", describe(&out));
+    assert_nothing_attached()?;
+    let report = read_report(&out_dir)?;
+    let (heaps, maps) = (&report["collection"]["jvm_heaps"], &report["collection"]["jvm_perfmaps"]);
+    eprintln!("container JVM: collection.jvm_heaps {heaps} jvm_perfmaps {maps}\n{}", summarize(&report));
+    ensure!(
+        items(heaps).iter().any(|s| s["profiles"].as_u64() > Some(2) && s["samples"].as_u64() > Some(10)),
+        "{heaps}"
+    );
+    ensure!(items(maps).iter().any(|s| s["written"].as_u64() > Some(0)), "no perf map was written: {maps}");
+    let top = items(&report["sites"]).iter().find(|s| s["kind"] == "heap").cloned().unwrap_or_default();
+    ensure!(
+        top["label"] == "SessionBuffers.rememberSession(boolean, int)",
+        "the top heap site is {}:\n{}",
+        top["label"],
+        summarize(&report)
+    );
+    ensure!(dockerd.docker(&["inspect", "-f", "{{.State.Running}}", &name])? == "true", "the container stopped");
+    let tmp = dockerd.docker(&["exec", &name, "/bin/busybox", "ls", "-a", "/tmp"])?;
+    ensure!(!tmp.contains("leaktrace-"), "a dump is left in the container's /tmp: {tmp}");
+    Ok(())
+}
+
+/// The libraries `object` links (and the dynamic loader), each at its own path in an image. Libraries found beside
+/// the object through its rpath (a JRE's) are left to the caller.
+fn linked_libraries(object: &Path) -> Result<Vec<(PathBuf, String)>> {
+    let ldd = Command::new("ldd").arg(object).output().context("cannot run ldd")?;
+    let text = String::from_utf8_lossy(&ldd.stdout);
+    let libs = text.split_whitespace().filter(|w| w.starts_with("/lib") || w.starts_with("/usr/lib/x86_64"));
+    Ok(libs.map(|lib| (PathBuf::from(lib), lib.trim_start_matches('/').to_string())).collect())
+}
+
+/// Every regular file below `dir` (symbolic links followed; dangling ones skipped), as (path, `to`/relative).
+fn tree_files(dir: &Path, to: &str, out: &mut Vec<(PathBuf, String)>) -> Result<()> {
+    for entry in fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let path = entry?.path();
+        let name = format!("{to}/{}", path.file_name().unwrap_or_default().to_string_lossy());
+        match fs::metadata(&path) {
+            Ok(m) if m.is_dir() => tree_files(&path, &name, out)?,
+            Ok(_) => out.push((path, name)),
+            Err(_) => {}
+        }
+    }
     Ok(())
 }
 

@@ -3,7 +3,9 @@
 //! bpftrace script that does what a user can write today (bench/outstanding.bt). Every round runs every
 //! configuration of every workload, so ratios compare runs made under the same machine noise; slowdowns are the
 //! median of per-round ratios to the untraced run. A last pass with the kernel's BPF statistics on says where the
-//! time goes (run count and ns per program).
+//! time goes (run count and ns per program). A Python workload (tests/workloads/bench_churn.py under Debian's
+//! python3) runs under the default mode with and without the walk of the interpreter's frames: their difference
+//! over the kept events is what the walk costs a kept event.
 //!
 //! `--heap` rows follow, in rounds of their own: a libc malloc/free loop (tests/workloads/bench_heap.c) and Debian's
 //! redis-server (jemalloc) driven by redis-benchmark, each started in its memcg before the tracer (as a running
@@ -40,15 +42,19 @@ struct Workload {
     mode: &'static str,
     /// Runs in a memcg of its own while the tracer follows an idle one: the cost every other container pays.
     elsewhere: bool,
+    /// Debian's python3 running tests/workloads/bench_churn.py, not bench_churn: kept events then walk the
+    /// interpreter's frames.
+    python: bool,
 }
 
 const WORKLOADS: &[Workload] = &[
-    Workload { name: "page churn", mode: "page", elsewhere: false },
-    Workload { name: "kernel-object churn", mode: "kobj", elsewhere: false },
-    Workload { name: "malloc churn", mode: "malloc", elsewhere: false },
-    Workload { name: "mixed service loop", mode: "mixed", elsewhere: false },
-    Workload { name: "page churn, other cgroup", mode: "page", elsewhere: true },
-    Workload { name: "kernel-object churn, other cgroup", mode: "kobj", elsewhere: true },
+    Workload { name: "page churn", mode: "page", elsewhere: false, python: false },
+    Workload { name: "kernel-object churn", mode: "kobj", elsewhere: false, python: false },
+    Workload { name: "malloc churn", mode: "malloc", elsewhere: false, python: false },
+    Workload { name: "mixed service loop", mode: "mixed", elsewhere: false, python: false },
+    Workload { name: "page churn, other cgroup", mode: "page", elsewhere: true, python: false },
+    Workload { name: "kernel-object churn, other cgroup", mode: "kobj", elsewhere: true, python: false },
+    Workload { name: "python page churn", mode: "page", elsewhere: false, python: true },
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -61,11 +67,20 @@ enum Tracer {
     DefaultFp,
     RecordAll,
     Bpftrace,
+    /// The default mode without walking Python frames: what the walk costs, on the Python workload.
+    NoPython,
 }
 
 impl Tracer {
-    const ALL: [Tracer; 6] =
-        [Tracer::Untraced, Tracer::Floor, Tracer::Default, Tracer::DefaultFp, Tracer::RecordAll, Tracer::Bpftrace];
+    const ALL: [Tracer; 7] = [
+        Tracer::Untraced,
+        Tracer::Floor,
+        Tracer::Default,
+        Tracer::DefaultFp,
+        Tracer::RecordAll,
+        Tracer::Bpftrace,
+        Tracer::NoPython,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -75,6 +90,7 @@ impl Tracer {
             Tracer::DefaultFp => "default, frame-pointer stacks",
             Tracer::RecordAll => "leaktrace --record-all",
             Tracer::Bpftrace => "bpftrace script",
+            Tracer::NoPython => "default, no Python frames",
         }
     }
 
@@ -85,6 +101,7 @@ impl Tracer {
             Tracer::Default => Some((&[], &[])),
             Tracer::DefaultFp => Some((&[], &[("LEAKTRACE_USER_STACKS", "fp")])),
             Tracer::RecordAll => Some((&["--record-all"], &[])),
+            Tracer::NoPython => Some((&[], &[("LEAKTRACE_PYTHON_FRAMES", "off")])),
             Tracer::Untraced | Tracer::Bpftrace => None,
         }
     }
@@ -121,7 +138,15 @@ pub fn run(opts: &Options) -> Result<()> {
     if !bpftrace {
         println!("bench: bpftrace not found: its column stays empty (apt-get install bpftrace)");
     }
-    let tracers: Vec<Tracer> = Tracer::ALL.into_iter().filter(|&t| t != Tracer::Bpftrace || bpftrace).collect();
+    // The Python workload runs what tells the walk's cost; the others run every other configuration.
+    let configs: Vec<Vec<Tracer>> = WORKLOADS
+        .iter()
+        .map(|w| {
+            let python = [Tracer::Untraced, Tracer::Floor, Tracer::Default, Tracer::NoPython];
+            let wanted = |t: Tracer| if w.python { python.contains(&t) } else { t != Tracer::NoPython };
+            Tracer::ALL.into_iter().filter(|&t| wanted(t) && (t != Tracer::Bpftrace || bpftrace)).collect()
+        })
+        .collect();
     let memcgs: Vec<Memcg> =
         WORKLOADS.iter().map(|w| Memcg::create(&format!("bench-{}", w.mode), None)).collect::<Result<_>>()?;
     let idle = Memcg::create("bench-idle", None)?;
@@ -129,7 +154,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let load_before = loadavg();
     let ctx = RunCtx { opts, exe: &exe, script: &script, subsys, seconds };
     let mut results: BTreeMap<(usize, Tracer), Series> = BTreeMap::new();
-    interleaved("", rounds, &vec![tracers; WORKLOADS.len()], |wi, tracer| {
+    interleaved("", rounds, &configs, |wi, tracer| {
         let w = &WORKLOADS[wi];
         let target = if w.elsewhere { &idle } else { &memcgs[wi] };
         let (ops, cost) = ctx
@@ -219,7 +244,13 @@ impl RunCtx<'_> {
     }
 
     fn workload(&self, w: &Workload, memcg: &Memcg) -> Result<f64> {
-        let mut cmd = Command::new(self.exe);
+        let mut cmd = if w.python {
+            let mut python = Command::new("/usr/bin/python3");
+            python.arg(crate::repo_root().join("tests/workloads/bench_churn.py"));
+            python
+        } else {
+            Command::new(self.exe)
+        };
         cmd.args([w.mode, &self.seconds.to_string()]).stdout(Stdio::piped());
         let child = memcg.spawn_in(cmd)?;
         let out = child.wait_with_output()?;
@@ -469,7 +500,9 @@ fn profile_pass(opts: &Options, exe: &Path, memcgs: &[Memcg], idle: &Memcg, seco
     let result = (|| {
         let mut out = Vec::new();
         for (wi, w) in WORKLOADS.iter().enumerate() {
-            for tracer in [Tracer::Default, Tracer::RecordAll] {
+            let tracers =
+                if w.python { [Tracer::Default, Tracer::NoPython] } else { [Tracer::Default, Tracer::RecordAll] };
+            for tracer in tracers {
                 let target = if w.elsewhere { idle } else { &memcgs[wi] };
                 let (extra, env) = tracer.leaktrace().expect("a leaktrace mode");
                 let mut t = TracedLeaktrace::start(opts, target, extra, env)?;
@@ -1179,13 +1212,46 @@ fn assemble(
         let per_op: f64 = stats.iter().map(|p| p.ns_per_op).sum();
         rows.push(row("all programs", runs, if runs > 0.0 { ns / runs } else { 0.0 }, per_op));
     }
+    let python_walk = python_walk(results, profile, seconds);
     let profile = rows;
     json!({
+        "python_walk": python_walk,
         "machine": machine(),
         "settings": { "rounds": rounds, "seconds_per_run": seconds, "loadavg_before": load[0], "loadavg_after": load[1] },
         "workloads": workloads,
         "targets": targets,
         "profile": profile,
+    })
+}
+
+/// What walking the interpreter's frames costs a kept event of the Python workload: the BPF time per operation
+/// with and without the walk (from the profiling pass, when it ran) over the kept events, and leaktrace's own CPU
+/// per run with and without it (from the timed rounds; it also reads the code objects the walk found).
+fn python_walk(results: &BTreeMap<(usize, Tracer), Series>, profile: &[ProgramStat], seconds: f64) -> Value {
+    let Some(wi) = WORKLOADS.iter().position(|w| w.python) else { return Value::Null };
+    let (Some(with), Some(without)) = (results.get(&(wi, Tracer::Default)), results.get(&(wi, Tracer::NoPython)))
+    else {
+        return Value::Null;
+    };
+    let kept_per_s = median_of(with.costs.iter().filter_map(|c| c.kept_events_per_s)).unwrap_or(0.0);
+    let kept_per_op = kept_per_s / median(&with.ops_per_s);
+    let bpf_ns_per_op = |t: Tracer| {
+        let runs: Vec<f64> =
+            profile.iter().filter(|p| p.workload == wi && p.tracer == t).map(|p| p.ns_per_op).collect();
+        (!runs.is_empty()).then(|| runs.iter().sum::<f64>())
+    };
+    let (bpf_with, bpf_without) = (bpf_ns_per_op(Tracer::Default), bpf_ns_per_op(Tracer::NoPython));
+    let per_kept = |extra: f64, kept: f64| (kept > 0.0).then(|| extra / kept);
+    let cpu = |s: &Series| median_of(s.costs.iter().filter_map(|c| c.cpu_seconds));
+    json!({
+        "workload": WORKLOADS[wi].name,
+        "kept_events_per_op": kept_per_op,
+        "bpf_ns_per_op_with": bpf_with,
+        "bpf_ns_per_op_without": bpf_without,
+        "bpf_ns_per_kept_event": bpf_with.zip(bpf_without).and_then(|(a, b)| per_kept(a - b, kept_per_op)),
+        "tracer_cpu_seconds_with": cpu(with),
+        "tracer_cpu_seconds_without": cpu(without),
+        "kept_events_per_run": kept_per_s * seconds,
     })
 }
 
@@ -1281,6 +1347,22 @@ fn markdown(r: &Value) -> String {
             t["measured"].as_f64().unwrap_or(f64::NAN),
             t["limit"].as_f64().unwrap_or(f64::NAN),
             if t["met"] == true { "yes" } else { "**no**" }
+        );
+    }
+    let walk = &r["python_walk"];
+    if !walk.is_null() {
+        let _ = writeln!(
+            out,
+            "\nPython frame walk ({}, {} kept events per op): {} ns of BPF time per kept event (BPF ns per op {} with \
+             the walk, {} without); leaktrace's own CPU per run of {} kept events: {} s with the walk, {} s without.",
+            walk["workload"].as_str().unwrap_or("?"),
+            num_cell(&walk["kept_events_per_op"], 1.0, 3),
+            num_cell(&walk["bpf_ns_per_kept_event"], 1.0, 0),
+            num_cell(&walk["bpf_ns_per_op_with"], 1.0, 0),
+            num_cell(&walk["bpf_ns_per_op_without"], 1.0, 0),
+            num_cell(&walk["kept_events_per_run"], 1.0, 0),
+            num_cell(&walk["tracer_cpu_seconds_with"], 1.0, 2),
+            num_cell(&walk["tracer_cpu_seconds_without"], 1.0, 2),
         );
     }
     out += &heap_markdown(&r["heap"]);
