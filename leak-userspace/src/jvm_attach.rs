@@ -34,18 +34,17 @@ pub struct Jvm {
 }
 
 impl Jvm {
-    pub fn new(pid: u32) -> Result<(Jvm, String)> {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("the process is gone")?;
-        let nspid = innermost_nspid(&status).unwrap_or(pid);
-        Ok((Jvm { pid, nspid, tmp: PathBuf::from(format!("/proc/{pid}/root/tmp")) }, status))
+    pub fn new(pid: u32) -> Result<Jvm> {
+        let nspid = innermost_nspid(&status(pid)?).unwrap_or(pid);
+        Ok(Jvm { pid, nspid, tmp: PathBuf::from(format!("/proc/{pid}/root/tmp")) })
     }
 
     /// Runs one diagnostic command (`Compiler.perfmap`, `JFR.start name=x`) and returns its output. A JVM whose
     /// listener is not running is signalled for it at most once (`signalled` remembers whom).
-    pub fn jcmd(&self, command: &str, status: &str, signalled: &mut HashSet<u32>) -> Result<String> {
+    pub fn jcmd(&self, command: &str, signalled: &mut HashSet<u32>) -> Result<String> {
         let socket = self.tmp.join(format!(".java_pid{}", self.nspid));
         if !socket.exists() {
-            self.start_listener(status, &socket, signalled)?;
+            self.start_listener(&socket, signalled)?;
         }
         let mut stream = UnixStream::connect(&socket)
             .with_context(|| format!("cannot connect to its attach listener {}", socket.display()))?;
@@ -67,8 +66,8 @@ impl Jvm {
 
     /// Starts the JVM's attach listener: it looks for `.attach_pid<nspid>` in its working directory or /tmp when
     /// it gets SIGQUIT. Only a JVM that handles SIGQUIT is sent one: under `-Xrs` the signal would kill it.
-    fn start_listener(&self, status: &str, socket: &Path, signalled: &mut HashSet<u32>) -> Result<()> {
-        if !catches_sigquit(status) {
+    fn start_listener(&self, socket: &Path, signalled: &mut HashSet<u32>) -> Result<()> {
+        if !catches_sigquit(&status(self.pid)?) {
             bail!("not asked: the JVM does not handle SIGQUIT (-Xrs?), which would kill it");
         }
         if !signalled.insert(self.pid) {
@@ -94,6 +93,10 @@ impl Jvm {
         }
         Ok(())
     }
+}
+
+fn status(pid: u32) -> Result<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).context("the process is gone")
 }
 
 /// Whether `SigCgt` in /proc/<pid>/status has SIGQUIT's bit.

@@ -55,15 +55,24 @@ pub type JvmHeap = RuntimeHeap<Recording>;
 /// One JVM's recording.
 pub struct Recording {
     jvm: Jvm,
-    /// The dump's path inside the JVM's mount namespace, and seen from here.
-    dump: (String, PathBuf),
+    /// Whether the JVM was signalled to start its attach listener: it is, once at most, whatever the command.
+    signalled: HashSet<u32>,
     stats: JvmHeapStats,
 }
 
 impl Recording {
-    fn jcmd(&self, command: &str) -> Result<String> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.jvm.pid)).context("the JVM is gone")?;
-        self.jvm.jcmd(command, &status, &mut HashSet::new())
+    fn jcmd(&mut self, command: &str) -> Result<String> {
+        self.jvm.jcmd(command, &mut self.signalled)
+    }
+
+    /// The dump's name inside the JVM's mount namespace.
+    fn dump_name(&self) -> String {
+        format!("/tmp/leaktrace-{}.jfr", self.jvm.nspid)
+    }
+
+    /// The dump seen from here, through the JVM's root.
+    fn dump_path(&self) -> PathBuf {
+        self.jvm.tmp.join(format!("leaktrace-{}.jfr", self.jvm.nspid))
     }
 }
 
@@ -76,12 +85,11 @@ impl Profiler for Recording {
     }
 
     fn open(pid: u32) -> Result<Self> {
-        let (jvm, status) = Jvm::new(pid)?;
-        let name = format!("/tmp/leaktrace-{}.jfr", jvm.nspid);
-        let dump = (name.clone(), jvm.tmp.join(name.trim_start_matches("/tmp/")));
+        let jvm = Jvm::new(pid)?;
+        let mut r = Recording { jvm, signalled: HashSet::new(), stats: HeapStats { pid, ..Default::default() } };
         // A recording left by a leaktrace that was killed would still be sampling: it is replaced.
-        let _ = jvm.jcmd(&format!("JFR.stop name={RECORDING}"), &status, &mut HashSet::new());
-        let started = match jvm.jcmd(&format!("JFR.start name={RECORDING} {START}"), &status, &mut HashSet::new()) {
+        let _ = r.jcmd(&format!("JFR.stop name={RECORDING}"));
+        let started = match r.jcmd(&format!("JFR.start name={RECORDING} {START}")) {
             // JFR's commands are registered once the JVM has started.
             Err(e) if format!("{e}").contains("Unknown diagnostic command") => {
                 return Err(NotYet(format!("{e}: JFR's commands are not there yet (or JFR is off)")).into())
@@ -91,16 +99,16 @@ impl Profiler for Recording {
         if !started.contains("Started recording") {
             bail!("JFR.start did not start a recording: {}", started.lines().next().unwrap_or(""));
         }
-        Ok(Recording { jvm, dump, stats: HeapStats { pid, ..Default::default() } })
+        Ok(r)
     }
 
     fn profile(&mut self) -> Result<Vec<Record>> {
         // Only the newest chunk: the sampler's live objects are written anew into it at each dump (and a chunk
         // carries its own metadata, 100 KiB, so older ones would only repeat it).
-        self.jcmd(&format!("JFR.dump name={RECORDING} maxage=1s filename={}", self.dump.0))?;
-        let path = &self.dump.1;
-        let file = File::open(path).with_context(|| format!("the JVM wrote no {}", path.display()));
-        let _ = std::fs::remove_file(path);
+        self.jcmd(&format!("JFR.dump name={RECORDING} maxage=1s filename={}", self.dump_name()))?;
+        let path = self.dump_path();
+        let file = File::open(&path).with_context(|| format!("the JVM wrote no {}", path.display()));
+        let _ = std::fs::remove_file(&path);
         let dump = read_dump(std::io::BufReader::new(file?))?;
         let sampled = &mut self.stats.runtime;
         sampled.samples = dump.samples.len() as u64;
@@ -112,7 +120,7 @@ impl Profiler for Recording {
         if let Err(e) = self.jcmd(&format!("JFR.stop name={RECORDING}")) {
             self.stats.last_error = Some(format!("{e:#}"));
         }
-        let _ = std::fs::remove_file(&self.dump.1);
+        let _ = std::fs::remove_file(self.dump_path());
     }
 
     fn stats(&mut self) -> &mut JvmHeapStats {

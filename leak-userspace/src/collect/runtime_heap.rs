@@ -4,7 +4,7 @@
 //! so page faults never name the code that keeps them; its profiler does.
 //!
 //! The thread keeps one session per process, opened once (a process whose profiler does not start is not tried
-//! again), and closes every session at the end. A process busy in a long collection answers late: the event loop
+//! again, unless it could not start it yet: [`NotYet`]), and closes every session at the end. A process busy in a long collection answers late: the event loop
 //! never waits for it.
 use std::{
     collections::{BTreeMap, HashMap},

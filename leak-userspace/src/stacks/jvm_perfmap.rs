@@ -1,6 +1,7 @@
 //! `--jvm-perfmap`: asks every JVM of the target for a perf map of its compiled code, as `jcmd <pid>
-//! Compiler.perfmap` does, through HotSpot's attach protocol ([`crate::jvm_attach`]). The JVM writes `/tmp/perf-<nspid>.map` in
-//! its own mount namespace, where [`super::perfmap`] reads it, so JIT frames get Java method names. It is asked
+//! Compiler.perfmap` does, through HotSpot's attach protocol ([`crate::jvm_attach`]). The JVM writes
+//! `/tmp/perf-<nspid>.map` in its own mount namespace, where [`super::perfmap`] reads it, so JIT frames get Java
+//! method names. It is asked
 //! again every [`ASK_EVERY`], methods being compiled all along, and once more at the end, before the report's
 //! frames are named.
 //!
@@ -159,10 +160,10 @@ impl Drop for JvmPerfMaps {
 
 /// One `jcmd Compiler.perfmap` request to the JVM `pid`, whose map lands at `map`.
 fn ask(pid: u32, map: &Path, signalled: &mut HashSet<u32>) -> Result<()> {
-    let (jvm, status) = Jvm::new(pid)?;
+    let jvm = Jvm::new(pid)?;
     // A new file, not the old one rewritten in place: the reader then knows to read it from the start.
     let _ = std::fs::remove_file(map);
-    jvm.jcmd("Compiler.perfmap", &status, signalled)?;
+    jvm.jcmd("Compiler.perfmap", signalled)?;
     if !map.exists() {
         bail!("the JVM answered but wrote no {}", map.display());
     }
