@@ -4,8 +4,10 @@
 //! configuration of every workload, so ratios compare runs made under the same machine noise; slowdowns are the
 //! median of per-round ratios to the untraced run. A last pass with the kernel's BPF statistics on says where the
 //! time goes (run count and ns per program). A Python workload (tests/workloads/bench_churn.py under Debian's
-//! python3) runs under the default mode with and without the walk of the interpreter's frames: their difference
-//! over the kept events is what the walk costs a kept event.
+//! python3) runs under the default mode with and without the walk of the interpreter's frames, and the others
+//! with frame-pointer stacks too: the difference over the kept events is what the walk, or the stack copy that
+//! DWARF unwinding needs, costs a kept event. `--only NAME` runs the churn workloads so named alone, for a closer
+//! look (`--rounds`).
 //!
 //! `--heap` rows follow, in rounds of their own: a libc malloc/free loop (tests/workloads/bench_heap.c) and Debian's
 //! redis-server (jemalloc) driven by redis-benchmark, each started in its memcg before the tracer (as a running
@@ -31,6 +33,9 @@ use serde_json::{json, Value};
 
 pub struct Options {
     pub quick: bool,
+    /// Only the churn workloads whose name contains this; no `--heap` rows, no results.json.
+    pub only: Option<String>,
+    pub rounds: Option<usize>,
     pub leaktrace: PathBuf,
     /// Where results.json goes.
     pub out_dir: PathBuf,
@@ -132,6 +137,7 @@ pub fn run(opts: &Options) -> Result<()> {
         bail!("the benchmark loads eBPF programs and makes memcgs: run it as root");
     }
     let (rounds, seconds) = if opts.quick { (3, 1.0) } else { (5, 2.0) };
+    let rounds = opts.rounds.unwrap_or(rounds);
     let exe = build_workload("bench_churn")?;
     let script = repo_bench_dir().join("outstanding.bt");
     let bpftrace = installed("bpftrace");
@@ -144,7 +150,8 @@ pub fn run(opts: &Options) -> Result<()> {
         .map(|w| {
             let python = [Tracer::Untraced, Tracer::Floor, Tracer::Default, Tracer::NoPython];
             let wanted = |t: Tracer| if w.python { python.contains(&t) } else { t != Tracer::NoPython };
-            Tracer::ALL.into_iter().filter(|&t| wanted(t) && (t != Tracer::Bpftrace || bpftrace)).collect()
+            let chosen = opts.only.as_deref().is_none_or(|o| w.name.contains(o));
+            Tracer::ALL.into_iter().filter(|&t| chosen && wanted(t) && (t != Tracer::Bpftrace || bpftrace)).collect()
         })
         .collect();
     let memcgs: Vec<Memcg> =
@@ -165,13 +172,16 @@ pub fn run(opts: &Options) -> Result<()> {
         series.costs.extend(cost);
         Ok(())
     })?;
-    let heap = heap_rows(opts, rounds, seconds, bpftrace)?;
-    let profile = if opts.quick { Vec::new() } else { profile_pass(opts, &exe, &memcgs, &idle, seconds)? };
+    let heap = if opts.only.is_some() { BTreeMap::new() } else { heap_rows(opts, rounds, seconds, bpftrace)? };
+    let profile = if opts.quick { Vec::new() } else { profile_pass(opts, &exe, &configs, &memcgs, &idle, seconds)? };
     let load_after = loadavg();
     let mut report = assemble(&results, &profile, rounds, seconds, [load_before, load_after]);
     report["heap"] = assemble_heap(&heap);
     let table = markdown(&report);
     println!("\n{table}");
+    if opts.only.is_some() {
+        return Ok(());
+    }
     fs::create_dir_all(&opts.out_dir)?;
     let path = opts.out_dir.join("results.json");
     fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
@@ -316,7 +326,7 @@ impl TracedLeaktrace {
         args.extend(extra.iter().map(|s| s.to_string()));
         std::env::set_var("LEAKTRACE_BIN", &opts.leaktrace);
         // The child inherits the knobs of this configuration and none of another's.
-        for knob in ["LEAKTRACE_FLOOR", "LEAKTRACE_USER_STACKS"] {
+        for (knob, _) in Tracer::ALL.iter().filter_map(|t| t.leaktrace()).flat_map(|(_, env)| env.iter()) {
             std::env::remove_var(knob);
         }
         for (k, v) in env {
@@ -492,7 +502,14 @@ struct ProgramStat {
 
 /// Runs every workload once more under each leaktrace mode with `kernel.bpf_stats_enabled` on (restored after),
 /// taking each program's run count and run time from the report (`collection.programs`).
-fn profile_pass(opts: &Options, exe: &Path, memcgs: &[Memcg], idle: &Memcg, seconds: f64) -> Result<Vec<ProgramStat>> {
+fn profile_pass(
+    opts: &Options,
+    exe: &Path,
+    configs: &[Vec<Tracer>],
+    memcgs: &[Memcg],
+    idle: &Memcg,
+    seconds: f64,
+) -> Result<Vec<ProgramStat>> {
     const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
     let before = fs::read_to_string(SYSCTL).unwrap_or_else(|_| "0".into());
     fs::write(SYSCTL, "1").context("cannot enable BPF statistics")?;
@@ -500,9 +517,12 @@ fn profile_pass(opts: &Options, exe: &Path, memcgs: &[Memcg], idle: &Memcg, seco
     let result = (|| {
         let mut out = Vec::new();
         for (wi, w) in WORKLOADS.iter().enumerate() {
-            let tracers =
-                if w.python { [Tracer::Default, Tracer::NoPython] } else { [Tracer::Default, Tracer::RecordAll] };
-            for tracer in tracers {
+            let tracers: &[Tracer] = if w.python {
+                &[Tracer::Default, Tracer::NoPython]
+            } else {
+                &[Tracer::Floor, Tracer::Default, Tracer::DefaultFp, Tracer::RecordAll]
+            };
+            for &tracer in tracers.iter().filter(|t| configs[wi].contains(t)) {
                 let target = if w.elsewhere { idle } else { &memcgs[wi] };
                 let (extra, env) = tracer.leaktrace().expect("a leaktrace mode");
                 let mut t = TracedLeaktrace::start(opts, target, extra, env)?;
@@ -1150,6 +1170,9 @@ fn assemble(
     let mut workloads = Vec::new();
     for (wi, w) in WORKLOADS.iter().enumerate() {
         let untraced = &series(wi, Tracer::Untraced).ops_per_s;
+        if untraced.is_empty() {
+            continue; // not chosen (--only)
+        }
         let mut configs = serde_json::Map::new();
         for t in Tracer::ALL {
             let s = series(wi, t);
@@ -1179,13 +1202,18 @@ fn assemble(
     };
     let targets: Vec<Value> = TARGETS
         .iter()
+        .filter(|tg| tg.workload.is_none_or(|wi| !series(wi, tg.tracer).ops_per_s.is_empty()))
         .map(|tg| {
-            let slowdown = |wi: usize, t: Tracer| {
-                median(&slowdowns(&series(wi, Tracer::Untraced).ops_per_s, &series(wi, t).ops_per_s))
-            };
+            let per_round =
+                |wi: usize, t: Tracer| slowdowns(&series(wi, Tracer::Untraced).ops_per_s, &series(wi, t).ops_per_s);
             let measured = match (tg.workload, tg.unit) {
-                (Some(wi), "x over floor") => slowdown(wi, tg.tracer) - slowdown(wi, Tracer::Floor),
-                (Some(wi), _) => slowdown(wi, tg.tracer),
+                // Paired by round: both ratios of a round share its noise, which a difference of medians keeps.
+                (Some(wi), "x over floor") => {
+                    let over: Vec<f64> =
+                        per_round(wi, tg.tracer).iter().zip(per_round(wi, Tracer::Floor)).map(|(t, f)| t - f).collect();
+                    median(&over)
+                }
+                (Some(wi), _) => median(&per_round(wi, tg.tracer)),
                 (None, "ms") => median(&all_costs(tg.tracer).map(|c| c.attach_ms).collect::<Vec<_>>()),
                 (None, "MiB") if tg.label.starts_with("peak") => max_mib(|c| c.peak_rss_bytes),
                 (None, "MiB") => max_mib(|c| Some(c.map_bytes)),
@@ -1212,10 +1240,10 @@ fn assemble(
         let per_op: f64 = stats.iter().map(|p| p.ns_per_op).sum();
         rows.push(row("all programs", runs, if runs > 0.0 { ns / runs } else { 0.0 }, per_op));
     }
-    let python_walk = python_walk(results, profile, seconds);
+    let kept_event_costs = kept_event_costs(results, profile, seconds);
     let profile = rows;
     json!({
-        "python_walk": python_walk,
+        "kept_event_costs": kept_event_costs,
         "machine": machine(),
         "settings": { "rounds": rounds, "seconds_per_run": seconds, "loadavg_before": load[0], "loadavg_after": load[1] },
         "workloads": workloads,
@@ -1224,35 +1252,64 @@ fn assemble(
     })
 }
 
-/// What walking the interpreter's frames costs a kept event of the Python workload: the BPF time per operation
-/// with and without the walk (from the profiling pass, when it ran) over the kept events, and leaktrace's own CPU
-/// per run with and without it (from the timed rounds; it also reads the code objects the walk found).
-fn python_walk(results: &BTreeMap<(usize, Tracer), Series>, profile: &[ProgramStat], seconds: f64) -> Value {
-    let Some(wi) = WORKLOADS.iter().position(|w| w.python) else { return Value::Null };
-    let (Some(with), Some(without)) = (results.get(&(wi, Tracer::Default)), results.get(&(wi, Tracer::NoPython)))
-    else {
-        return Value::Null;
-    };
-    let kept_per_s = median_of(with.costs.iter().filter_map(|c| c.kept_events_per_s)).unwrap_or(0.0);
-    let kept_per_op = kept_per_s / median(&with.ops_per_s);
-    let bpf_ns_per_op = |t: Tracer| {
-        let runs: Vec<f64> =
-            profile.iter().filter(|p| p.workload == wi && p.tracer == t).map(|p| p.ns_per_op).collect();
-        (!runs.is_empty()).then(|| runs.iter().sum::<f64>())
-    };
-    let (bpf_with, bpf_without) = (bpf_ns_per_op(Tracer::Default), bpf_ns_per_op(Tracer::NoPython));
-    let per_kept = |extra: f64, kept: f64| (kept > 0.0).then(|| extra / kept);
-    let cpu = |s: &Series| median_of(s.costs.iter().filter_map(|c| c.cpu_seconds));
-    json!({
-        "workload": WORKLOADS[wi].name,
-        "kept_events_per_op": kept_per_op,
-        "bpf_ns_per_op_with": bpf_with,
-        "bpf_ns_per_op_without": bpf_without,
-        "bpf_ns_per_kept_event": bpf_with.zip(bpf_without).and_then(|(a, b)| per_kept(a - b, kept_per_op)),
-        "tracer_cpu_seconds_with": cpu(with),
-        "tracer_cpu_seconds_without": cpu(without),
-        "kept_events_per_run": kept_per_s * seconds,
-    })
+/// What one part of the work on a kept event costs: the default mode with it (`with`) against the mode without it
+/// (`without`) on one workload.
+struct KeptPart {
+    what: &'static str,
+    python: bool,
+    with: Tracer,
+    without: Tracer,
+}
+
+const KEPT_PARTS: &[KeptPart] = &[
+    KeptPart {
+        what: "copy of the user stack for DWARF unwinding, over a frame-pointer walk",
+        python: false,
+        with: Tracer::Default,
+        without: Tracer::DefaultFp,
+    },
+    KeptPart { what: "walk of the Python frames", python: true, with: Tracer::Default, without: Tracer::NoPython },
+];
+
+/// What each `KEPT_PARTS` costs a kept event, per workload that ran both modes: the BPF time per operation with
+/// and without it (from the profiling pass, when it ran) over the kept events, and leaktrace's own CPU per run
+/// with and without it (from the timed rounds: it also unwinds the copies and reads the code objects the walk
+/// found).
+fn kept_event_costs(results: &BTreeMap<(usize, Tracer), Series>, profile: &[ProgramStat], seconds: f64) -> Value {
+    let mut out = Vec::new();
+    for part in KEPT_PARTS {
+        for (wi, w) in WORKLOADS.iter().enumerate().filter(|(_, w)| w.python == part.python && !w.elsewhere) {
+            let (Some(with), Some(without)) = (results.get(&(wi, part.with)), results.get(&(wi, part.without))) else {
+                continue;
+            };
+            let kept_per_s = median_of(with.costs.iter().filter_map(|c| c.kept_events_per_s)).unwrap_or(0.0);
+            let kept_per_op = kept_per_s / median(&with.ops_per_s);
+            // Too few kept events (malloc churn makes no system calls) for a per-event figure.
+            if kept_per_op < 1e-3 {
+                continue;
+            }
+            let bpf_ns_per_op = |t: Tracer| {
+                let runs: Vec<f64> =
+                    profile.iter().filter(|p| p.workload == wi && p.tracer == t).map(|p| p.ns_per_op).collect();
+                (!runs.is_empty()).then(|| runs.iter().sum::<f64>())
+            };
+            let (bpf_with, bpf_without) = (bpf_ns_per_op(part.with), bpf_ns_per_op(part.without));
+            let per_kept = |extra: f64| (kept_per_op > 0.0).then(|| extra / kept_per_op);
+            let cpu = |s: &Series| median_of(s.costs.iter().filter_map(|c| c.cpu_seconds));
+            out.push(json!({
+                "part": part.what,
+                "workload": w.name,
+                "kept_events_per_op": kept_per_op,
+                "bpf_ns_per_op_with": bpf_with,
+                "bpf_ns_per_op_without": bpf_without,
+                "bpf_ns_per_kept_event": bpf_with.zip(bpf_without).and_then(|(a, b)| per_kept(a - b)),
+                "tracer_cpu_seconds_with": cpu(with),
+                "tracer_cpu_seconds_without": cpu(without),
+                "kept_events_per_run": kept_per_s * seconds,
+            }));
+        }
+    }
+    Value::Array(out)
 }
 
 fn machine() -> Value {
@@ -1349,20 +1406,27 @@ fn markdown(r: &Value) -> String {
             if t["met"] == true { "yes" } else { "**no**" }
         );
     }
-    let walk = &r["python_walk"];
-    if !walk.is_null() {
+    let parts = r["kept_event_costs"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if !parts.is_empty() {
+        out.push_str(
+            "\nWhat a part of a kept event's work costs: BPF time per kept event, from the profiling pass's BPF ns per op \
+             with and without it; leaktrace's own CPU per run, from the timed rounds.\n\n| part | workload | kept events \
+             per op | BPF ns per kept event | BPF ns per op with / without | tracer CPU s per run with / without |\n\
+             |---|---|---|---|---|---|\n",
+        );
+    }
+    for p in parts {
         let _ = writeln!(
             out,
-            "\nPython frame walk ({}, {} kept events per op): {} ns of BPF time per kept event (BPF ns per op {} with \
-             the walk, {} without); leaktrace's own CPU per run of {} kept events: {} s with the walk, {} s without.",
-            walk["workload"].as_str().unwrap_or("?"),
-            num_cell(&walk["kept_events_per_op"], 1.0, 3),
-            num_cell(&walk["bpf_ns_per_kept_event"], 1.0, 0),
-            num_cell(&walk["bpf_ns_per_op_with"], 1.0, 0),
-            num_cell(&walk["bpf_ns_per_op_without"], 1.0, 0),
-            num_cell(&walk["kept_events_per_run"], 1.0, 0),
-            num_cell(&walk["tracer_cpu_seconds_with"], 1.0, 2),
-            num_cell(&walk["tracer_cpu_seconds_without"], 1.0, 2),
+            "| {} | {} | {} | {} | {} / {} | {} / {} |",
+            p["part"].as_str().unwrap_or("?"),
+            p["workload"].as_str().unwrap_or("?"),
+            num_cell(&p["kept_events_per_op"], 1.0, 3),
+            num_cell(&p["bpf_ns_per_kept_event"], 1.0, 0),
+            num_cell(&p["bpf_ns_per_op_with"], 1.0, 0),
+            num_cell(&p["bpf_ns_per_op_without"], 1.0, 0),
+            num_cell(&p["tracer_cpu_seconds_with"], 1.0, 2),
+            num_cell(&p["tracer_cpu_seconds_without"], 1.0, 2),
         );
     }
     out += &heap_markdown(&r["heap"]);

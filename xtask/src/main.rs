@@ -72,6 +72,13 @@ enum Cmd {
         /// Fewer and shorter runs, no profiling pass (~4 minutes).
         #[arg(long)]
         quick: bool,
+        /// Only the churn workloads whose name contains this (e.g. "kernel-object"): no --heap rows, and
+        /// bench/results.json is left as it is.
+        #[arg(long, value_name = "NAME")]
+        only: Option<String>,
+        /// Rounds instead of 5 (3 with --quick): more rounds narrow a ratio's spread.
+        #[arg(long)]
+        rounds: Option<usize>,
     },
 }
 
@@ -119,9 +126,9 @@ fn run(command: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::VmTest { kernels } => vm::run(&build()?, &kernels),
-        Cmd::Bench { quick } => {
+        Cmd::Bench { quick, only, rounds } => {
             let leaktrace = build()?;
-            bench::run(&bench::Options { quick, leaktrace, out_dir: bench::repo_bench_dir() })
+            bench::run(&bench::Options { quick, only, rounds, leaktrace, out_dir: bench::repo_bench_dir() })
         }
         Cmd::Fuzz { seconds } => fuzz::run(seconds),
         Cmd::Soak { minutes, every } => soak::run(&build()?, minutes, std::time::Duration::from_secs(every)),

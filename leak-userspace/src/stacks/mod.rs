@@ -391,4 +391,29 @@ mod tests {
         u.add(&[0u8; 8]);
         assert_eq!(u.stats([0; 4], [0; 2]).samples, 0);
     }
+
+    fn record(sample: &StackSample, stack: &[u8], rest: usize) -> Vec<u8> {
+        // SAFETY: StackSample is plain integers.
+        let head = unsafe {
+            std::slice::from_raw_parts((sample as *const StackSample).cast::<u8>(), std::mem::size_of::<StackSample>())
+        };
+        [head, stack, &vec![0xff; rest]].concat()
+    }
+
+    /// A record's stack is only as long as its head says: what follows (a longer record) is not read as stack.
+    #[test]
+    fn a_record_is_stack_only_as_far_as_its_head_says() {
+        let (mut sample, stack) = std::hint::black_box(unwind::tests::caller_of_the_leaf(3));
+        // A copy that ends 64 bytes above the stack pointer: the walk runs out of stack there, and would read the
+        // record's rest (0xff bytes, no return address) if it took that for stack.
+        let cut = (sample.sp - sample.base) as usize + 64;
+        sample.len = cut as u32;
+        let mut u = UserStacks::new(None, None);
+        u.add(&record(&sample, &stack[..cut], 0));
+        sample.token = 2;
+        u.add(&record(&sample, &stack[..cut], 3 * leak_common::USTACK_CHUNK));
+        let s = u.stats([0; 4], [0; 2]);
+        assert_eq!((s.samples, s.unwound, s.ended_not_code), (2, 2, 0));
+        assert_eq!(u.tokens[&1], u.tokens[&2], "the unused rest of a record is not stack");
+    }
 }

@@ -124,7 +124,7 @@ pub fn walk(process: &Process, sample: &StackSample, stack: &[u8], cache: &mut C
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::{hint::black_box, os::unix::fs::FileExt};
 
     use leak_common::USTACK_CHUNK;
@@ -170,7 +170,7 @@ mod tests {
     }
 
     #[inline(never)]
-    fn caller_of_the_leaf(n: u32) -> (StackSample, Vec<u8>) {
+    pub(in crate::stacks) fn caller_of_the_leaf(n: u32) -> (StackSample, Vec<u8>) {
         // Work after the call keeps this a real frame (no tail call).
         let s = leaf_of_the_walk();
         black_box(n);
