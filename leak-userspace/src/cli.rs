@@ -102,6 +102,12 @@ pub struct TraceArgs {
     /// adds about 24 MiB to a JVM's RSS.
     #[arg(long)]
     pub jvm_heap: bool,
+
+    /// Serve what the trace knows so far over HTTP while it runs: `/metrics` (Prometheus), `/pprof/heap` (the
+    /// outstanding memory by site as a pprof profile, for `go tool pprof`, Parca or Grafana Alloy) and
+    /// `/report.json`. HOST:PORT, a PORT on 127.0.0.1, or unix:PATH. No listener unless asked.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<crate::serve::Listen>,
 }
 
 /// See the README ("Heap") for the measurements behind it.

@@ -46,6 +46,7 @@ pub fn run(output: Option<PathBuf>, quiet: bool) -> Result<()> {
         jvm_perfmap: false,
         node_heap: false,
         jvm_heap: false,
+        listen: None,
     };
     let mut child: Option<Child> = None;
     let cgroup_path = cgroup.path.clone();

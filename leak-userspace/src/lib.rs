@@ -20,6 +20,7 @@ pub mod output;
 pub mod privilege;
 pub mod probes;
 pub mod report;
+pub mod serve;
 pub mod session;
 pub mod sites;
 pub mod stacks;

@@ -20,6 +20,7 @@ use crate::{
     export, output,
     probes::{self, Probes},
     report,
+    serve::{self, Server},
     stacks::jvm_perfmap::JvmPerfMaps,
     stop::StopSignals,
 };
@@ -52,6 +53,12 @@ pub fn trace(target: Target, args: &TraceArgs, hooks: Hooks<'_>) -> Result<PathB
     require_root()?;
     let stop = StopSignals::install()?;
     let dir = output::prepare(args.output.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // Bound before anything is attached: an address in use ends the session before it begins.
+    let server = match &args.listen {
+        Some(listen) => Some(runtime.block_on(async { Server::bind(listen) })?),
+        None => None,
+    };
     // Benchmark knobs: frame-pointer user stacks in sampled mode (the cost before unwinding), the floor, and no
     // Python frames.
     let fp_stacks = std::env::var(USER_STACKS_ENV).is_ok_and(|v| v == "fp");
@@ -111,7 +118,9 @@ pub fn trace(target: Target, args: &TraceArgs, hooks: Hooks<'_>) -> Result<PathB
         collector.profile_jvm_heaps(crate::collect::jvm_heap::JvmHeap::start()?);
     }
     let mut jvm_perfmaps = if args.jvm_perfmap { Some(JvmPerfMaps::start()?) } else { None };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    if let Some(listen) = &args.listen {
+        say(&format!("serving /metrics, /pprof/heap and /report.json on {listen}"));
+    }
     let ended = runtime.block_on(event_loop(
         &mut probes,
         &mut collector,
@@ -119,6 +128,7 @@ pub fn trace(target: Target, args: &TraceArgs, hooks: Hooks<'_>) -> Result<PathB
         &stop,
         hooks.stop_after_oom,
         jvm_perfmaps.as_mut(),
+        server,
     ));
     // Whatever happened in the loop, what was collected is written, and says how the window ended.
     let asked = jvm_perfmaps.as_mut().map(JvmPerfMaps::stop).unwrap_or_default();
@@ -146,6 +156,7 @@ async fn event_loop(
     stop: &StopSignals,
     stop_after_oom: bool,
     mut jvm_perfmaps: Option<&mut JvmPerfMaps>,
+    mut server: Option<Server>,
 ) -> Result<String> {
     // SAFETY: the ring buffer owns its fd, and the AsyncFd owns the ring buffer for as long as it is registered.
     let mut events = unsafe { AsyncFd::register_with_interest(probes.take_events()?, Interest::READABLE) }
@@ -275,6 +286,15 @@ async fn event_loop(
                 for pid in pids {
                     collector.spawned(probes, &pid);
                 }
+            }
+            request = async {
+                match &mut server {
+                    Some(s) => s.next().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let path = request.path.clone();
+                request.answer(serve::route(&path, || collector.snapshot(probes)));
             }
             _ = drain.tick(), if ustacks.is_some() || spawns.is_some() => {
                 collector.drain_user_stacks();

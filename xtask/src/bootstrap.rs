@@ -17,7 +17,8 @@ use crate::{check, step};
 /// (their image is a busybox rootfs), what `vm-test` boots its guests with (QEMU, cpio), and
 /// bpftrace, the baseline `bench` compares with; node, python3 and a JRE (bookworm's OpenJDK 17, which also compiles
 /// a single-file program) for the language runtime tests, with golang-go; jemalloc for the `--heap` test of a
-/// program linked with it, and Redis (which Debian links with jemalloc) for the `--heap` bench row.
+/// program linked with it, Redis (which Debian links with jemalloc) for the `--heap` bench row, and Prometheus to
+/// scrape `--listen` (the test runs its own on a free port, whether or not the package's service runs).
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -39,6 +40,7 @@ const PACKAGES: &[&str] = &[
     "libjemalloc-dev",
     "redis-server",
     "redis-tools",
+    "prometheus",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.10.3";

@@ -397,12 +397,6 @@ impl Collector {
         }
     }
 
-    /// Kills after which the workload ran again: see [`count_restarts`].
-    fn restarts(&self) -> u32 {
-        let kills: Vec<(f64, u32)> = self.oom_kills.iter().map(|k| (k.t, k.pid)).collect();
-        count_restarts(&kills, &self.first_seen)
-    }
-
     fn build_sites(
         &mut self,
         probes: &Probes,
@@ -426,7 +420,6 @@ impl Collector {
         if self.target.path.join("cgroup.procs").exists() {
             self.sample(&raw);
         }
-        let mut sites = self.build_sites(probes, &raw, Outstanding::Live, usize::MAX)?;
         // The runtimes' last profiles are taken now, and their profilers stopped.
         let node_heaps = match &mut self.node {
             Some(n) => n.stop(cgroup::member_pids(&self.target.path)),
@@ -436,29 +429,56 @@ impl Collector {
             Some(j) => j.stop(cgroup::member_pids(&self.target.path)),
             None => Vec::new(),
         };
-        sites.extend(self.runtime_heap_sites(None));
-        sites.sort_by_key(|s| std::cmp::Reverse(s.outstanding_bytes));
-        let c = probes.counters()?;
         if let Some(h) = &mut self.heap {
             h.final_hits(probes);
         }
+        let history = History {
+            samples: std::mem::take(&mut self.samples),
+            oom_kills: std::mem::take(&mut self.oom_kills),
+            exits: std::mem::take(&mut self.exits),
+        };
+        self.assemble(probes, &raw, history, RuntimeStats { jvm_perfmaps, node_heaps, jvm_heaps })
+    }
+
+    /// The report as it would read if the trace ended now, the trace going on: what `--listen` serves.
+    pub fn snapshot(&mut self, probes: &Probes) -> Result<report::Report> {
+        let raw = self.sites(probes)?;
+        let history =
+            History { samples: self.samples.clone(), oom_kills: self.oom_kills.clone(), exits: self.exits.clone() };
+        self.assemble(probes, &raw, history, RuntimeStats::default())
+    }
+
+    /// Every site and figure, with the window's `history`, into a report and its verdict.
+    fn assemble(
+        &mut self,
+        probes: &Probes,
+        raw: &[(SiteKey, SiteCounters)],
+        mut history: History,
+        runtimes: RuntimeStats,
+    ) -> Result<report::Report> {
+        let mut sites = self.build_sites(probes, raw, Outstanding::Live, usize::MAX)?;
+        sites.extend(self.runtime_heap_sites(None));
+        sites.sort_by_key(|s| std::cmp::Reverse(s.outstanding_bytes));
+        let c = probes.counters()?;
         let end = time::OffsetDateTime::now_utc();
         let usage = resource_usage();
         let programs = probes.program_stats();
-        let attribution = attribution::attribute(&self.samples, &sites);
+        let attribution = attribution::attribute(&history.samples, &sites);
         sites.truncate(REPORT_SITES);
-        let early = std::mem::take(&mut self.early);
-        let sites_early = match early.pick(self.start.elapsed().as_secs_f64()) {
+        let elapsed = self.start.elapsed().as_secs_f64();
+        let early = self.early.pick(elapsed).map(|(t, raw)| (t, raw.clone()));
+        let sites_early = match early {
             Some((t, raw)) => {
-                Some(report::EarlySites { t, sites: self.build_sites(probes, raw, Outstanding::Live, REPORT_SITES)? })
+                Some(report::EarlySites { t, sites: self.build_sites(probes, &raw, Outstanding::Live, REPORT_SITES)? })
             }
             None => None,
         };
-        let victims: Vec<(f64, u32)> = self.oom_kills.iter().map(|k| (k.t, k.pid)).collect();
-        exits::mark_oom_kills(&mut self.exits, &victims);
+        let victims: Vec<(f64, u32)> = history.oom_kills.iter().map(|k| (k.t, k.pid)).collect();
+        exits::mark_oom_kills(&mut history.exits, &victims);
         let kill_times: Vec<f64> = victims.iter().map(|v| v.0).collect();
-        let life_ends = verdict::growth::life_ends(&kill_times, &self.exits, &self.samples);
-        let growth = verdict::growth::analyse(&self.samples, &life_ends, self.limit, self.restarts());
+        let life_ends = verdict::growth::life_ends(&kill_times, &history.exits, &history.samples);
+        let restarts = count_restarts(&victims, &self.first_seen);
+        let growth = verdict::growth::analyse(&history.samples, &life_ends, self.limit, restarts);
         let exit_counts = probes.exit_counts()?;
         let mut report = report::Report {
             schema: report::SCHEMA.to_string(),
@@ -477,14 +497,14 @@ impl Collector {
             window: report::Window {
                 start: rfc3339(self.start_wall),
                 end: rfc3339(end),
-                seconds: self.start.elapsed().as_secs_f64(),
+                seconds: elapsed,
                 ended_by: String::new(),
             },
-            memory: report::Memory { limit_bytes: self.limit, samples: self.samples },
+            memory: report::Memory { limit_bytes: self.limit, samples: history.samples },
             attribution,
             sites,
-            oom_kills: self.oom_kills,
-            exits: self.exits,
+            oom_kills: history.oom_kills,
+            exits: history.exits,
             sites_early,
             verdict: report::Verdict {
                 class: "inconclusive".into(),
@@ -524,15 +544,30 @@ impl Collector {
                 exits_unrecorded: exit_counts[exit_count::UNRECORDED as usize] + self.exits_over,
                 exits_dropped: exit_counts[exit_count::DROPPED as usize],
                 heap: self.heap.as_ref().map(|h| h.report(&c)),
-                jvm_perfmaps,
-                node_heaps,
-                jvm_heaps,
+                jvm_perfmaps: runtimes.jvm_perfmaps,
+                node_heaps: runtimes.node_heaps,
+                jvm_heaps: runtimes.jvm_heaps,
             },
             sampling: report::Sampling::from_shift(self.sample_rate_shift, c[counter::ALLOC_EVENTS as usize]),
         };
         report.verdict = verdict::judge(&report);
         Ok(report)
     }
+}
+
+/// What the window has seen so far: moved into the final report, copied into a snapshot.
+struct History {
+    samples: Vec<report::Sample>,
+    oom_kills: Vec<report::OomKill>,
+    exits: Vec<report::Exit>,
+}
+
+/// What the runtimes' helpers did (`collection.jvm_perfmaps`, `node_heaps`, `jvm_heaps`): told when they stop.
+#[derive(Default)]
+struct RuntimeStats {
+    jvm_perfmaps: Vec<crate::stacks::jvm_perfmap::JvmPerfMapStats>,
+    node_heaps: Vec<node_heap::NodeHeapStats>,
+    jvm_heaps: Vec<jvm_heap::JvmHeapStats>,
 }
 
 /// The kernel's stack maps and the user stacks unwound here, as one source for building sites.

@@ -52,6 +52,8 @@ pub type NodeHeap = RuntimeHeap<Inspector>;
 /// One process's inspector session.
 pub struct Inspector {
     ws: WebSocket<TcpStream>,
+    /// Where the inspector listens, in the process's network namespace.
+    addr: SocketAddrV4,
     next_id: u64,
     stats: NodeHeapStats,
 }
@@ -86,15 +88,24 @@ impl Profiler for Inspector {
         if let Err(e) = self.call("HeapProfiler.stopSampling", json!({})) {
             self.stats.last_error = Some(format!("{e:#}"));
         }
-        if self.stats.runtime.inspector == "opened" {
-            // The inspector closes this very session: no answer is waited for.
-            let id = self.next_id;
-            let end =
-                json!({ "id": id, "method": "Runtime.evaluate", "params": { "expression": "process._debugEnd()" } });
-            let _ = self.ws.send(Message::text(end.to_string()));
+        let opened = self.stats.runtime.inspector == "opened";
+        if opened {
+            // On node's next turn, once this command is answered: ending the inspector from inside the handler of
+            // one of its own sessions tears the session down while it is still in use.
+            let end = json!({ "expression": "setImmediate(() => process._debugEnd())" });
+            if let Err(e) = self.call("Runtime.evaluate", end) {
+                self.stats.last_error = Some(format!("{e:#}"));
+            }
         }
         let _ = self.ws.close(None);
         let _ = self.ws.flush();
+        if opened {
+            // Closed again before leaktrace says it is done.
+            let since = Instant::now();
+            while listening(self.stats.pid).contains(&self.addr) && since.elapsed() < ANSWER_WAIT {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
 
     fn stats(&mut self) -> &mut NodeHeapStats {
@@ -144,7 +155,7 @@ impl Inspector {
         let url = debugger_url(pid, addr)?;
         let (ws, _) = tungstenite::client(url.as_str(), connect_in(pid, addr)?)
             .map_err(|e| anyhow::anyhow!("the inspector's websocket at {url}: {e}"))?;
-        let mut s = Inspector { ws, next_id: 1, stats };
+        let mut s = Inspector { ws, addr, next_id: 1, stats };
         s.call("HeapProfiler.enable", json!({}))?;
         s.call("HeapProfiler.startSampling", json!({ "samplingInterval": SAMPLING_INTERVAL }))?;
         Ok(s)

@@ -1,10 +1,11 @@
 //! Outputs derived from a report: folded stacks, flame graphs, the pprof profile, the HTML report (for the
-//! developer the evidence goes to) and the terminal summary.
+//! developer the evidence goes to), the terminal summary and Prometheus metrics.
 mod buildid;
 pub mod diff;
 pub mod flamegraph;
 pub mod folded;
 pub mod html;
+pub mod metrics;
 pub mod pprof;
 pub mod summary;
 

@@ -134,18 +134,22 @@ pub fn encode(profile: &Profile) -> Vec<u8> {
     gz.finish().expect("gzip into memory")
 }
 
-/// Writes `profile.pb.gz` into `dir` atomically, mode 0600, with build ids read from this machine.
-/// The profile holds the sites the outputs lead with (`export::lead_sites`): the last kill's when the end is empty.
+/// Writes `profile.pb.gz` into `dir` atomically, mode 0600 (see `profile_bytes`).
 pub fn write_pprof(dir: &Path, report: &Report) -> Result<()> {
+    crate::output::write_atomic(dir, "profile.pb.gz", &profile_bytes(report))
+}
+
+/// The gzipped profile, with build ids read from this machine. It holds the sites the outputs lead with
+/// (`export::lead_sites`): the last kill's when the end is empty.
+pub fn profile_bytes(report: &Report) -> Vec<u8> {
     let mut ids = super::buildid::BuildIds::default();
-    let bytes = match super::lead_sites(report) {
+    match super::lead_sites(report) {
         (_, None) => encode(&profile(report, |m, pids| ids.lookup(m, pids))),
         (sites, Some(_)) => {
             let shown = Report { sites: sites.into_owned(), ..report.clone() };
             encode(&profile(&shown, |m, pids| ids.lookup(m, pids)))
         }
-    };
-    crate::output::write_atomic(dir, "profile.pb.gz", &bytes)
+    }
 }
 
 /// Frames leaf first, grouped into what pprof calls a location: blazesym reports the functions inlined at an
