@@ -232,24 +232,22 @@ async fn write_response<S: AsyncWrite + Unpin>(stream: &mut S, r: &Response) -> 
 
 /// Answers `path` from the report as it stands (`snapshot`, taken only for the paths that need it).
 pub fn route(path: &str, snapshot: impl FnOnce() -> Result<Report>) -> Response {
-    let report = match path {
-        "/metrics" | "/pprof/heap" | "/report.json" => match snapshot() {
-            Ok(r) => r,
-            Err(e) => return Response::text(503, format!("cannot read the trace: {e:#}\n")),
+    let answer: fn(&Report) -> Response = match path {
+        "/metrics" => |r| {
+            let text = metrics::render(r, &metrics::target_labels(r), metrics::MAX_SITES);
+            Response::ok(metrics::CONTENT_TYPE, text.into_bytes())
+        },
+        "/pprof/heap" => |r| Response::ok("application/octet-stream", pprof::profile_bytes(r)),
+        "/report.json" => |r| match serde_json::to_vec_pretty(r) {
+            Ok(json) => Response::ok("application/json", json),
+            Err(e) => Response::text(503, format!("{e}\n")),
         },
         "/" => return Response::text(200, INDEX),
         _ => return Response::text(404, format!("{path} is not served\n{INDEX}")),
     };
-    match path {
-        "/metrics" => {
-            let text = metrics::render(&report, &metrics::target_labels(&report), metrics::MAX_SITES);
-            Response::ok(metrics::CONTENT_TYPE, text.into_bytes())
-        }
-        "/pprof/heap" => Response::ok("application/octet-stream", pprof::profile_bytes(&report)),
-        _ => match serde_json::to_vec_pretty(&report) {
-            Ok(json) => Response::ok("application/json", json),
-            Err(e) => Response::text(503, format!("{e}\n")),
-        },
+    match snapshot() {
+        Ok(report) => answer(&report),
+        Err(e) => Response::text(503, format!("cannot read the trace: {e:#}\n")),
     }
 }
 

@@ -1294,7 +1294,6 @@ fn kept_event_costs(results: &BTreeMap<(usize, Tracer), Series>, profile: &[Prog
                 (!runs.is_empty()).then(|| runs.iter().sum::<f64>())
             };
             let (bpf_with, bpf_without) = (bpf_ns_per_op(part.with), bpf_ns_per_op(part.without));
-            let per_kept = |extra: f64| (kept_per_op > 0.0).then(|| extra / kept_per_op);
             let cpu = |s: &Series| median_of(s.costs.iter().filter_map(|c| c.cpu_seconds));
             out.push(json!({
                 "part": part.what,
@@ -1302,7 +1301,7 @@ fn kept_event_costs(results: &BTreeMap<(usize, Tracer), Series>, profile: &[Prog
                 "kept_events_per_op": kept_per_op,
                 "bpf_ns_per_op_with": bpf_with,
                 "bpf_ns_per_op_without": bpf_without,
-                "bpf_ns_per_kept_event": bpf_with.zip(bpf_without).and_then(|(a, b)| per_kept(a - b)),
+                "bpf_ns_per_kept_event": bpf_with.zip(bpf_without).map(|(a, b)| (a - b) / kept_per_op),
                 "tracer_cpu_seconds_with": cpu(with),
                 "tracer_cpu_seconds_without": cpu(without),
                 "kept_events_per_run": kept_per_s * seconds,

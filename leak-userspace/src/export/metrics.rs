@@ -9,7 +9,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::report::{Report, Site};
+use crate::{
+    report::{Report, Site},
+    sites::site_name,
+};
 
 /// The content type of what `render` writes.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -95,12 +98,9 @@ pub fn render(report: &Report, target: &[(&'static str, String)], sites: usize) 
         "OOM kills of the target's processes",
         vec![(with(&[]), report.oom_kills.len() as f64)],
     );
-    let mut causes: Vec<(&str, u64)> = Vec::new();
+    let mut causes: std::collections::BTreeMap<&str, u64> = Default::default();
     for e in &report.exits {
-        match causes.iter_mut().find(|(c, _)| *c == e.cause) {
-            Some((_, n)) => *n += 1,
-            None => causes.push((&e.cause, 1)),
-        }
+        *causes.entry(&e.cause).or_default() += 1;
     }
     let deaths = causes.into_iter().map(|(c, n)| (with(&[("cause", c)]), n as f64)).collect();
     counter(
@@ -174,14 +174,9 @@ pub fn target_labels(report: &Report) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// What names a site in a label: its first application frame, else its leaf's symbol, else its slab cache.
+/// What names a site in a label: its name (`sites::site_name`), else its slab cache.
 fn site_function(site: &Site) -> String {
-    site.label
-        .clone()
-        .or_else(|| site.frames.iter().find(|f| !f.kernel).and_then(|f| f.symbol.clone()))
-        .or_else(|| site.frames.first().map(|f| f.label().to_string()))
-        .or_else(|| site.slab_cache.clone())
-        .unwrap_or_else(|| "[unknown]".into())
+    site_name(site).or_else(|| site.slab_cache.clone()).unwrap_or_else(|| "[unknown]".into())
 }
 
 #[cfg(test)]

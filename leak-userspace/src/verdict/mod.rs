@@ -26,7 +26,7 @@ use runtime::Runtime;
 use crate::{
     export::{clamp, human_bytes, signed},
     report::{Coverage, Exit, Growth, Report, Site, Trend, Verdict},
-    sites::{app_frame, is_allocator},
+    sites::{app_frame, is_allocator, site_name},
 };
 
 /// A byte category grows when its trend accounts for at least this much, and for at least `MIN_GROWTH_SHARE` of
@@ -944,11 +944,6 @@ fn holder_line(sites: &[Site], heap: Option<&Coverage>) -> Option<String> {
         ),
         _ => format!("{what} are held by {held}, {}{explains}", human_bytes(holder.outstanding_bytes)),
     })
-}
-
-/// What names a site in the verdict: its label, else its first application frame.
-fn site_name(s: &Site) -> Option<String> {
-    s.label.clone().or_else(|| Some(app_frame(s)?.label().to_string()))
 }
 
 /// `word` as one word of a shell command line: quoted unless it is made of characters no shell treats specially
