@@ -68,8 +68,9 @@ pub struct TraceArgs {
     #[arg(long, conflicts_with = "sample_bytes")]
     pub record_all: bool,
 
-    /// How much of the user stack each kept allocation copies for unwinding (from the stack pointer's 4 KiB chunk
-    /// up, in whole chunks, at most 28 KiB). report.json `collection.unwind` counts the walks it cut short.
+    /// How much of the user stack each kept allocation copies for unwinding at most (from the stack pointer's 4 KiB
+    /// chunk up, in whole chunks, at most 28 KiB); a process's copy is cut to what its first walks needed, and set
+    /// back when one runs out. report.json `collection.unwind` counts the walks it cut short.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_USER_STACK_BYTES, value_parser = user_stack_bytes)]
     pub user_stack_bytes: u32,
 

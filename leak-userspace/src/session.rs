@@ -33,6 +33,8 @@ pub const USER_STACKS_ENV: &str = "LEAKTRACE_USER_STACKS";
 pub const FLOOR_ENV: &str = "LEAKTRACE_FLOOR";
 /// `off`: Python frames are not walked (for the benchmark: what the walk costs).
 pub const PYTHON_FRAMES_ENV: &str = "LEAKTRACE_PYTHON_FRAMES";
+/// `off`: every stack copy is `--user-stack-bytes` long (for the benchmark: what cutting it to each process saves).
+pub const STACK_CUT_ENV: &str = "LEAKTRACE_STACK_CUT";
 
 /// How often the user stack samples are drained when the ring buffer does not fill up.
 const USTACK_DRAIN: Duration = Duration::from_millis(20);
@@ -75,6 +77,12 @@ pub fn trace(target: Target, args: &TraceArgs, hooks: Hooks<'_>) -> Result<PathB
     } else {
         None
     };
+    let cut = if ring.is_some() && !std::env::var(STACK_CUT_ENV).is_ok_and(|v| v == "off") {
+        Some(probes.take_stack_chunks()?)
+    } else {
+        None
+    };
+    let copies = crate::stacks::CopySizes::new(cut, discovery.config.ustack_chunks);
     let heap = if args.heap {
         let hit = probes.measure_heap_hit().context("cannot measure what a heap probe hit costs")?;
         Some(HeapTracer::new(args.heap_budget, hit.as_nanos() as f64))
@@ -82,7 +90,7 @@ pub fn trace(target: Target, args: &TraceArgs, hooks: Hooks<'_>) -> Result<PathB
         None
     };
     let mut collector =
-        Collector::new(target, &discovery, args.top, crate::stacks::UserStacks::new(ring, python), heap);
+        Collector::new(target, &discovery, args.top, crate::stacks::UserStacks::new(ring, python, copies), heap);
     // The first sample is the baseline that growth is measured from.
     collector.tick(&mut probes)?;
     let say = |line: &str| {

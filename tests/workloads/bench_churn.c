@@ -1,13 +1,16 @@
 /* Overhead benchmark workloads (cargo xtask bench): each stresses one path leaktrace traces, as fast as it can, and
  * prints how many operations it completed.
- * bench_churn <page|kobj|malloc|mixed> <seconds>
+ * bench_churn <page|kobj|malloc|mixed|worker> <seconds>
  *   page:   anonymous page churn: mmap 64 pages, touch each, munmap (op = one page)
  *   kobj:   kernel object churn: pipe2, write a byte (a buffer page), close both ends (op = one pipe)
  *   malloc: malloc/free of 16..1024 bytes among 1024 live slots, no system calls once warm (op = one pair)
  *   mixed:  a service-like request: a pipe round trip, a 32 KiB heap buffer filled and freed, and every 8th
  *           request a 256 KiB mapping touched and unmapped (op = one request)
+ *   worker: the mixed requests served by a worker thread, as a service's thread pool serves them (its stack is a
+ *           thread's: a stack copy runs its full length there, not to the main stack's end)
  * Output: "ops <n> seconds <s>" on stdout. */
 #include <malloc.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -62,40 +65,66 @@ static size_t request(void) {
     return ok;
 }
 
+struct run {
+    const char *mode;
+    double secs;
+    size_t ops;
+    double elapsed;
+    int status;
+};
+
+static void *serve(void *arg) {
+    struct run *r = arg;
+    double start = now();
+    while (r->elapsed < r->secs) {
+        /* Check the clock every batch only: the loops themselves are what is measured. */
+        for (int i = 0; i < 64; i++) {
+            size_t done;
+            if (strcmp(r->mode, "page") == 0)
+                done = touch_mapping(MAP_PAGES);
+            else if (strcmp(r->mode, "kobj") == 0)
+                done = pipe_round_trip(1);
+            else if (strcmp(r->mode, "malloc") == 0)
+                done = malloc_pair();
+            else if (strcmp(r->mode, "mixed") == 0)
+                done = request();
+            else {
+                fprintf(stderr, "bench_churn: unknown mode %s\n", r->mode);
+                r->status = 2;
+                return NULL;
+            }
+            if (!done) {
+                perror("bench_churn");
+                r->status = 1;
+                return NULL;
+            }
+            r->ops += done;
+        }
+        r->elapsed = now() - start;
+    }
+    return NULL;
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "page";
-    double secs = arg_or(argc, argv, 2, 2);
+    struct run r = { .mode = mode, .secs = arg_or(argc, argv, 2, 2) };
     /* No trimming and no mmap'd chunks: the malloc and mixed loops make no system calls for their heap. */
     mallopt(M_TRIM_THRESHOLD, 64 << 20);
     mallopt(M_MMAP_THRESHOLD, 64 << 20);
     for (size_t i = 0; i < 4 * SLOTS; i++)
         malloc_pair();
-    size_t ops = 0;
-    double start = now(), elapsed = 0;
-    while (elapsed < secs) {
-        /* Check the clock every batch only: the loops themselves are what is measured. */
-        for (int i = 0; i < 64; i++) {
-            size_t done;
-            if (strcmp(mode, "page") == 0)
-                done = touch_mapping(MAP_PAGES);
-            else if (strcmp(mode, "kobj") == 0)
-                done = pipe_round_trip(1);
-            else if (strcmp(mode, "malloc") == 0)
-                done = malloc_pair();
-            else if (strcmp(mode, "mixed") == 0)
-                done = request();
-            else {
-                fprintf(stderr, "bench_churn: unknown mode %s\n", mode);
-                return 2;
-            }
-            if (!done) {
-                perror("bench_churn");
-                return 1;
-            }
-            ops += done;
+    if (strcmp(mode, "worker") == 0) {
+        pthread_t worker;
+        r.mode = "mixed";
+        if (pthread_create(&worker, NULL, serve, &r) != 0 || pthread_join(worker, NULL) != 0) {
+            perror("bench_churn: worker");
+            return 1;
         }
-        elapsed = now() - start;
+    } else {
+        serve(&r);
     }
-    printf("ops %zu seconds %.6f\n", ops, elapsed);
+    if (r.status)
+        return r.status;
+    printf("ops %zu seconds %.6f\n", r.ops, r.elapsed);
     return 0;
 }

@@ -60,6 +60,7 @@ const WORKLOADS: &[Workload] = &[
     Workload { name: "page churn, other cgroup", mode: "page", elsewhere: true, python: false },
     Workload { name: "kernel-object churn, other cgroup", mode: "kobj", elsewhere: true, python: false },
     Workload { name: "python page churn", mode: "page", elsewhere: false, python: true },
+    Workload { name: "mixed service loop, worker thread", mode: "worker", elsewhere: false, python: false },
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -70,6 +71,8 @@ enum Tracer {
     Default,
     /// The default mode with frame-pointer user stacks walked in the kernel: the cost before DWARF unwinding.
     DefaultFp,
+    /// The default mode with every stack copy `--user-stack-bytes` long: what cutting it to each process saves.
+    FullCopy,
     RecordAll,
     Bpftrace,
     /// The default mode without walking Python frames: what the walk costs, on the Python workload.
@@ -77,11 +80,12 @@ enum Tracer {
 }
 
 impl Tracer {
-    const ALL: [Tracer; 7] = [
+    const ALL: [Tracer; 8] = [
         Tracer::Untraced,
         Tracer::Floor,
         Tracer::Default,
         Tracer::DefaultFp,
+        Tracer::FullCopy,
         Tracer::RecordAll,
         Tracer::Bpftrace,
         Tracer::NoPython,
@@ -93,6 +97,7 @@ impl Tracer {
             Tracer::Floor => "floor (programs return at once)",
             Tracer::Default => "leaktrace default",
             Tracer::DefaultFp => "default, frame-pointer stacks",
+            Tracer::FullCopy => "default, full stack copies",
             Tracer::RecordAll => "leaktrace --record-all",
             Tracer::Bpftrace => "bpftrace script",
             Tracer::NoPython => "default, no Python frames",
@@ -105,6 +110,7 @@ impl Tracer {
             Tracer::Floor => Some((&[], &[("LEAKTRACE_FLOOR", "1")])),
             Tracer::Default => Some((&[], &[])),
             Tracer::DefaultFp => Some((&[], &[("LEAKTRACE_USER_STACKS", "fp")])),
+            Tracer::FullCopy => Some((&[], &[("LEAKTRACE_STACK_CUT", "off")])),
             Tracer::RecordAll => Some((&["--record-all"], &[])),
             Tracer::NoPython => Some((&[], &[("LEAKTRACE_PYTHON_FRAMES", "off")])),
             Tracer::Untraced | Tracer::Bpftrace => None,
@@ -520,7 +526,7 @@ fn profile_pass(
             let tracers: &[Tracer] = if w.python {
                 &[Tracer::Default, Tracer::NoPython]
             } else {
-                &[Tracer::Floor, Tracer::Default, Tracer::DefaultFp, Tracer::RecordAll]
+                &[Tracer::Floor, Tracer::Default, Tracer::DefaultFp, Tracer::FullCopy, Tracer::RecordAll]
             };
             for &tracer in tracers.iter().filter(|t| configs[wi].contains(t)) {
                 let target = if w.elsewhere { idle } else { &memcgs[wi] };
@@ -1267,6 +1273,12 @@ const KEPT_PARTS: &[KeptPart] = &[
         python: false,
         with: Tracer::Default,
         without: Tracer::DefaultFp,
+    },
+    KeptPart {
+        what: "a full-length stack copy (--user-stack-bytes), over one cut to what the process's walks need",
+        python: false,
+        with: Tracer::FullCopy,
+        without: Tracer::Default,
     },
     KeptPart { what: "walk of the Python frames", python: true, with: Tracer::Default, without: Tracer::NoPython },
 ];

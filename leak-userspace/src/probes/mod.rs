@@ -267,6 +267,12 @@ impl Probes {
         Ok(HashMap::try_from(map)?)
     }
 
+    /// The table of the stack copy sizes learned per process (`USTACK_CHUNKS`).
+    pub fn take_stack_chunks(&mut self) -> Result<HashMap<MapData, u32, u32>> {
+        let map = self.ebpf.take_map("USTACK_CHUNKS").ok_or_else(|| anyhow!("USTACK_CHUNKS already taken"))?;
+        Ok(HashMap::try_from(map)?)
+    }
+
     fn take_ring(&mut self, name: &str) -> Result<RingBuf<MapData>> {
         let map = self.ebpf.take_map(name).ok_or_else(|| anyhow!("{name} ring buffer already taken"))?;
         Ok(RingBuf::try_from(map)?)

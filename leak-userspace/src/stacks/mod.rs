@@ -9,6 +9,7 @@
 //!
 //! A page's sample also says where its page fault hit (`StackSample::fault_addr`); the kind of memory there
 //! (`regions`) rides in the unwound stack's id, so that sites can say which kind holds most of their pages.
+mod copy_size;
 pub mod jvm_perfmap;
 pub mod maps;
 mod object;
@@ -30,6 +31,7 @@ use framehop::x86_64::CacheX86_64;
 use leak_common::{PyProc, SiteCounters, SiteKey, StackSample, PY_TRUNCATED, STACK_SAMPLE_FULL, USTACK_UNWOUND_BIT};
 use serde::{Deserialize, Serialize};
 
+pub use copy_size::CopySizes;
 use process::{Objects, Process};
 use python::{PyFrameName, PythonFrames};
 use regions::{RegionKind, RegionMap};
@@ -79,6 +81,12 @@ pub struct UnwindStats {
     /// How far above the stack pointer each walk read, in KiB buckets (the bucket's upper bound): what
     /// `--user-stack-bytes` must cover.
     pub depth_kib: BTreeMap<u64, u64>,
+    /// Processes whose copy was cut to what their walks need (`stacks::copy_size`), and cut copies a walk ran out
+    /// of (the process is back to the full copy; that walk is counted in `truncated`).
+    #[serde(default)]
+    pub copy_cuts: u64,
+    #[serde(default)]
+    pub copy_restores: u64,
     pub distinct_stacks: u64,
     pub stacks_dropped: u64,
     /// Unwound samples of page faults by the kind of memory the fault hit (`sites[].region`); `unknown`: no
@@ -113,13 +121,19 @@ pub struct UserStacks {
     tokens: HashMap<u64, i32>,
     python: PythonFrames,
     py_truncated: u64,
+    copies: CopySizes,
     stats: UnwindStats,
 }
 
 impl UserStacks {
     /// Reads samples from `ring` (none: frame-pointer stacks, nothing to unwind); enters the Python processes
-    /// it meets in `python` (the programs' `PY_PROCS`) for their frames to be walked.
-    pub fn new(ring: Option<RingBuf<MapData>>, python: Option<BpfHashMap<MapData, u32, PyProc>>) -> Self {
+    /// it meets in `python` (the programs' `PY_PROCS`) for their frames to be walked; learns each process's stack
+    /// copy size in `copies`.
+    pub fn new(
+        ring: Option<RingBuf<MapData>>,
+        python: Option<BpfHashMap<MapData, u32, PyProc>>,
+        copies: CopySizes,
+    ) -> Self {
         UserStacks {
             ring,
             processes: HashMap::new(),
@@ -130,6 +144,7 @@ impl UserStacks {
             tokens: HashMap::new(),
             python: PythonFrames::new(python),
             py_truncated: 0,
+            copies,
             stats: UnwindStats::default(),
         }
     }
@@ -174,10 +189,12 @@ impl UserStacks {
                 walk = unwind::walk(process, &sample, stack, &mut self.cache);
             }
         }
+        let ran_out = walk.end == unwind::End::Truncated && sample.flags & STACK_SAMPLE_FULL != 0;
+        self.copies.observe(&sample, walk.depth, ran_out);
         let s = &mut self.stats;
         match walk.end {
             unwind::End::Root => s.reached_root += 1,
-            unwind::End::Truncated if sample.flags & STACK_SAMPLE_FULL != 0 => s.truncated += 1,
+            unwind::End::Truncated if ran_out => s.truncated += 1,
             unwind::End::Truncated | unwind::End::Failed => s.failed += 1,
             unwind::End::NotCode => s.ended_not_code += 1,
         }
@@ -283,6 +300,7 @@ impl UserStacks {
     pub fn prune(&mut self) {
         let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
         self.processes.retain(|&pid, _| alive(pid));
+        self.copies.prune(alive);
         self.python.prune(alive);
     }
 
@@ -324,6 +342,8 @@ impl UserStacks {
         }
         s.objects_without_cfi = self.objects.without_cfi.clone();
         s.distinct_stacks = self.stacks.len() as u64;
+        s.copy_cuts = self.copies.counts.cuts;
+        s.copy_restores = self.copies.counts.restores;
         s
     }
 }
@@ -346,7 +366,7 @@ mod tests {
 
     #[test]
     fn samples_of_one_stack_merge_and_their_tokens_are_forgotten() {
-        let mut u = UserStacks::new(None, None);
+        let mut u = UserStacks::new(None, None, CopySizes::new(None, 4));
         let a = u.intern(vec![frame(1), frame(2)]);
         let b = u.intern(vec![frame(1), frame(3)]);
         assert_eq!(u.intern(vec![frame(1), frame(2)]), a, "the same stack, the same id");
@@ -370,7 +390,7 @@ mod tests {
     /// Pages of one stack in two kinds of memory: two ids, one stack, each id with its kind.
     #[test]
     fn the_kind_of_memory_rides_in_the_stack_id() {
-        let mut u = UserStacks::new(None, None);
+        let mut u = UserStacks::new(None, None, CopySizes::new(None, 4));
         let a = u.intern(vec![frame(1), frame(2)]);
         let heap = with_region(a, Some(RegionKind::BrkHeap));
         let mmap = with_region(a, Some(RegionKind::Mmap));
@@ -387,7 +407,7 @@ mod tests {
 
     #[test]
     fn a_short_record_is_ignored() {
-        let mut u = UserStacks::new(None, None);
+        let mut u = UserStacks::new(None, None, CopySizes::new(None, 4));
         u.add(&[0u8; 8]);
         assert_eq!(u.stats([0; 4], [0; 2]).samples, 0);
     }
@@ -408,7 +428,7 @@ mod tests {
         // record's rest (0xff bytes, no return address) if it took that for stack.
         let cut = (sample.sp - sample.base) as usize + 64;
         sample.len = cut as u32;
-        let mut u = UserStacks::new(None, None);
+        let mut u = UserStacks::new(None, None, CopySizes::new(None, 4));
         u.add(&record(&sample, &stack[..cut], 0));
         sample.token = 2;
         u.add(&record(&sample, &stack[..cut], 3 * leak_common::USTACK_CHUNK));
