@@ -132,16 +132,16 @@ where
     sites
 }
 
-/// The frame that names a site for people: the first user frame with a symbol that is application code (outside
-/// the allocator, the C and C++ runtime libraries and a language runtime's machinery: a `memset` leaf or V8's
-/// typed-array fill is how, not who), else the first named user frame past libc, else the first named user frame
-/// outside the allocator, else the first kernel frame past the allocator's own functions, else
-/// the leaf.
 /// What names a site for people (the verdict, metrics): its label, else its first application frame.
 pub fn site_name(s: &Site) -> Option<String> {
     s.label.clone().or_else(|| Some(app_frame(s)?.label().to_string()))
 }
 
+/// The frame that names a site for people: the first user frame with a symbol that is application code (outside
+/// the allocator, the C and C++ runtime libraries and a language runtime's machinery: a `memset` leaf or V8's
+/// typed-array fill is how, not who), else the first named user frame past libc, else the first named user frame
+/// outside the allocator, else the first kernel frame past the allocator's own functions, else
+/// the leaf.
 pub fn app_frame(site: &Site) -> Option<&Frame> {
     let named = |kernel: bool| {
         site.frames.iter().filter(move |f| f.kernel == kernel && f.symbol.as_deref().is_some_and(|s| !is_allocator(s)))

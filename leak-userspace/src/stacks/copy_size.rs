@@ -12,7 +12,7 @@ use leak_common::{StackSample, USTACK_CHUNK};
 const LEARN: u32 = 64;
 
 /// What one process's samples have shown.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Default)]
 struct Learning {
     samples: u32,
     /// The most chunks a walk read, from the chunk of its stack pointer up.
