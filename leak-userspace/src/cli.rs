@@ -111,6 +111,70 @@ pub struct TraceArgs {
     pub listen: Option<crate::serve::Listen>,
 }
 
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// Trace only the containers a pattern matches (`*`, `?`, `[...]`), by name, image, id (or its first 12 digits),
+    /// pod, namespace or `namespace/pod/name`; may be given more than once. Default: every container.
+    #[arg(long, value_name = "PATTERN")]
+    pub select: Vec<String>,
+
+    /// Serve `/metrics` (Prometheus), `/pprof/<container>/heap` (pprof), `/pprof/` (the list) and
+    /// `/report/<container>.json`: HOST:PORT, a PORT on 127.0.0.1, or unix:PATH. No listener unless asked.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<crate::serve::Listen>,
+
+    /// Seconds of history each container's report, trends and verdict cover (a rolling window), and how often
+    /// --output-dir is written.
+    #[arg(long, value_name = "SECS", default_value = "300", value_parser = window_secs)]
+    pub window: f64,
+
+    /// Seconds between two reads of the maps and of the containers' memory files (and looks for new containers).
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = interval_secs)]
+    pub interval: f64,
+
+    /// Write each container's report.json and profile.pb.gz every window (and when it goes, and at the end) into
+    /// DIR/<container>/<time>/.
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+
+    /// How many of each container's windows --output-dir keeps.
+    #[arg(long, value_name = "N", default_value_t = 12, requires = "output_dir")]
+    pub keep: usize,
+
+    /// Sites each container's report keeps (the largest); the rest are counted in `collection.sites_left_out`.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_sites: u64,
+
+    /// Sample allocations by size, as a trace does.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_SAMPLE_BYTES, value_parser = sample_bytes)]
+    pub sample_bytes: u64,
+
+    /// How much of the user stack each kept allocation copies for unwinding at most, as a trace does.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_USER_STACK_BYTES, value_parser = user_stack_bytes)]
+    pub user_stack_bytes: u32,
+
+    /// Stop after this many seconds (default: until SIGTERM or Ctrl-C).
+    #[arg(long, value_name = "SECS", value_parser = positive_secs)]
+    pub duration: Option<f64>,
+
+    /// Print only errors.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl AgentArgs {
+    pub fn load(&self) -> Load {
+        Load {
+            record_all: false,
+            stack_chunks: Some(self.user_stack_bytes.div_ceil(leak_common::USTACK_CHUNK as u32)),
+            sample_rate_shift: self.sample_bytes.trailing_zeros(),
+            live_entries: SAMPLED_LIVE_ENTRIES,
+            stack_entries: crate::probes::DEFAULT_STACK_ENTRIES,
+            heap: false,
+        }
+    }
+}
+
 /// See the README ("Heap") for the measurements behind it.
 pub const DEFAULT_HEAP_BUDGET: f64 = 10.0;
 
@@ -125,7 +189,30 @@ pub const DEFAULT_SAMPLE_BYTES: u64 = 512 << 10;
 /// Sampled, one entry stands for ~64 KiB of outstanding memory or more: 4 GiB of leaks and then some.
 const SAMPLED_LIVE_ENTRIES: u32 = 65_536;
 
+/// How the programs are loaded: the sampling and the kernel tables' sizes.
+pub struct Load {
+    pub record_all: bool,
+    /// The user stack copy per kept allocation in chunks, `None` for frame-pointer stacks.
+    pub stack_chunks: Option<u32>,
+    pub sample_rate_shift: u32,
+    pub live_entries: u32,
+    pub stack_entries: u32,
+    /// `--heap`: the allocator programs too.
+    pub heap: bool,
+}
+
 impl TraceArgs {
+    pub fn load(&self) -> Load {
+        Load {
+            record_all: self.record_all,
+            stack_chunks: self.user_stack_chunks(),
+            sample_rate_shift: self.sample_rate_shift(),
+            live_entries: self.live_entries(),
+            stack_entries: self.stack_entries,
+            heap: self.heap,
+        }
+    }
+
     /// The size of the kernel's table of outstanding allocations: what was asked for, else sized to the mode.
     pub fn live_entries(&self) -> u32 {
         let default = if self.record_all { crate::probes::DEFAULT_LIVE_ENTRIES } else { SAMPLED_LIVE_ENTRIES };
@@ -168,6 +255,10 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         output: Option<PathBuf>,
     },
+    /// Trace every container of this node (or those --select'ed) until stopped: each in a rolling window, served
+    /// to Prometheus and pprof scrapers (--listen) or written into --output-dir. Containers are picked up as they
+    /// start and let go of as they go.
+    Agent(AgentArgs),
     /// The demo's leaking workload (started by `leaktrace demo` inside the demo cgroup).
     #[command(name = "demo-workload", hide = true)]
     DemoWorkload,
@@ -222,6 +313,13 @@ fn sample_bytes(s: &str) -> Result<u64, String> {
     }
 }
 
+fn window_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (10.0..=86400.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a window between 10 seconds and a day")),
+    }
+}
+
 fn interval_secs(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && (0.1..=3600.0).contains(&v) => Ok(v),
@@ -252,6 +350,23 @@ mod tests {
         assert_eq!(parse(&[]), DEFAULT_SAMPLE_BYTES.trailing_zeros());
         assert_eq!(parse(&["--sample-bytes", "65536"]), 16);
         assert_eq!(parse(&["--record-all"]), 0);
+    }
+
+    #[test]
+    fn the_agent_needs_no_cgroup_and_checks_its_numbers() {
+        let cli =
+            Cli::try_parse_from(["leaktrace", "agent", "--select", "web-*", "--select", "db", "--listen", "9464"])
+                .unwrap();
+        let Some(Command::Agent(a)) = cli.command else { panic!("not the agent") };
+        assert_eq!(
+            (a.select.as_slice(), a.window, a.interval, a.max_sites),
+            (&["web-*".to_string(), "db".into()][..], 300.0, 2.0, 100)
+        );
+        assert_eq!(a.load().sample_rate_shift, DEFAULT_SAMPLE_BYTES.trailing_zeros());
+        for bad in [&["--window", "1"][..], &["--keep", "3"], &["--max-sites", "0"], &["--interval", "0"]] {
+            let args = ["leaktrace", "agent"].iter().chain(bad).copied();
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

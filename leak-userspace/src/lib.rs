@@ -5,7 +5,9 @@
 //! `collect` (draining maps and events every interval) + `memory` (the cgroup's own accounting) -> `stacks` (user
 //! stack samples unwound, then every stack symbolized) ->
 //! `sites` (aggregated call sites) -> `attribution` (sites against memory.stat growth) -> `verdict` ->
-//! `report` (report.json model) -> `export` (folded stacks, terminal summary); `live` shows the trace as it runs; `jvm_attach` speaks to running JVMs.
+//! `report` (report.json model) -> `export` (folded stacks, terminal summary); `live` shows the trace as it runs; `jvm_attach` speaks to running JVMs;
+//! `session` runs one trace, `agent` every container of a node.
+pub mod agent;
 pub mod attribution;
 pub mod cgroup;
 pub mod cli;

@@ -83,20 +83,20 @@ impl Live {
         let lost = counters.map_or(0, |c| {
             [counter::RINGBUF_DROP, counter::LIVE_MAP_FULL, counter::SITE_MAP_FULL].iter().map(|&i| c[i as usize]).sum()
         });
-        let samples = collector.samples();
+        let samples = collector.window().samples();
         let last = samples.last();
         let view = View {
             t: last.map_or(0.0, |s| s.t),
             decimals: self.decimals,
             usage: last.map(|s| s.usage),
-            limit: collector.limit(),
+            limit: collector.window().limit(),
             trend: vec![
                 ("anon", last.and_then(|s| s.anon), rate(samples, |s| s.anon)),
                 ("file", last.and_then(|s| s.file), rate(samples, |s| s.file)),
                 ("slab", last.and_then(|s| s.slab), rate(samples, |s| s.slab)),
             ],
             sites: &sites,
-            oom_kills: collector.oom_kills().len(),
+            oom_kills: collector.window().oom_kills().len(),
             restarts: collector.follower().cgroups().len() - 1,
             events_per_sec,
             lost,

@@ -56,6 +56,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Some(Command::Demo { output, quiet }) => demo::run(output, quiet),
+        Some(Command::Agent(args)) => leaktrace::agent::run(&args),
         Some(Command::DemoWorkload) => demo::workload(),
         Some(Command::Diff { run_a, run_b, output }) => export::diff::run(&run_a, &run_b, output.as_deref()),
         Some(Command::Completions { shell }) => {

@@ -128,6 +128,14 @@ impl Server {
     }
 }
 
+/// The next request of `server`, when there is one (else this waits forever, for a `select!` arm).
+pub async fn next_request(server: &mut Option<Server>) -> Request {
+    match server {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Binds a unix socket; a socket file nobody answers on (left by a leaktrace that was killed) is replaced.
 fn bind_unix(path: &std::path::Path) -> std::io::Result<UnixListener> {
     match UnixListener::bind(path) {
@@ -233,10 +241,7 @@ async fn write_response<S: AsyncWrite + Unpin>(stream: &mut S, r: &Response) -> 
 /// Answers `path` from the report as it stands (`snapshot`, taken only for the paths that need it).
 pub fn route(path: &str, snapshot: impl FnOnce() -> Result<Report>) -> Response {
     let answer: fn(&Report) -> Response = match path {
-        "/metrics" => |r| {
-            let text = metrics::render(r, &metrics::target_labels(r), metrics::MAX_SITES);
-            Response::ok(metrics::CONTENT_TYPE, text.into_bytes())
-        },
+        "/metrics" => |r| Response::ok(metrics::CONTENT_TYPE, metrics::render_trace(r).into_bytes()),
         "/pprof/heap" => |r| Response::ok("application/octet-stream", pprof::profile_bytes(r)),
         "/report.json" => |r| match serde_json::to_vec_pretty(r) {
             Ok(json) => Response::ok("application/json", json),

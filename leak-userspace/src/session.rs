@@ -15,13 +15,13 @@ use tokio::{
 
 use crate::{
     cgroup::{self, Target},
-    cli::TraceArgs,
+    cli::{Load, TraceArgs},
     collect::{heap::HeapTracer, Collector},
     export, output,
-    probes::{self, Probes},
+    probes::{self, Discovery, Probes},
     report,
     serve::{self, Server},
-    stacks::jvm_perfmap::JvmPerfMaps,
+    stacks::{jvm_perfmap::JvmPerfMaps, CopySizes, UserStacks},
     stop::StopSignals,
 };
 
@@ -61,36 +61,14 @@ pub fn trace(target: Target, args: &TraceArgs, hooks: Hooks<'_>) -> Result<PathB
         Some(listen) => Some(runtime.block_on(async { Server::bind(listen) })?),
         None => None,
     };
-    // Benchmark knobs: frame-pointer user stacks in sampled mode (the cost before unwinding), the floor, and no
-    // Python frames.
-    let fp_stacks = std::env::var(USER_STACKS_ENV).is_ok_and(|v| v == "fp");
-    let mut discovery = probes::discover(args.record_all, args.user_stack_chunks().filter(|_| !fp_stacks))?;
-    discovery.config.floor = u32::from(std::env::var_os(FLOOR_ENV).is_some());
-    if std::env::var(PYTHON_FRAMES_ENV).is_ok_and(|v| v == "off") {
-        discovery.config.task_fsbase = leak_common::OFFSET_NONE;
-    }
-    discovery.config.sample_rate_shift = args.sample_rate_shift();
-    let mut probes = Probes::load(&mut discovery, args.live_entries(), args.stack_entries, args.heap)?;
-    let ring = if discovery.config.ustack_chunks > 0 { Some(probes.take_user_stacks()?) } else { None };
-    let python = if discovery.config.task_fsbase != leak_common::OFFSET_NONE && ring.is_some() {
-        Some(probes.take_python_procs()?)
-    } else {
-        None
-    };
-    let cut = if ring.is_some() && !std::env::var(STACK_CUT_ENV).is_ok_and(|v| v == "off") {
-        Some(probes.take_stack_chunks()?)
-    } else {
-        None
-    };
-    let copies = crate::stacks::CopySizes::new(cut, discovery.config.ustack_chunks);
+    let (discovery, mut probes, ustacks) = attach(&args.load())?;
     let heap = if args.heap {
         let hit = probes.measure_heap_hit().context("cannot measure what a heap probe hit costs")?;
         Some(HeapTracer::new(args.heap_budget, hit.as_nanos() as f64))
     } else {
         None
     };
-    let mut collector =
-        Collector::new(target, &discovery, args.top, crate::stacks::UserStacks::new(ring, python, copies), heap);
+    let mut collector = Collector::new(target, &discovery, args.top, ustacks, heap);
     // The first sample is the baseline that growth is measured from.
     collector.tick(&mut probes)?;
     let say = |line: &str| {
@@ -156,6 +134,34 @@ pub fn trace(target: Target, args: &TraceArgs, hooks: Hooks<'_>) -> Result<PathB
     Ok(dir)
 }
 
+/// Loads and attaches the programs as `load` asks, with the reader of their user stack samples: how a trace and
+/// the agent begin.
+pub fn attach(load: &Load) -> Result<(Discovery, Probes, UserStacks)> {
+    // Benchmark knobs: frame-pointer user stacks in sampled mode (the cost before unwinding), the floor, and no
+    // Python frames.
+    let fp_stacks = std::env::var(USER_STACKS_ENV).is_ok_and(|v| v == "fp");
+    let mut discovery = probes::discover(load.record_all, load.stack_chunks.filter(|_| !fp_stacks))?;
+    discovery.config.floor = u32::from(std::env::var_os(FLOOR_ENV).is_some());
+    if std::env::var(PYTHON_FRAMES_ENV).is_ok_and(|v| v == "off") {
+        discovery.config.task_fsbase = leak_common::OFFSET_NONE;
+    }
+    discovery.config.sample_rate_shift = load.sample_rate_shift;
+    let mut probes = Probes::load(&mut discovery, load.live_entries, load.stack_entries, load.heap)?;
+    let ring = if discovery.config.ustack_chunks > 0 { Some(probes.take_user_stacks()?) } else { None };
+    let python = if discovery.config.task_fsbase != leak_common::OFFSET_NONE && ring.is_some() {
+        Some(probes.take_python_procs()?)
+    } else {
+        None
+    };
+    let cut = if ring.is_some() && !std::env::var(STACK_CUT_ENV).is_ok_and(|v| v == "off") {
+        Some(probes.take_stack_chunks()?)
+    } else {
+        None
+    };
+    let copies = CopySizes::new(cut, discovery.config.ustack_chunks);
+    Ok((discovery, probes, UserStacks::new(ring, python, copies)))
+}
+
 /// Runs until the session should end and says why.
 async fn event_loop(
     probes: &mut Probes,
@@ -166,30 +172,11 @@ async fn event_loop(
     mut jvm_perfmaps: Option<&mut JvmPerfMaps>,
     mut server: Option<Server>,
 ) -> Result<String> {
-    // SAFETY: the ring buffer owns its fd, and the AsyncFd owns the ring buffer for as long as it is registered.
-    let mut events = unsafe { AsyncFd::register_with_interest(probes.take_events()?, Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("cannot watch the event ring buffer: {e}"))?;
+    let mut events = probes::watch(probes.take_events()?, "event")?;
     // Samples are unwound as they come, while their processes (an OOM victim, a short-lived child) still live.
-    let ustacks = match collector.user_stacks_fd() {
-        // SAFETY: the fd belongs to the collector's ring buffer, which outlives this loop.
-        Some(fd) => Some(
-            unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
-                .map_err(|e| anyhow::anyhow!("cannot watch the user stack ring buffer: {e}"))?,
-        ),
-        None => None,
-    };
-    // SAFETY: as for `events`.
-    let mut exits = unsafe { AsyncFd::register_with_interest(probes.take_exits()?, Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("cannot watch the exit ring buffer: {e}"))?;
-    // SAFETY: as for `events`.
-    let mut spawns = if probes.heap_enabled() {
-        Some(
-            unsafe { AsyncFd::register_with_interest(probes.take_spawns()?, Interest::READABLE) }
-                .map_err(|e| anyhow::anyhow!("cannot watch the spawn ring buffer: {e}"))?,
-        )
-    } else {
-        None
-    };
+    let ustacks = probes::watch_user_stacks(collector.user_stacks_fd())?;
+    let mut exits = probes::watch(probes.take_exits()?, "exit")?;
+    let mut spawns = if probes.heap_enabled() { Some(probes::watch(probes.take_spawns()?, "spawn")?) } else { None };
     // A followed container's restarts make their cgroup beside the current one.
     let watch = match (&collector.target().container, collector.target().path.parent()) {
         (Some(_), Some(parent)) => cgroup::CgroupWatch::new(parent).and_then(|w| {
@@ -235,26 +222,18 @@ async fn event_loop(
                     break;
                 }
             }
-            guard = events.readable_mut() => {
-                let mut guard = guard?;
-                let mut raw = Vec::new();
-                while let Some(item) = guard.get_inner_mut().next() {
-                    raw.push(item.to_vec());
-                }
-                guard.clear_ready();
-                for bytes in raw {
+            raw = probes::records(&mut events) => {
+                for bytes in raw? {
                     if collector.oom_event(probes, &bytes)? && stop_after_oom {
                         deadline = deadline.min(Instant::now() + AFTER_OOM);
                         reason = "the workload was OOM-killed".to_string();
                     }
                 }
             }
-            guard = exits.readable_mut() => {
-                let mut guard = guard?;
-                while let Some(item) = guard.get_inner_mut().next() {
-                    collector.exit_event(&item);
+            raw = probes::records(&mut exits) => {
+                for bytes in raw? {
+                    collector.exit_event(&bytes);
                 }
-                guard.clear_ready();
             }
             guard = async {
                 match &watch {
@@ -269,38 +248,21 @@ async fn event_loop(
                     collector.follow_now(probes)?;
                 }
             }
-            guard = async {
-                match &ustacks {
-                    Some(fd) => fd.readable().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                // Cleared first: a sample sent while draining makes the fd ready again.
-                guard?.clear_ready();
+            ready = probes::user_stacks_ready(ustacks.as_ref()) => {
+                ready?;
                 collector.drain_user_stacks();
             }
-            guard = async {
+            pids = async {
                 match &mut spawns {
-                    Some(fd) => fd.readable_mut().await,
+                    Some(ring) => probes::records(ring).await,
                     None => std::future::pending().await,
                 }
             } => {
-                let mut guard = guard?;
-                let mut pids = Vec::new();
-                while let Some(item) = guard.get_inner_mut().next() {
-                    pids.push(item.to_vec());
-                }
-                guard.clear_ready();
-                for pid in pids {
+                for pid in pids? {
                     collector.spawned(probes, &pid);
                 }
             }
-            request = async {
-                match &mut server {
-                    Some(s) => s.next().await,
-                    None => std::future::pending().await,
-                }
-            } => {
+            request = serve::next_request(&mut server) => {
                 let path = request.path.clone();
                 request.answer(serve::route(&path, || collector.snapshot(probes)));
             }
@@ -314,12 +276,11 @@ async fn event_loop(
         }
     }
     // Events already in the ring buffers belong to this window.
-    while let Some(item) = events.get_mut().next() {
-        let bytes = item.to_vec();
+    for bytes in probes::pending(events.get_mut()) {
         collector.oom_event(probes, &bytes)?;
     }
-    while let Some(item) = exits.get_mut().next() {
-        collector.exit_event(&item);
+    for bytes in probes::pending(exits.get_mut()) {
+        collector.exit_event(&bytes);
     }
     Ok(reason)
 }

@@ -21,6 +21,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod dockerd;
+pub mod prometheus;
 pub mod scenarios;
 
 use scenarios::Scenario;

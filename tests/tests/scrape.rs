@@ -2,96 +2,17 @@
 //! scrapes `/metrics` (the test asks Prometheus's HTTP API for the verdict and the top site's function), and
 //! `go tool pprof` fetches `/pprof/heap` over HTTP. `cargo xtask bootstrap` installs prometheus and go.
 use std::{
-    io::{Read, Write},
-    net::{TcpListener, TcpStream},
-    path::Path,
-    process::{Child, Command, Stdio},
+    net::TcpStream,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, ensure, Context, Result};
 use leaktrace_e2e::{
-    app_label, assert_nothing_attached, build_workload, describe, items, read_report, require_root, serial, Leaktrace,
-    Memcg,
+    app_label, assert_nothing_attached, build_workload, describe, items,
+    prometheus::{free_port, get, pprof_top, query, start_prometheus},
+    read_report, require_root, serial, Leaktrace, Memcg,
 };
-use serde_json::Value;
-
-/// A child killed and reaped when dropped, on every path out of the test.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// A GET over HTTP/1.0 (so the answer is neither chunked nor kept alive): the status and the body.
-fn get(addr: &str, path: &str) -> Result<(u16, Vec<u8>)> {
-    let mut s = TcpStream::connect(addr).with_context(|| format!("cannot connect to {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out)?;
-    let end = out.windows(4).position(|w| w == b"\r\n\r\n").context("no end of the response head")?;
-    let head = String::from_utf8_lossy(&out[..end]).into_owned();
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("no status")?;
-    Ok((status, out[end + 4..].to_vec()))
-}
-
-/// Percent-encodes a PromQL query for a URL.
-fn encode(query: &str) -> String {
-    query
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"_-.".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-/// Prometheus's answer to an instant query: its result vector.
-fn query(prometheus: &str, promql: &str) -> Result<Vec<Value>> {
-    let (status, body) = get(prometheus, &format!("/api/v1/query?query={}", encode(promql)))?;
-    ensure!(status == 200, "query {promql}: HTTP {status}: {}", String::from_utf8_lossy(&body));
-    let v: Value = serde_json::from_slice(&body)?;
-    Ok(items(&v["data"]["result"]).to_vec())
-}
-
-/// Debian's Prometheus, scraping `target` every second, its data in `dir`; returns once it is ready.
-fn start_prometheus(dir: &Path, target: &str) -> Result<(Reaped, String)> {
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: leaktrace\n    \
-             static_configs:\n      - targets: ['{target}']\n"
-        ),
-    )?;
-    let addr = format!("127.0.0.1:{}", free_port()?);
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-        .arg(format!("--web.listen-address={addr}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot start prometheus (apt-get install prometheus, or cargo xtask bootstrap)")?;
-    let prometheus = Reaped(child);
-    let begun = Instant::now();
-    while !get(&addr, "/-/ready").is_ok_and(|(s, _)| s == 200) {
-        ensure!(begun.elapsed() < Duration::from_secs(30), "prometheus was not ready within 30 s");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Ok((prometheus, addr))
-}
 
 /// A leak of 256 KiB session records at 4 MiB/s (tests/workloads/session_heap.c), traced with `--listen` while
 /// Prometheus scrapes it: the verdict and the top site's function reach Prometheus as series of the cgroup, the
@@ -140,17 +61,7 @@ fn prometheus_scrapes_the_verdict_and_pprof_fetches_the_profile() -> Result<()> 
     ensure!(up.first().is_some_and(|v| v["value"][1] == "1"), "the scrape is not up: {up:?}");
 
     // go tool pprof fetches the profile over HTTP, as it would from any pprof endpoint.
-    let pprof_home = tempfile::tempdir()?;
-    let out = Command::new("go")
-        .args(["tool", "pprof", "-top", "-timeout", "30"])
-        .arg(format!("http://{listen}/pprof/heap"))
-        .env("PPROF_TMPDIR", pprof_home.path())
-        .env("HOME", pprof_home.path())
-        .output()
-        .context("cannot run go tool pprof")?;
-    ensure!(out.status.success(), "go tool pprof failed: {}", String::from_utf8_lossy(&out.stderr));
-    let top_text = String::from_utf8_lossy(&out.stdout);
-    eprintln!("go tool pprof -top:\n{top_text}");
+    let top_text = pprof_top(&format!("http://{listen}/pprof/heap"))?;
     ensure!(top_text.lines().any(|l| l.contains("fill_record")), "go tool pprof -top does not show fill_record");
 
     let (status, body) = get(&listen, "/nowhere")?;

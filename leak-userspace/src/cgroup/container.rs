@@ -42,17 +42,7 @@ pub struct Found {
 impl Found {
     /// What report.json says of a container known only from its cgroup's name.
     pub fn container(&self) -> crate::report::Container {
-        crate::report::Container {
-            runtime: self.runtime.to_string(),
-            id: self.id.clone(),
-            name: String::new(),
-            image: None,
-            memory_limit_bytes: None,
-            restart_policy: None,
-            restart_count: None,
-            oom_killed: None,
-            last_exit_code: None,
-        }
+        crate::report::Container { runtime: self.runtime.to_string(), id: self.id.clone(), ..Default::default() }
     }
 }
 

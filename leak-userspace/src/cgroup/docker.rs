@@ -71,6 +71,9 @@ pub struct State {
 pub struct Config {
     #[serde(default)]
     pub image: String,
+    /// Kubelet's `io.kubernetes.*` labels name a pod's container (dockershim, cri-dockerd).
+    #[serde(default)]
+    pub labels: Option<std::collections::HashMap<String, String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -194,6 +197,11 @@ fn api_message(body: &[u8]) -> String {
     }
 }
 
+/// The labels kubelet sets on a pod's containers.
+const KUBE_POD: &str = "io.kubernetes.pod.name";
+const KUBE_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+const KUBE_CONTAINER: &str = "io.kubernetes.container.name";
+
 impl Inspect {
     /// The name without Docker's leading slash.
     pub fn short_name(&self) -> &str {
@@ -206,7 +214,8 @@ impl Inspect {
         Container {
             runtime: "docker".into(),
             id: self.id.clone(),
-            name: self.short_name().to_string(),
+            // A pod's container is known by the name kubelet gave it, not Docker's `k8s_...` one.
+            name: self.label(KUBE_CONTAINER).unwrap_or_else(|| self.short_name().to_string()),
             image: self.config.as_ref().map(|c| c.image.clone()).filter(|i| !i.is_empty()),
             memory_limit_bytes: host.and_then(|h| u64::try_from(h.memory).ok()).filter(|&m| m > 0),
             restart_policy: host
@@ -217,7 +226,13 @@ impl Inspect {
             oom_killed: Some(self.state.oom_killed),
             // A running container's ExitCode is 0 whatever its last exit was.
             last_exit_code: (!self.state.running).then_some(self.state.exit_code),
+            pod: self.label(KUBE_POD),
+            namespace: self.label(KUBE_NAMESPACE),
         }
+    }
+
+    fn label(&self, name: &str) -> Option<String> {
+        self.config.as_ref()?.labels.as_ref()?.get(name).cloned()
     }
 
     /// "exited, code 137, OOM-killed": the state as a user would want it in a message.

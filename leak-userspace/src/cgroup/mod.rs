@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+pub use container::{short_id, Found};
+pub use docker::{memcg_of, Daemon, Lookup};
 pub use follow::{Follower, Poll};
 pub use layout::{CgroupLayout, CgroupVersion};
 pub use resolve::{resolve, Resolver};
@@ -32,6 +34,11 @@ pub struct Target {
     pub version: CgroupVersion,
     /// The container it belongs to, when it was named as one (and so is followed through restarts).
     pub container: Option<crate::report::Container>,
+}
+
+/// Every container cgroup of the memory hierarchy, by the names the runtimes give them (the agent's targets).
+pub fn containers(layout: &CgroupLayout) -> Vec<Found> {
+    container::find(layout, "")
 }
 
 impl Target {

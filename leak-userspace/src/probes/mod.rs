@@ -48,6 +48,53 @@ fn ustack_ring_bytes(sample_rate_shift: u32) -> u32 {
     }
 }
 
+/// A ring buffer the event loop waits on.
+pub type Ring = tokio::io::unix::AsyncFd<RingBuf<MapData>>;
+
+/// Registers `ring` (the `what` ring buffer) with the event loop.
+pub fn watch(ring: RingBuf<MapData>, what: &str) -> Result<Ring> {
+    // SAFETY: the ring buffer owns its fd, and the AsyncFd owns the ring buffer for as long as it is registered.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow!("cannot watch the {what} ring buffer: {e}"))
+}
+
+/// The records of `ring` once it has some, every one that is there.
+pub async fn records(ring: &mut Ring) -> std::io::Result<Vec<Vec<u8>>> {
+    let mut guard = ring.readable_mut().await?;
+    let out = pending(guard.get_inner_mut());
+    guard.clear_ready();
+    Ok(out)
+}
+
+/// The records in `ring` now (at the end of a window: they belong to it).
+pub fn pending(ring: &mut RingBuf<MapData>) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        out.push(item.to_vec());
+    }
+    out
+}
+
+/// Registers the user stack sample ring buffer's fd (none with frame-pointer stacks) with the event loop.
+pub fn watch_user_stacks(
+    fd: Option<std::os::fd::RawFd>,
+) -> Result<Option<tokio::io::unix::AsyncFd<std::os::fd::RawFd>>> {
+    let Some(fd) = fd else { return Ok(None) };
+    // SAFETY: the fd belongs to the reader's ring buffer, which outlives the event loop that watches it.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map(Some)
+        .map_err(|e| anyhow!("cannot watch the user stack ring buffer: {e}"))
+}
+
+/// Waits until the user stack ring buffer `fd` (when there is one) has samples, and clears its readiness first: a
+/// sample sent while they are drained makes it ready again.
+pub async fn user_stacks_ready(fd: Option<&tokio::io::unix::AsyncFd<std::os::fd::RawFd>>) -> std::io::Result<()> {
+    match fd {
+        Some(fd) => fd.readable().await.map(|mut guard| guard.clear_ready()),
+        None => std::future::pending().await,
+    }
+}
+
 /// A program, the tracepoint it belongs on, and the attribution modes that need it.
 pub struct Attachment {
     pub program: &'static str,

@@ -76,7 +76,7 @@ pub struct TargetInfo {
 
 /// The container a target belongs to. Beyond `runtime`, `id` and `name` (empty when only the cgroup tree named
 /// it), the facts the runtime gives, as of the end of the trace; `null` when it was not asked (no daemon).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Container {
     /// "docker", "containerd", "cri-o", "podman", "kubernetes" (cgroupfs pod layout), "unknown".
     pub runtime: String,
@@ -91,6 +91,11 @@ pub struct Container {
     /// Whether its last exit was an OOM kill, and that exit's code (137 for SIGKILL), as the runtime recorded them.
     pub oom_killed: Option<bool>,
     pub last_exit_code: Option<i64>,
+    /// Extension: the Kubernetes pod and namespace the container belongs to, from the labels kubelet gives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -284,7 +289,7 @@ impl Frame {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct OomKill {
     pub t: f64,
     /// The victim.
@@ -434,6 +439,9 @@ pub struct Collection {
     /// (only on cgroups that run tens of thousands of processes).
     #[serde(default)]
     pub retired_sites_dropped: u64,
+    /// Sites beyond the report's bound (`sites` keeps the largest): counted here, still in `attribution`.
+    #[serde(default)]
+    pub sites_left_out: u64,
     /// How the user stacks of kept allocations were unwound.
     #[serde(default)]
     pub unwind: crate::stacks::UnwindStats,

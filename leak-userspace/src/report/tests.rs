@@ -82,6 +82,7 @@ pub(crate) fn sample_report() -> Report {
                 restart_count: Some(2),
                 oom_killed: Some(true),
                 last_exit_code: Some(137),
+                ..Default::default()
             }),
             cgroups: vec![FollowedCgroup {
                 t: 0.0,

@@ -128,7 +128,9 @@ mod tests {
     #[test]
     fn a_walk_that_runs_out_of_a_cut_copy_restores_the_full_copy_and_the_next_cut_is_longer() {
         let mut l = Learning::default();
-        (0..LEARN).for_each(|_| drop(l.observe(1, false, 8)));
+        (0..LEARN).for_each(|_| {
+            l.observe(1, false, 8);
+        });
         assert_eq!(l.cut, Some(2));
         assert_eq!(l.observe(2, true, 8), Some(Change::Full));
         assert_eq!(l.observe(2, true, 8), None, "already full");
@@ -137,7 +139,9 @@ mod tests {
         assert_eq!(l.observe(1, false, 8), Some(Change::Cut(4)));
         // A deeper walk the full copy shows is learned: no cut would hold it.
         assert_eq!(l.observe(4, true, 8), Some(Change::Full));
-        (0..LEARN).for_each(|_| drop(l.observe(7, false, 8)));
+        (0..LEARN).for_each(|_| {
+            l.observe(7, false, 8);
+        });
         assert_eq!(l.cut, None);
     }
 

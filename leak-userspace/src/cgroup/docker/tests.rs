@@ -163,3 +163,16 @@ fn cgroup_dir_of_running_and_stopped_containers() {
     let restarting: Inspect = serde_json::from_str(&inspect_json("restarting", 0)).unwrap();
     assert_eq!(restarting.cgroup_dir(&layout), None);
 }
+
+#[test]
+fn a_pod_container_is_named_by_kubelets_labels() {
+    let json = inspect_json("running", 7).replace(
+        r#""Config":{"Image":"leaky:1","#,
+        r#""Config":{"Image":"leaky:1","Labels":{"io.kubernetes.pod.name":"web-7f9c","io.kubernetes.pod.namespace":"shop","io.kubernetes.container.name":"api"},"#,
+    );
+    let inspect: Inspect = serde_json::from_str(&json).unwrap();
+    let c = inspect.container();
+    assert_eq!((c.name.as_str(), c.pod.as_deref(), c.namespace.as_deref()), ("api", Some("web-7f9c"), Some("shop")));
+    let plain: Inspect = serde_json::from_str(&inspect_json("running", 7)).unwrap();
+    assert_eq!((plain.container().name.as_str(), plain.container().pod), ("leaky", None));
+}

@@ -29,8 +29,8 @@ fn memory_verdict_deaths_and_sites_are_series_of_the_target() {
     report.verdict.class = "heap-leak".into();
     report.verdict.confidence = 0.9;
     report.verdict.location = Some("application-heap".into());
-    let got = series(&render(&report, &target(), MAX_SITES));
-    let t = r#"cgroup="/sys/fs/cgroup/memory/leaky",container="leaky",image="leaky:1""#;
+    let got = series(&render_trace(&report));
+    let t = r#"cgroup="/sys/fs/cgroup/memory/leaky",container="leaky",container_id="abababababab",image="leaky:1",pod="",namespace="""#;
     assert_eq!(got[&format!("leaktrace_memory_bytes{{{t},category=\"anon\"}}")], (72 << 20) as f64);
     assert_eq!(got[&format!("leaktrace_memory_bytes{{{t},category=\"usage\"}}")], (80 << 20) as f64);
     assert!(!got.keys().any(|k| k.contains("category=\"slab\"")), "no slab figure, no series");
@@ -61,8 +61,8 @@ fn growth_rates_are_per_second() {
         last: None,
     };
     report.growth.trends = vec![trend("anon", "bytes", 3600.0 * 1024.0), trend("tasks", "tasks", 36.0)];
-    let got = series(&render(&report, &target(), MAX_SITES));
-    let t = r#"cgroup="/sys/fs/cgroup/memory/leaky",container="leaky",image="leaky:1""#;
+    let got = series(&render_trace(&report));
+    let t = r#"cgroup="/sys/fs/cgroup/memory/leaky",container="leaky",container_id="abababababab",image="leaky:1",pod="",namespace="""#;
     assert_eq!(got[&format!("leaktrace_memory_growth_bytes_per_second{{{t},category=\"anon\"}}")], 1024.0);
     assert!(!got.keys().any(|k| k.contains("tasks")), "tasks are not bytes");
 }
@@ -76,7 +76,7 @@ fn site_series_are_bounded_and_their_names_escaped() {
         .collect();
     report.sites.push(site("anon", -5, vec![frame(Some("freed"), 0x1000, false)]));
     report.sites[0].label = Some(r#"operator"" _kib(unsigned long long) \ x"#.into());
-    let text = render(&report, &target(), 50);
+    let text = render(&[(&report, target())], &Tracer::of(&report.collection, target()), 50);
     let sites: Vec<&str> = text.lines().filter(|l| l.starts_with("leaktrace_site_outstanding_bytes{")).collect();
     assert_eq!(sites.len(), MAX_SITES);
     let first = sites.iter().find(|l| l.contains(r#"rank="1""#)).unwrap();
@@ -91,5 +91,35 @@ fn a_bare_cgroup_has_empty_container_labels() {
     report.target.container = None;
     let labels = target_labels(&report);
     assert_eq!(labels[1], ("container", String::new()));
-    assert_eq!(labels[2], ("image", String::new()));
+    assert_eq!(labels[2], ("container_id", String::new()));
+    assert_eq!(labels[3], ("image", String::new()));
+}
+
+/// The agent's exposition: every container's series in one family each, the agent's own without a target.
+#[test]
+fn many_targets_share_each_family_and_the_tracer_stands_alone() {
+    let a = sample_report();
+    let mut b = sample_report();
+    b.target.cgroup_path = "/sys/fs/cgroup/memory/docker/b".into();
+    b.target.container.as_mut().unwrap().name = "b".into();
+    b.target.container.as_mut().unwrap().pod = Some("web-1".into());
+    b.verdict.class = "no-leak".into();
+    let tracer = Tracer { containers: Some(2), ..Tracer::of(&a.collection, Vec::new()) };
+    let text = render(&[(&a, target_labels(&a)), (&b, target_labels(&b))], &tracer, MAX_SITES);
+    let types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE ")).collect();
+    let unique: std::collections::BTreeSet<&&str> = types.iter().collect();
+    assert_eq!(types.len(), unique.len(), "a family's TYPE once: {text}");
+    let got = series(&text);
+    let info = |container: &str, pod: &str, class: &str| {
+        got.keys().any(|k| {
+            k.starts_with("leaktrace_verdict_info{")
+                && k.contains(&format!(
+                    "container=\"{container}\",container_id=\"abababababab\",image=\"leaky:1\",pod=\"{pod}\""
+                ))
+                && k.contains(&format!("class=\"{class}\""))
+        })
+    };
+    assert!(info("leaky", "", &a.verdict.class) && info("b", "web-1", "no-leak"), "{text}");
+    assert_eq!(got.get("leaktrace_containers{}"), Some(&2.0), "{text}");
+    assert!(got.contains_key("leaktrace_tracer_peak_resident_bytes{}"), "the agent's own series have no target labels");
 }

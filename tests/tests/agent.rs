@@ -1,0 +1,156 @@
+//! `leaktrace agent` on a real Docker daemon (started by the test, on a socket of its own) with real containers,
+//! read by its real consumers: Debian's Prometheus scrapes `/metrics` and `go tool pprof` fetches a container's
+//! profile. A container started after the agent is picked up, a removed one dropped (its last report kept), and
+//! SIGTERM ends the agent with every window written and nothing left attached.
+use std::{
+    ffi::OsStr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use leaktrace_e2e::{
+    app_label, assert_nothing_attached, describe,
+    dockerd::{static_workload, Dockerd},
+    items,
+    prometheus::{free_port, get, pprof_top, query, start_prometheus},
+    read_report, require_root, serial, Leaktrace,
+};
+
+/// Polls `check` every second until it gives a value, for at most `secs`.
+fn within<T>(secs: u64, what: &str, mut check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let begun = Instant::now();
+    loop {
+        if let Some(v) = check()? {
+            return Ok(v);
+        }
+        ensure!(begun.elapsed() < Duration::from_secs(secs), "after {secs} s: {what}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// The agent's `/pprof/` listing.
+fn listing(agent: &str) -> Result<String> {
+    let (status, body) = get(agent, "/pprof/")?;
+    ensure!(status == 200, "/pprof/ answered {status}");
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Two services in containers, one leaking 256 KiB session records at 4 MiB/s (session_heap.c, built static
+/// `-O2 -g` as a distro would, no frame pointers), one steady; a third starts after the agent. Prometheus must
+/// get the leaking container's verdict and its top site's function by container name, `go tool pprof` the
+/// leaking function from that container's profile; the removed container leaves the metrics, its report stays.
+#[test]
+fn the_agent_names_each_containers_leak_for_prometheus_and_pprof() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let _one = serial();
+    let started = Instant::now();
+    let dockerd = Dockerd::start()?;
+    let work = tempfile::tempdir()?;
+    let leaker = static_workload(work.path(), "session_heap", &["-O2", "-g"])?;
+    let steady = static_workload(work.path(), "steady_service", &["-O2", "-g"])?;
+    dockerd.import_image_with(
+        "leaktrace-e2e-services:1",
+        &[(leaker, "bin/session_heap".into()), (steady, "bin/steady_service".into())],
+    )?;
+    let tag = std::process::id();
+    let (leaky, calm, late) =
+        (format!("lt-agent-leaky-{tag}"), format!("lt-agent-calm-{tag}"), format!("lt-agent-late-{tag}"));
+    let run = |name: &str, cmd: &[&str]| {
+        let head = ["run", "-d", "--name", name, "--network", "none", "--memory", "512m", "leaktrace-e2e-services:1"];
+        dockerd.docker(&[&head[..], cmd].concat())
+    };
+    run(&leaky, &["/bin/session_heap", "4", "90", "120"])?;
+    run(&calm, &["/bin/steady_service", "16", "600"])?;
+
+    let listen = format!("127.0.0.1:{}", free_port()?);
+    let out_dir = work.path().join("out");
+    let args = [
+        OsStr::new("agent"),
+        OsStr::new("--select"),
+        OsStr::new("lt-agent-*"),
+        OsStr::new("--listen"),
+        OsStr::new(&listen),
+        OsStr::new("--interval"),
+        OsStr::new("1"),
+        OsStr::new("--window"),
+        OsStr::new("60"),
+        OsStr::new("--output-dir"),
+        out_dir.as_os_str(),
+    ];
+    let host = dockerd.host();
+    let mut agent = Leaktrace::spawn_with_env(&args, &[("DOCKER_HOST", OsStr::new(&host))])?;
+    agent.wait_attached(Duration::from_secs(20))?;
+    let (_prometheus, prometheus) = start_prometheus(work.path(), &listen)?;
+    run(&late, &["/bin/steady_service", "8", "600"])?;
+    within(15, "the container started after the agent is not picked up", || {
+        Ok(listing(&listen)?.contains(&format!("/pprof/{late}/heap")).then_some(()))
+    })?;
+
+    let (verdict, top) = within(60, "no heap-leak verdict with a top site in Prometheus", || {
+        let verdict = query(&prometheus, &format!("leaktrace_verdict_info{{container=\"{leaky}\"}}"))?;
+        let top = query(&prometheus, &format!("leaktrace_site_outstanding_bytes{{container=\"{leaky}\",rank=\"1\"}}"))?;
+        let class = verdict.first().and_then(|v| v["metric"]["class"].as_str()).unwrap_or("");
+        Ok((class == "heap-leak" && !top.is_empty()).then(|| (verdict[0].clone(), top[0].clone())))
+    })?;
+    eprintln!("prometheus: verdict {verdict}\nprometheus: top site {top}");
+    let function = top["metric"]["function"].as_str().unwrap_or("");
+    ensure!(function == "fill_record", "the leaking container's top site in Prometheus is {function:?}");
+    ensure!(verdict["metric"]["image"] == "leaktrace-e2e-services:1", "the image label: {verdict}");
+    for name in [&calm, &late] {
+        let v = query(&prometheus, &format!("leaktrace_verdict_info{{container=\"{name}\"}}"))?;
+        let class = v.first().and_then(|v| v["metric"]["class"].as_str()).unwrap_or("");
+        ensure!(["no-leak", "inconclusive"].contains(&class), "steady container {name} has verdict {class:?}");
+    }
+    let containers = query(&prometheus, "leaktrace_containers")?;
+    ensure!(containers.first().is_some_and(|v| v["value"][1] == "3"), "leaktrace_containers: {containers:?}");
+
+    // go tool pprof fetches one container's profile over HTTP.
+    let top_text = pprof_top(&format!("http://{listen}/pprof/{leaky}/heap"))?;
+    ensure!(top_text.lines().any(|l| l.contains("fill_record")), "go tool pprof -top does not show fill_record");
+    let (status, _) = get(&listen, "/pprof/nobody/heap")?;
+    ensure!(status == 404, "an unknown container's profile answered {status}");
+
+    // A removed container leaves the metrics; its last report stays for a while.
+    dockerd.docker(&["rm", "-f", &calm])?;
+    within(15, "the removed container is still traced", || {
+        Ok(listing(&listen)?.contains(&format!("/pprof/{calm}/heap (gone)")).then_some(()))
+    })?;
+    let (_, metrics) = get(&listen, "/metrics")?;
+    let metrics = String::from_utf8_lossy(&metrics);
+    ensure!(!metrics.contains(&format!("container=\"{calm}\"")), "the removed container is still in /metrics");
+    let (status, body) = get(&listen, &format!("/report/{calm}.json"))?;
+    ensure!(status == 200, "the removed container's report answered {status}");
+    let gone: serde_json::Value = serde_json::from_slice(&body)?;
+    ensure!(gone["window"]["ended_by"].as_str().is_some_and(|e| e.contains("removed")), "{}", gone["window"]);
+
+    // SIGTERM: every window written, nothing left attached.
+    // SAFETY: plain syscall on our own child.
+    unsafe { libc::kill(agent.pid() as libc::pid_t, libc::SIGTERM) };
+    let done = agent.wait(Duration::from_secs(60))?;
+    ensure!(done.status.success(), "the agent failed: {}", describe(&done));
+    assert_nothing_attached()?;
+    let written = |name: &str| -> Result<serde_json::Value> {
+        let dir = out_dir.join(name);
+        let mut runs: Vec<_> = std::fs::read_dir(&dir)
+            .with_context(|| format!("nothing written for {name}"))?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        runs.sort();
+        let last = runs.last().with_context(|| format!("no window of {name} in {}", dir.display()))?;
+        ensure!(last.join("profile.pb.gz").is_file(), "no profile in {}", last.display());
+        read_report(last)
+    };
+    let report = written(&leaky)?;
+    let top = items(&report["sites"]).iter().find(|s| s["kind"] == "anon").context("no anon site")?;
+    ensure!(app_label(top) == Some("fill_record"), "the written report's top anon site is {:?}", app_label(top));
+    ensure!(report["target"]["container"]["name"] == leaky.as_str(), "{}", report["target"]);
+    ensure!(written(&calm)?["window"]["ended_by"].as_str().is_some_and(|e| e.contains("removed")));
+    if report["verdict"]["class"] != "heap-leak" {
+        bail!("the written report's verdict is {}", report["verdict"]);
+    }
+    eprintln!("agent e2e took {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
