@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::{describe, wait_timeout, Leaktrace};
+use crate::{describe, stop_daemon, Leaktrace};
 
 /// A dockerd of this test's own: its socket, data and exec roots live in a temp dir.
 pub struct Dockerd {
@@ -111,21 +111,7 @@ impl Drop for Dockerd {
                 let _ = self.docker(&["rm", "-f", id]);
             }
         }
-        // SAFETY: plain syscall on our own child; SIGTERM lets dockerd stop its containerd and unmount.
-        unsafe { libc::kill(self.daemon.id() as libc::pid_t, libc::SIGTERM) };
-        if !matches!(wait_timeout(&mut self.daemon, Duration::from_secs(20)), Ok(Some(_))) {
-            let _ = self.daemon.kill();
-            let _ = self.daemon.wait();
-        }
-        // Whatever is still mounted below the temp dir (overlay layers, netns) would keep it from going.
-        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let root = self.dir.path().to_string_lossy().to_string();
-        let mut points: Vec<&str> =
-            mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| p.starts_with(&root)).collect();
-        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-        for point in points {
-            let _ = Command::new("umount").args(["-l", point]).status();
-        }
+        stop_daemon(&mut self.daemon, self.dir.path());
         for parent in &self.made_parent_cgroups {
             // Empty once the containers are gone; a cgroup that is not empty is not removed.
             let _ = fs::remove_dir(parent);

@@ -1,7 +1,8 @@
-//! `leaktrace agent` on a real Docker daemon (started by the test, on a socket of its own) with real containers,
-//! read by its real consumers: Debian's Prometheus scrapes `/metrics` and `go tool pprof` fetches a container's
-//! profile. A container started after the agent is picked up, a removed one dropped (its last report kept), and
-//! SIGTERM ends the agent with every window written and nothing left attached.
+//! `leaktrace agent` on a real Docker daemon and a real containerd (each started by the test, on a socket of its
+//! own) with real containers, read by its real consumers: Debian's Prometheus scrapes `/metrics` and `go tool
+//! pprof` fetches a container's profile. A container started after the agent is picked up, a removed one dropped
+//! (its last report kept); a pod's container is named by pod and container; SIGTERM ends the agent with every
+//! window written, SIGKILL with nothing left attached either.
 use std::{
     ffi::OsStr,
     time::{Duration, Instant},
@@ -9,7 +10,9 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 use leaktrace_e2e::{
-    app_label, assert_nothing_attached, describe,
+    app_label, assert_nothing_attached,
+    containerd::{Containerd, K8S_NAMESPACE},
+    describe,
     dockerd::{static_workload, Dockerd},
     items,
     prometheus::{free_port, get, pprof_top, query, start_prometheus},
@@ -152,5 +155,85 @@ fn the_agent_names_each_containers_leak_for_prometheus_and_pprof() -> Result<()>
         bail!("the written report's verdict is {}", report["verdict"]);
     }
     eprintln!("agent e2e took {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// A report as the agent serves it now, when it serves one.
+fn served_report(agent: &str, key: &str) -> Result<Option<serde_json::Value>> {
+    let (status, body) = get(agent, &format!("/report/{key}.json"))?;
+    Ok(if status == 200 { Some(serde_json::from_slice(&body)?) } else { None })
+}
+
+/// A pod's container run by a real containerd as kubelet runs it (in containerd's `k8s.io` namespace, a
+/// `kubepods/burstable/pod<uid>/<id>` cgroup, the CRI labels set) leaking session records; a plain `ctr`
+/// container beside it. The agent names the first by namespace, pod and container (asked of containerd's API),
+/// the second by its id; `--cgroup namespace/pod/container` traces the pod's container alone.
+#[test]
+fn containerd_pods_are_named_by_namespace_pod_and_container() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let _one = serial();
+    let containerd = Containerd::start()?;
+    let work = tempfile::tempdir()?;
+    let leaker = static_workload(work.path(), "session_heap", &["-O2", "-g"])?;
+    let rootfs = containerd.rootfs(&[(leaker, "bin/session_heap".into())])?;
+    let tag = std::process::id();
+    let (pod_id, plain_id) = (format!("1{tag:063x}"), format!("2{tag:063x}"));
+    let pod = format!("web-{tag}");
+    let labels = [
+        ("io.kubernetes.pod.name", pod.as_str()),
+        ("io.kubernetes.pod.namespace", "shop"),
+        ("io.kubernetes.container.name", "api"),
+    ];
+    containerd.run(K8S_NAMESPACE, &rootfs, &pod_id, &labels, &["/bin/session_heap", "4", "90", "120"])?;
+    containerd.run("default", &rootfs, &plain_id, &[], &["/bin/sh", "-c", "sleep 600"])?;
+    let socket = containerd.socket();
+    let env = [("CONTAINERD_ADDRESS", socket.as_os_str())];
+
+    let listen = format!("127.0.0.1:{}", free_port()?);
+    let plain_key = &plain_id[..12];
+    let args = ["agent", "--select", "shop/*", "--select", plain_key, "--listen", &listen, "--interval", "1"];
+    let mut agent = Leaktrace::spawn_with_env(&args, &env)?;
+    agent.wait_attached(Duration::from_secs(20))?;
+    let key = format!("shop/{pod}/api");
+    let report = within(45, "no heap-leak verdict for the pod's container", || {
+        Ok(served_report(&listen, &key)?.filter(|r| r["verdict"]["class"] == "heap-leak"))
+    })?;
+    let c = &report["target"]["container"];
+    eprintln!("agent: {key}: {c}");
+    ensure!(
+        c["runtime"] == "containerd" && c["pod"] == pod.as_str() && c["namespace"] == "shop" && c["name"] == "api",
+        "the pod's container as the agent names it: {c}"
+    );
+    let top = items(&report["sites"]).iter().find(|s| s["kind"] == "anon").context("no anon site")?;
+    ensure!(app_label(top) == Some("fill_record"), "the pod's top anon site is {:?}", app_label(top));
+    ensure!(listing(&listen)?.contains(&format!("/pprof/{plain_key}/heap")), "the plain container is not traced");
+    let (_, metrics) = get(&listen, "/metrics")?;
+    let metrics = String::from_utf8_lossy(&metrics);
+    let labelled =
+        format!("container=\"api\",container_id=\"{}\",image=\"\",pod=\"{pod}\",namespace=\"shop\"", &pod_id[..12]);
+    ensure!(metrics.contains(&labelled), "no series labelled {labelled} in /metrics");
+
+    // SIGKILL: the programs go with the agent's file descriptors.
+    // SAFETY: plain syscall on our own child.
+    unsafe { libc::kill(agent.pid() as libc::pid_t, libc::SIGKILL) };
+    let killed = agent.wait(Duration::from_secs(20))?;
+    ensure!(!killed.status.success(), "the agent survived SIGKILL");
+    assert_nothing_attached()?;
+
+    // A single trace finds the same container by namespace, pod and container.
+    let out_dir = work.path().join("trace");
+    let trace_args = ["--cgroup", &key, "--duration", "4", "--output", &out_dir.to_string_lossy()];
+    let mut trace = Leaktrace::spawn_with_env(&trace_args, &env)?;
+    let done = trace.wait(Duration::from_secs(60))?;
+    ensure!(done.status.success(), "--cgroup {key} failed: {}", describe(&done));
+    let traced = read_report(&out_dir)?;
+    let t = &traced["target"];
+    ensure!(
+        t["cgroup_path"].as_str().is_some_and(|p| p.ends_with(&pod_id)) && t["container"]["pod"] == pod.as_str(),
+        "{t}"
+    );
+    assert_nothing_attached()?;
     Ok(())
 }

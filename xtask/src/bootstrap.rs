@@ -14,11 +14,12 @@ use crate::{check, step};
 /// bpfel, which the rustup toolchain lacks), C and C++ compilers for the test workloads, bpftool (the tests check that
 /// nothing stays attached), the real consumers the export tests check the outputs with (`go tool pprof` from
 /// golang-go for profile.pb.gz, headless Chromium for report.html), Docker with busybox for the container tests
-/// (their image is a busybox rootfs), what `vm-test` boots its guests with (QEMU, cpio), and
+/// (their image is a busybox rootfs; docker.io brings containerd and ctr, which the agent's pod test runs), what `vm-test` boots its guests with (QEMU, cpio), and
 /// bpftrace, the baseline `bench` compares with; node, python3 and a JRE (bookworm's OpenJDK 17, which also compiles
 /// a single-file program) for the language runtime tests, with golang-go; jemalloc for the `--heap` test of a
 /// program linked with it, Redis (which Debian links with jemalloc) for the `--heap` bench row, and Prometheus to
-/// scrape `--listen` (the test runs its own on a free port, whether or not the package's service runs).
+/// scrape `--listen` (the test runs its own on a free port, whether or not the package's service runs; its promtool
+/// checks deploy/alerts.yaml).
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",

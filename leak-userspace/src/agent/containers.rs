@@ -1,15 +1,9 @@
-//! Which containers the agent traces: every container cgroup of the memory hierarchy (the names Docker,
-//! containerd, CRI-O, podman and kubepods give their cgroups), named by the Docker daemon where it knows them, and
-//! kept when `--select` matches one of their names.
-use std::{collections::HashMap, path::PathBuf};
-
+//! Which of the containers found (`cgroup::Namer`) the agent traces: those `--select` matches, and the names they
+//! go by in its URLs and output directories.
 use anyhow::{Context, Result};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
-use crate::{
-    cgroup::{self, CgroupLayout, Daemon, Found, Lookup},
-    report::Container,
-};
+use crate::{cgroup, report::Container};
 
 /// `--select`: shell-style patterns (`*`, `?`, `[...]`) over a container's names.
 pub struct Selector(Option<GlobSet>);
@@ -53,52 +47,6 @@ pub fn key(c: &Container) -> String {
         (Some(ns), Some(pod)) => format!("{ns}/{pod}/{}", c.name),
         _ if !c.name.is_empty() => c.name.clone(),
         _ => cgroup::short_id(&c.id),
-    }
-}
-
-/// Names the containers found: what the runtime's daemon says of each (asked once per container), else what its
-/// cgroup's name tells.
-pub struct Namer {
-    docker: Option<Daemon>,
-    known: HashMap<String, Container>,
-}
-
-impl Namer {
-    pub fn new() -> Self {
-        Namer { docker: Daemon::from_env().ok(), known: HashMap::new() }
-    }
-
-    /// The containers of the hierarchy now, with their cgroup directories.
-    pub fn scan(&mut self, layout: &CgroupLayout) -> Vec<(PathBuf, Container)> {
-        let found = cgroup::containers(layout);
-        self.known.retain(|id, _| found.iter().any(|f| &f.id == id));
-        found.into_iter().map(|f| (f.dir.clone(), self.name(&f))).collect()
-    }
-
-    fn name(&mut self, found: &Found) -> Container {
-        if let Some(c) = self.known.get(&found.id) {
-            return c.clone();
-        }
-        let asked = match (&self.docker, found.runtime) {
-            (Some(daemon), "docker" | "kubernetes" | "unknown") => match daemon.inspect(&found.id) {
-                Ok(Lookup::Found(inspect)) => Some(inspect.container()),
-                Ok(Lookup::NotFound) => None,
-                Ok(Lookup::Unreachable(why)) => {
-                    // Asked no more: every container would wait for the daemon's timeout.
-                    tracing::info!("{why}; containers are named by their ids");
-                    self.docker = None;
-                    None
-                }
-                Err(e) => {
-                    tracing::debug!("cannot inspect {}: {e:#}", found.id);
-                    None
-                }
-            },
-            _ => None,
-        };
-        let c = asked.unwrap_or_else(|| found.container());
-        self.known.insert(found.id.clone(), c.clone());
-        c
     }
 }
 

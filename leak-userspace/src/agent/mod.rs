@@ -16,7 +16,7 @@ use tokio::{
 };
 
 use crate::{
-    cgroup::CgroupLayout,
+    cgroup::{CgroupLayout, Namer},
     cli::AgentArgs,
     collect::{assemble::TraceInfo, site_reader::SiteReader},
     probes::{self, Probes},
@@ -24,7 +24,7 @@ use crate::{
     session::{attach, require_root},
     stop::StopSignals,
 };
-use containers::{Namer, Selector};
+use containers::Selector;
 use fleet::{Fleet, Settings};
 use rotate::Rotation;
 

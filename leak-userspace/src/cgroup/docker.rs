@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
-use super::{container, follow::RESTART_WAIT, CgroupLayout, CgroupVersion, Target};
+use super::{
+    container, follow::RESTART_WAIT, CgroupLayout, CgroupVersion, Target, KUBE_CONTAINER, KUBE_NAMESPACE, KUBE_POD,
+};
 use crate::report::Container;
 
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
@@ -196,11 +198,6 @@ fn api_message(body: &[u8]) -> String {
         Err(_) => String::from_utf8_lossy(body).lines().next().unwrap_or_default().to_string(),
     }
 }
-
-/// The labels kubelet sets on a pod's containers.
-const KUBE_POD: &str = "io.kubernetes.pod.name";
-const KUBE_NAMESPACE: &str = "io.kubernetes.pod.namespace";
-const KUBE_CONTAINER: &str = "io.kubernetes.container.name";
 
 impl Inspect {
     /// The name without Docker's leading slash.

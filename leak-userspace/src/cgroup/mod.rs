@@ -2,9 +2,11 @@
 //! into a memcg directory and id (`resolve`; containers through the Docker daemon, `docker`, or the runtimes' cgroup
 //! names, `container`), follow a container through its restarts (`follow`), and list what lives below it (`walk`).
 mod container;
+mod containerd;
 mod docker;
 mod follow;
 mod layout;
+mod naming;
 mod resolve;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -16,13 +18,22 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-pub use container::{short_id, Found};
-pub use docker::{memcg_of, Daemon, Lookup};
+pub use container::short_id;
+use container::Found;
+use containerd::Containerd;
+pub use docker::memcg_of;
+use docker::{Daemon, Lookup};
 pub use follow::{Follower, Poll};
 pub use layout::{CgroupLayout, CgroupVersion};
+pub use naming::Namer;
 pub use resolve::{resolve, Resolver};
 pub use walk::{member_pids, member_tids, subtree_ids};
 pub use watch::CgroupWatch;
+
+/// The labels kubelet sets on a pod's containers (CRI), as Docker and containerd keep them.
+const KUBE_POD: &str = "io.kubernetes.pod.name";
+const KUBE_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+const KUBE_CONTAINER: &str = "io.kubernetes.container.name";
 
 /// A resolved memcg.
 #[derive(Debug, Clone)]
@@ -34,11 +45,6 @@ pub struct Target {
     pub version: CgroupVersion,
     /// The container it belongs to, when it was named as one (and so is followed through restarts).
     pub container: Option<crate::report::Container>,
-}
-
-/// Every container cgroup of the memory hierarchy, by the names the runtimes give them (the agent's targets).
-pub fn containers(layout: &CgroupLayout) -> Vec<Found> {
-    container::find(layout, "")
 }
 
 impl Target {

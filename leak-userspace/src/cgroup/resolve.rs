@@ -7,7 +7,7 @@ use anyhow::bail;
 
 use super::container::{self, is_id_like, short_id, MIN_ID_PREFIX};
 use super::docker::{self, Daemon, Lookup};
-use super::{walk::walk, CgroupLayout, Target};
+use super::{walk::walk, CgroupLayout, Namer, Target};
 
 pub trait Resolver: Sync {
     /// `Ok(None)`: the spec is not of this form, or names nothing this resolver can find (the next one is asked).
@@ -18,11 +18,12 @@ pub trait Resolver: Sync {
 /// Asked in this order. A numeric id comes before a relative path, so `123` means the cgroup id, not a directory
 /// named `123` under the root (which can still be given as `./123`). Cgroup forms come before container names, so
 /// a name is only sent to the Docker daemon when no cgroup has it.
-const RESOLVERS: &[&dyn Resolver] = &[&AbsolutePath, &NumericId, &RelativePath, &DockerContainer, &ContainerId];
+const RESOLVERS: &[&dyn Resolver] =
+    &[&AbsolutePath, &NumericId, &RelativePath, &PodContainer, &DockerContainer, &ContainerId];
 
 /// What `--cgroup` accepts, for error messages ("it" is the memory hierarchy's root).
-const FORMS: &str =
-    "an absolute cgroup directory, a path relative to it, a numeric cgroup id, or a container name or id (>= 12 hex)";
+const FORMS: &str = "an absolute cgroup directory, a path relative to it, a numeric cgroup id, a container name or id \
+                     (>= 12 hex), or a pod's container as [namespace/]pod/container";
 
 /// Resolves `spec` (see CONTRACT.md, `<TARGET>`) in the memory hierarchy of `layout`.
 pub fn resolve(spec: &str, layout: &CgroupLayout) -> anyhow::Result<Target> {
@@ -166,6 +167,61 @@ fn resolve_docker(daemon: &Daemon, spec: &str, layout: &CgroupLayout) -> anyhow:
         );
     }
     docker::wait_until_running(daemon, *inspect, layout).map(Some)
+}
+
+/// `[namespace/]pod/container`: a Kubernetes pod's container, named by the CRI labels its runtime (containerd, or
+/// Docker through cri-dockerd) keeps. Asked after the cgroup paths, which look alike.
+struct PodContainer;
+
+impl Resolver for PodContainer {
+    fn resolve(&self, spec: &str, layout: &CgroupLayout) -> anyhow::Result<Option<Target>> {
+        let Some(wanted) = pod_spec(spec) else { return Ok(None) };
+        let found: Vec<_> = Namer::new().scan(layout).into_iter().filter(|(_, c)| wanted.matches(c)).collect();
+        match found.as_slice() {
+            [] => Ok(None),
+            [(dir, c)] => {
+                let mut target = Target::from_dir(dir, layout.version)?;
+                target.container = Some(c.clone());
+                Ok(Some(target))
+            }
+            many => {
+                let names: Vec<String> = many
+                    .iter()
+                    .map(|(_, c)| {
+                        format!("{}/{}", c.namespace.as_deref().unwrap_or("?"), c.pod.as_deref().unwrap_or("?"))
+                    })
+                    .collect();
+                bail!("{spec:?} names containers of {} pods ({}); give the namespace too", many.len(), names.join(", "))
+            }
+        }
+    }
+}
+
+/// The parts of `[namespace/]pod/container`.
+struct PodSpec<'a> {
+    namespace: Option<&'a str>,
+    pod: &'a str,
+    name: &'a str,
+}
+
+impl PodSpec<'_> {
+    fn matches(&self, c: &crate::report::Container) -> bool {
+        c.pod.as_deref() == Some(self.pod)
+            && c.name == self.name
+            && self.namespace.is_none_or(|ns| c.namespace.as_deref() == Some(ns))
+    }
+}
+
+fn pod_spec(spec: &str) -> Option<PodSpec<'_>> {
+    let parts: Vec<&str> = spec.split('/').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return None;
+    }
+    match parts.as_slice() {
+        [pod, name] => Some(PodSpec { namespace: None, pod, name }),
+        [ns, pod, name] => Some(PodSpec { namespace: Some(ns), pod, name }),
+        _ => None,
+    }
 }
 
 /// A container id (or a prefix of >= 12 hex digits) found in the cgroup directory names runtimes use; covers
@@ -371,5 +427,26 @@ mod tests {
         assert!(e.contains("is not running (exited, exit code 137, OOM-killed); start it (docker start leaky)"), "{e}");
         let e = resolve_docker(&fake.daemon, "leaky", &t.layout).unwrap_err().to_string();
         assert!(e.starts_with("cannot resolve container \"leaky\"") && e.contains("answered 500: boom"), "{e}");
+    }
+
+    #[test]
+    fn pod_container_specs() {
+        let c = |ns: &str, pod: &str, name: &str| crate::report::Container {
+            name: name.into(),
+            pod: Some(pod.into()),
+            namespace: Some(ns.into()),
+            ..Default::default()
+        };
+        let api = c("shop", "web-1", "api");
+        assert!(pod_spec("web-1/api").unwrap().matches(&api));
+        assert!(pod_spec("shop/web-1/api").unwrap().matches(&api));
+        assert!(!pod_spec("dev/web-1/api").unwrap().matches(&api));
+        assert!(!pod_spec("web-1/sidecar").unwrap().matches(&api));
+        assert!(!pod_spec("web-1/api")
+            .unwrap()
+            .matches(&crate::report::Container { name: "api".into(), ..Default::default() }));
+        for not in ["api", "a/b/c/d", "/web-1/api", "web-1//api", "web-1/api/"] {
+            assert!(pod_spec(not).is_none(), "{not}");
+        }
     }
 }
