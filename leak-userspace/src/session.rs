@@ -21,7 +21,7 @@ use crate::{
     probes::{self, Discovery, Probes},
     report,
     serve::{self, Server},
-    stacks::{jvm_perfmap::JvmPerfMaps, CopySizes, UserStacks},
+    stacks::{jvm_perfmap::JvmPerfMaps, CopySizes, SampleQueue, UserStacks},
     stop::StopSignals,
 };
 
@@ -36,8 +36,8 @@ pub const PYTHON_FRAMES_ENV: &str = "LEAKTRACE_PYTHON_FRAMES";
 /// `off`: every stack copy is `--user-stack-bytes` long (for the benchmark: what cutting it to each process saves).
 pub const STACK_CUT_ENV: &str = "LEAKTRACE_STACK_CUT";
 
-/// How often the user stack samples are drained when the ring buffer does not fill up.
-const USTACK_DRAIN: Duration = Duration::from_millis(20);
+/// How often spawned processes whose allocator was not mapped yet are tried again.
+const SPAWN_RETRY: Duration = Duration::from_millis(20);
 
 /// How long the demo keeps tracing after the OOM kill, so the report shows the memory coming back.
 const AFTER_OOM: Duration = Duration::from_millis(1500);
@@ -159,7 +159,8 @@ pub fn attach(load: &Load) -> Result<(Discovery, Probes, UserStacks)> {
         None
     };
     let copies = CopySizes::new(cut, discovery.config.ustack_chunks);
-    Ok((discovery, probes, UserStacks::new(ring, python, copies)))
+    let samples = ring.map(SampleQueue::start).transpose()?;
+    Ok((discovery, probes, UserStacks::new(samples, python, copies)))
 }
 
 /// Runs until the session should end and says why.
@@ -188,10 +189,8 @@ async fn event_loop(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(args.interval));
-    // The kernel side wakes this loop only when the user stack ring buffer fills up; it is drained on this timer
-    // otherwise, so a sample waits at most this long (its process may exit meanwhile: its mappings stay cached).
-    let mut drain = tokio::time::interval(USTACK_DRAIN);
-    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retry = tokio::time::interval(SPAWN_RETRY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // A far deadline stands for "no duration": simpler than an optional branch.
     let mut deadline = Instant::now() + Duration::from_secs_f64(args.duration.unwrap_or(366.0 * 86400.0));
     let mut reason = "duration elapsed".to_string();
@@ -266,10 +265,7 @@ async fn event_loop(
                 let path = request.path.clone();
                 request.answer(serve::route(&path, || collector.snapshot(probes)));
             }
-            _ = drain.tick(), if ustacks.is_some() || spawns.is_some() => {
-                collector.drain_user_stacks();
-                collector.retry_spawned(probes);
-            }
+            _ = retry.tick(), if spawns.is_some() => collector.retry_spawned(probes),
             _ = sigint.recv() => { reason = "interrupted (SIGINT)".to_string(); break; }
             _ = sigterm.recv() => { reason = "terminated (SIGTERM)".to_string(); break; }
             _ = sleep_until(deadline) => break,

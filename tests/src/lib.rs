@@ -92,6 +92,17 @@ impl Memcg {
         Ok(memcg)
     }
 
+    /// A memcg below this one, named `name` (e.g. after a container id); removed on drop like any. It must be
+    /// dropped before its parent.
+    pub fn child(&self, name: &str) -> Result<Memcg> {
+        if self.version == CgroupVersion::V2 {
+            self.write("cgroup.subtree_control", "+memory")?;
+        }
+        let path = self.path.join(name);
+        fs::create_dir(&path).with_context(|| format!("cannot create the memcg {}", path.display()))?;
+        Ok(Memcg { path, version: self.version })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -237,3 +237,92 @@ fn containerd_pods_are_named_by_namespace_pod_and_container() -> Result<()> {
     assert_nothing_attached()?;
     Ok(())
 }
+
+/// A process's resident set in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix(" kB")?.parse().ok())
+}
+
+/// Containers that come and go (a new one every half second, each running a short request loop that allocates
+/// and frees, then removed) beside three that stay, for 90 s: the agent picks each up and lets it go, its RSS
+/// stays flat once its tables and the kept reports of gone containers are full, it loses no event, and SIGTERM
+/// leaves nothing attached. The containers are memcgs named as containerd names a container's (its id).
+#[test]
+fn the_agent_stays_flat_while_containers_come_and_go() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let _one = serial();
+    let churn = leaktrace_e2e::build_workload("bench_churn")?;
+    let parent = leaktrace_e2e::Memcg::create("agent-churn", None)?;
+    let prefix = format!("{:08x}", std::process::id());
+    // The count leads, so the short ids (the first 12 digits) differ as real containers' do.
+    let id = |n: usize| format!("{prefix}{n:04x}{:052x}", 0);
+    let steady: Vec<_> = (0..3).map(|n| parent.child(&id(n))).collect::<Result<_>>()?;
+    let mut loops = Vec::new();
+    for m in &steady {
+        let mut cmd = std::process::Command::new(&churn);
+        cmd.args(["mixed", "100"]).stdout(std::process::Stdio::null());
+        loops.push(m.spawn_in(cmd)?);
+    }
+    let listen = format!("127.0.0.1:{}", free_port()?);
+    let select = format!("{prefix}*");
+    let mut agent = Leaktrace::spawn(&["agent", "--select", &select, "--listen", &listen, "--interval", "1"])?;
+    agent.wait_attached(Duration::from_secs(20))?;
+    let begun = Instant::now();
+    let (mut n, mut rss_at_30) = (3, None);
+    while begun.elapsed() < Duration::from_secs(90) {
+        let m = parent.child(&id(n))?;
+        n += 1;
+        let mut cmd = std::process::Command::new(&churn);
+        cmd.args(["mixed", "0.4"]).stdout(std::process::Stdio::null());
+        let mut child = m.spawn_in(cmd)?;
+        child.wait()?;
+        // Gone between two of the agent's scans at times, or after a few of them.
+        std::thread::sleep(Duration::from_millis(if n % 3 == 0 { 1500 } else { 100 }));
+        drop(m);
+        if rss_at_30.is_none() && begun.elapsed() > Duration::from_secs(30) {
+            rss_at_30 = rss_kib(agent.pid());
+        }
+    }
+    let rss_end = rss_kib(agent.pid()).context("the agent is gone")?;
+    let rss_at_30 = rss_at_30.context("no RSS at 30 s")?;
+    eprintln!("agent: {} containers came and went; RSS {rss_at_30} KiB at 30 s, {rss_end} KiB at 90 s", n - 3);
+    // The last one went a moment ago: the agent lets it go at its next scan.
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_, metrics) = get(&listen, "/metrics")?;
+    let metrics = String::from_utf8_lossy(&metrics);
+    let value =
+        |name: &str| metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix("{} ")?.parse::<f64>().ok());
+    ensure!(
+        value("leaktrace_containers") == Some(3.0),
+        "the agent traces {:?} containers, not the 3 left",
+        value("leaktrace_containers")
+    );
+    if value("leaktrace_events_dropped_total") != Some(0.0) {
+        let (_, report) = get(&listen, &format!("/report/{}.json", &id(0)[..12]))?;
+        let report: serde_json::Value = serde_json::from_slice(&report)?;
+        bail!(
+            "events dropped: {:?}; a steady container's collection: {}",
+            value("leaktrace_events_dropped_total"),
+            report["collection"]
+        );
+    }
+    ensure!(
+        listing(&listen)?.lines().filter(|l| l.ends_with("(gone)")).count() <= 64,
+        "more gone reports kept than the bound"
+    );
+    ensure!(rss_end <= rss_at_30 + 8 * 1024, "the agent's RSS grew from {rss_at_30} KiB to {rss_end} KiB in 60 s");
+    // SAFETY: plain syscall on our own child.
+    unsafe { libc::kill(agent.pid() as libc::pid_t, libc::SIGTERM) };
+    let done = agent.wait(Duration::from_secs(60))?;
+    ensure!(done.status.success(), "the agent failed: {}", describe(&done));
+    assert_nothing_attached()?;
+    for mut l in loops {
+        let _ = l.kill();
+        let _ = l.wait();
+    }
+    drop(steady);
+    Ok(())
+}

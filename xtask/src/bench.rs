@@ -14,6 +14,10 @@
 //! service is found), run untraced, under `leaktrace --heap` with the budget at 100 % (the probes stay on) and at
 //! its default (they come off a process they slow down), and, for the loop, under a memleak-style bpftrace
 //! one-liner on libc's malloc and free.
+//!
+//! The agent's rows come last (`agent`): `leaktrace agent` on 52 containers; `--only agent` runs them alone.
+mod agent;
+
 use std::{
     collections::BTreeMap,
     ffi::OsStr,
@@ -144,6 +148,11 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     let (rounds, seconds) = if opts.quick { (3, 1.0) } else { (5, 2.0) };
     let rounds = opts.rounds.unwrap_or(rounds);
+    if opts.only.as_deref() == Some("agent") {
+        let a = agent::run(opts, rounds, seconds)?;
+        println!("\n{}", agent::markdown(&a));
+        return Ok(());
+    }
     let exe = build_workload("bench_churn")?;
     let script = repo_bench_dir().join("outstanding.bt");
     let bpftrace = installed("bpftrace");
@@ -183,7 +192,11 @@ pub fn run(opts: &Options) -> Result<()> {
     let load_after = loadavg();
     let mut report = assemble(&results, &profile, rounds, seconds, [load_before, load_after]);
     report["heap"] = assemble_heap(&heap);
-    let table = markdown(&report);
+    let mut table = markdown(&report);
+    if opts.only.is_none() {
+        report["agent"] = agent::run(opts, rounds.min(3), seconds)?;
+        table += &format!("\n{}", agent::markdown(&report["agent"]));
+    }
     println!("\n{table}");
     if opts.only.is_some() {
         return Ok(());

@@ -72,8 +72,8 @@ enum Cmd {
         /// Fewer and shorter runs, no profiling pass (~4 minutes).
         #[arg(long)]
         quick: bool,
-        /// Only the churn workloads whose name contains this (e.g. "kernel-object"): no --heap rows, and
-        /// bench/results.json is left as it is.
+        /// Only the churn workloads whose name contains this (e.g. "kernel-object"), or `agent` for the agent's
+        /// rows alone: no --heap rows, and bench/results.json is left as it is.
         #[arg(long, value_name = "NAME")]
         only: Option<String>,
         /// Rounds instead of 5 (3 with --quick): more rounds narrow a ratio's spread.

@@ -28,9 +28,6 @@ use containers::Selector;
 use fleet::{Fleet, Settings};
 use rotate::Rotation;
 
-/// How often the user stack samples are drained when the ring buffer does not fill up (as a trace does).
-const USTACK_DRAIN: Duration = Duration::from_millis(20);
-
 /// Runs the agent until SIGINT, SIGTERM or `--duration`.
 pub fn run(args: &AgentArgs) -> Result<()> {
     require_root()?;
@@ -135,8 +132,6 @@ impl Agent {
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut tick = tokio::time::interval(Duration::from_secs_f64(args.interval));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut drain = tokio::time::interval(USTACK_DRAIN);
-        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut rotate = tokio::time::interval(Duration::from_secs_f64(args.window));
         // The first tick of an interval is at once: the first window is written after a window.
         rotate.tick().await;
@@ -165,7 +160,6 @@ impl Agent {
                     ready?;
                     self.fleet.drain_user_stacks();
                 }
-                _ = drain.tick(), if ustacks.is_some() => self.fleet.drain_user_stacks(),
                 request = serve::next_request(&mut server) => {
                     let path = request.path.clone();
                     request.answer(routes::route(&path, &mut self.fleet, probes));

@@ -59,7 +59,8 @@ fn answer(path: &str, fleet: &mut Fleet, probes: &Probes) -> Result<Response> {
                 Some((_, r)) => metrics::Tracer::of(&r.collection, Vec::new()),
                 None => {
                     let (cpu_seconds, peak_rss_bytes) = resource_usage();
-                    metrics::Tracer { cpu_seconds, peak_rss_bytes, ..Default::default() }
+                    let map_bytes = crate::probes::map_bytes();
+                    metrics::Tracer { cpu_seconds, peak_rss_bytes, map_bytes, ..Default::default() }
                 }
             };
             tracer.containers = Some(fleet.len());

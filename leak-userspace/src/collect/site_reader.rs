@@ -95,6 +95,8 @@ impl SiteReader {
     /// unwound: the map is read before the samples are drained, as a sample is sent before its allocation is
     /// counted.
     pub fn read(&mut self, probes: &Probes) -> Result<RawSites> {
+        // Drained first as well, so the map walk (tens of ms with thousands of samples held) has the whole ring.
+        self.ustacks.drain();
         let raw = probes.sites()?;
         self.ustacks.drain();
         Ok(raw)
@@ -120,6 +122,7 @@ impl SiteReader {
             self.ustacks.forget(&gone);
         }
         self.ustacks.prune();
+        self.ustacks.drain();
         Ok(())
     }
 
@@ -133,7 +136,11 @@ impl SiteReader {
     ) -> Result<Vec<report::Site>> {
         let stacks = AllStacks { kernel: probes.stacks()?, user: &self.ustacks };
         let caches = probes.cache_names()?;
-        Ok(sites::build(raw, &stacks, &caches, &self.comms, &mut self.symbolizer, mode, top))
+        let built = sites::build(raw, &stacks, &caches, &self.comms, &mut self.symbolizer, mode, top);
+        // Symbolizing new objects takes a while: the samples sent meanwhile are taken before the ring fills
+        // (the agent builds many reports in a row).
+        self.ustacks.drain();
+        Ok(built)
     }
 
     pub fn retired_dropped(&self) -> u64 {

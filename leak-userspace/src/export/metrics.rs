@@ -32,6 +32,8 @@ pub struct Tracer {
     pub labels: Labels,
     pub cpu_seconds: f64,
     pub peak_rss_bytes: u64,
+    /// Kernel memory of its BPF maps.
+    pub map_bytes: u64,
     pub dropped: u64,
     pub kept: u64,
     /// The agent's: how many containers it traces, and what the sites of processes of none of them hold.
@@ -46,6 +48,7 @@ impl Tracer {
             labels,
             cpu_seconds: c.tracer_cpu_seconds,
             peak_rss_bytes: c.tracer_peak_rss_bytes,
+            map_bytes: crate::probes::map_bytes(),
             dropped: c.live_map_full
                 + c.site_map_full
                 + c.ringbuf_drops
@@ -190,6 +193,12 @@ pub fn render(targets: &[(&Report, Labels)], tracer: &Tracer, sites: usize) -> S
         "leaktrace_tracer_peak_resident_bytes",
         "leaktrace's peak resident memory",
         own(tracer.peak_rss_bytes as f64),
+    );
+    gauge(
+        &mut registry,
+        "leaktrace_tracer_map_bytes",
+        "Kernel memory of leaktrace's BPF maps",
+        own(tracer.map_bytes as f64),
     );
     counter(
         &mut registry,

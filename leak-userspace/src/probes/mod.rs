@@ -37,8 +37,8 @@ const FP_SITE_ENTRIES: u32 = 16_384;
 const SAMPLED_SITE_ENTRIES: u32 = 65_536;
 
 /// The user stack sample ring buffer for a sampling rate of `2^sample_rate_shift` bytes. At the default rate the
-/// fastest page churn measured sends ~7,000 samples a second, ~75 MB/s: 4 MiB holds ~50 ms of it, more than twice
-/// the reader's 20 ms timer. Finer rates send more and get 8 MiB. The kernel maps the ring's data twice into the
+/// fastest page churn measured sends ~7,000 samples a second, ~75 MB/s: 4 MiB holds ~50 ms of it, several times
+/// the reader thread's 10 ms poll (`stacks::sample_queue`). Finer rates send more and get 8 MiB. The kernel maps the ring's data twice into the
 /// reader (so that a record may wrap), all of it resident: each MiB here is two of the tracer's RSS.
 fn ustack_ring_bytes(sample_rate_shift: u32) -> u32 {
     if sample_rate_shift >= crate::cli::DEFAULT_SAMPLE_BYTES.trailing_zeros() {
@@ -46,6 +46,18 @@ fn ustack_ring_bytes(sample_rate_shift: u32) -> u32 {
     } else {
         8 << 20
     }
+}
+
+/// Kernel memory of the BPF maps this process holds: the `memlock` of each map's fd.
+pub fn map_bytes() -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fdinfo") else { return 0 };
+    let memlock = |info: &str| info.lines().find_map(|l| l.strip_prefix("memlock:")?.trim().parse::<u64>().ok());
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter(|info| info.contains("map_type:"))
+        .filter_map(|info| memlock(&info))
+        .sum()
 }
 
 /// A ring buffer the event loop waits on.
@@ -75,19 +87,19 @@ pub fn pending(ring: &mut RingBuf<MapData>) -> Vec<Vec<u8>> {
     out
 }
 
-/// Registers the user stack sample ring buffer's fd (none with frame-pointer stacks) with the event loop.
+/// Registers the fd that says user stack samples are queued (none with frame-pointer stacks) with the event loop.
 pub fn watch_user_stacks(
     fd: Option<std::os::fd::RawFd>,
 ) -> Result<Option<tokio::io::unix::AsyncFd<std::os::fd::RawFd>>> {
     let Some(fd) = fd else { return Ok(None) };
-    // SAFETY: the fd belongs to the reader's ring buffer, which outlives the event loop that watches it.
+    // SAFETY: the fd belongs to the reader's sample queue, which outlives the event loop that watches it.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
         .map(Some)
-        .map_err(|e| anyhow!("cannot watch the user stack ring buffer: {e}"))
+        .map_err(|e| anyhow!("cannot watch the user stack samples: {e}"))
 }
 
-/// Waits until the user stack ring buffer `fd` (when there is one) has samples, and clears its readiness first: a
-/// sample sent while they are drained makes it ready again.
+/// Waits until user stack samples are queued (when there is a queue `fd`), and clears its readiness first: a
+/// sample queued while they are drained makes it ready again.
 pub async fn user_stacks_ready(fd: Option<&tokio::io::unix::AsyncFd<std::os::fd::RawFd>>) -> std::io::Result<()> {
     match fd {
         Some(fd) => fd.readable().await.map(|mut guard| guard.clear_ready()),

@@ -18,15 +18,16 @@ mod process;
 pub mod python;
 pub mod regions;
 pub mod runtime;
+mod sample_queue;
 pub mod symbolize;
 pub mod unwind;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    os::fd::{AsRawFd, RawFd},
+    os::fd::RawFd,
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, MapData};
 use framehop::x86_64::CacheX86_64;
 use leak_common::{PyProc, SiteCounters, SiteKey, StackSample, PY_TRUNCATED, STACK_SAMPLE_FULL, USTACK_UNWOUND_BIT};
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,7 @@ pub use copy_size::CopySizes;
 use process::{Objects, Process};
 use python::{PyFrameName, PythonFrames};
 use regions::{RegionKind, RegionMap};
+pub use sample_queue::SampleQueue;
 pub use unwind::{Method, UserFrame};
 
 /// Distinct unwound stacks kept; past this, new stacks are counted in `UnwindStats::stacks_dropped` and their
@@ -111,7 +113,7 @@ pub struct PythonStats {
 }
 
 pub struct UserStacks {
-    ring: Option<RingBuf<MapData>>,
+    samples: Option<SampleQueue>,
     processes: HashMap<u32, Process>,
     objects: Objects,
     cache: CacheX86_64,
@@ -126,16 +128,16 @@ pub struct UserStacks {
 }
 
 impl UserStacks {
-    /// Reads samples from `ring` (none: frame-pointer stacks, nothing to unwind); enters the Python processes
+    /// Reads samples from `samples` (none: frame-pointer stacks, nothing to unwind); enters the Python processes
     /// it meets in `python` (the programs' `PY_PROCS`) for their frames to be walked; learns each process's stack
     /// copy size in `copies`.
     pub fn new(
-        ring: Option<RingBuf<MapData>>,
+        samples: Option<SampleQueue>,
         python: Option<BpfHashMap<MapData, u32, PyProc>>,
         copies: CopySizes,
     ) -> Self {
         UserStacks {
-            ring,
+            samples,
             processes: HashMap::new(),
             objects: Objects::default(),
             cache: CacheX86_64::new(),
@@ -149,20 +151,18 @@ impl UserStacks {
         }
     }
 
-    /// The ring buffer's fd, for the event loop to wait on.
+    /// The fd that says samples are queued, for the event loop to wait on.
     pub fn fd(&self) -> Option<RawFd> {
-        self.ring.as_ref().map(|r| r.as_raw_fd())
+        self.samples.as_ref().map(SampleQueue::fd)
     }
 
-    /// Unwinds every sample waiting in the ring buffer. Called before the kernel's site map is read is not enough:
+    /// Unwinds every sample sent so far (the queue's reader takes them off the ring as they come). Called before the kernel's site map is read is not enough:
     /// a sample is sent before its site is counted, so reading the map first and draining after sees every
     /// token's sample.
     pub fn drain(&mut self) {
-        let Some(mut ring) = self.ring.take() else { return };
-        while let Some(item) = ring.next() {
-            self.add(&item);
-        }
-        self.ring = Some(ring);
+        let Some(samples) = self.samples.take() else { return };
+        samples.take(|sample| self.add(sample));
+        self.samples = Some(samples);
     }
 
     /// Unwinds one sample (its head, then the stack copy).
