@@ -339,7 +339,7 @@ fn interleave_python(native: Vec<Frame>, python: Vec<(Frame, bool)>) -> Vec<Fram
             continue;
         }
         if f.symbol.as_deref() == Some("_PyEval_EvalFrameDefault") {
-            while let Some((py, entry)) = python.next() {
+            for (py, entry) in python.by_ref() {
                 out.push(py);
                 if entry {
                     break;

@@ -830,6 +830,25 @@ pub fn bpf_object_ids(kind: &str) -> Result<HashSet<u64>> {
     Ok(items(&all).iter().filter_map(|o| o["id"].as_u64()).collect())
 }
 
+/// Stops a daemon the test started (SIGTERM, so it stops its children and unmounts; SIGKILL after 20 s) and
+/// unmounts whatever is still mounted below its temp dir `dir` (overlay layers, netns), which would keep it there.
+pub fn stop_daemon(daemon: &mut Child, dir: &Path) {
+    // SAFETY: plain syscall on our own child.
+    unsafe { libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM) };
+    if !matches!(wait_timeout(daemon, Duration::from_secs(20)), Ok(Some(_))) {
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+    }
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let root = dir.to_string_lossy().to_string();
+    let mut points: Vec<&str> =
+        mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| p.starts_with(&root)).collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for point in points {
+        let _ = Command::new("umount").args(["-l", point]).status();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -949,24 +968,5 @@ mod tests {
         let text = describe(&out);
         assert!(text.starts_with("exit code 3"), "{text}");
         assert!(text.contains("out\n") && text.contains("err\n"), "{text}");
-    }
-}
-
-/// Stops a daemon the test started (SIGTERM, so it stops its children and unmounts; SIGKILL after 20 s) and
-/// unmounts whatever is still mounted below its temp dir `dir` (overlay layers, netns), which would keep it there.
-pub fn stop_daemon(daemon: &mut Child, dir: &Path) {
-    // SAFETY: plain syscall on our own child.
-    unsafe { libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM) };
-    if !matches!(wait_timeout(daemon, Duration::from_secs(20)), Ok(Some(_))) {
-        let _ = daemon.kill();
-        let _ = daemon.wait();
-    }
-    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let root = dir.to_string_lossy().to_string();
-    let mut points: Vec<&str> =
-        mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| p.starts_with(&root)).collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    for point in points {
-        let _ = Command::new("umount").args(["-l", point]).status();
     }
 }

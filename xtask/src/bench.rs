@@ -109,7 +109,7 @@ impl Tracer {
     }
 
     /// Command-line arguments and environment of a leaktrace run.
-    fn leaktrace(self) -> Option<(&'static [&'static str], &'static [(&'static str, &'static str)])> {
+    fn leaktrace(self) -> Option<(&'static [&'static str], Env)> {
         match self {
             Tracer::Floor => Some((&[], &[("LEAKTRACE_FLOOR", "1")])),
             Tracer::Default => Some((&[], &[])),
@@ -121,6 +121,9 @@ impl Tracer {
         }
     }
 }
+
+/// Environment variables of a run.
+type Env = &'static [(&'static str, &'static str)];
 
 /// What one traced run cost, from the tracer's side.
 #[derive(Debug, Clone, Default)]

@@ -62,6 +62,11 @@ impl Retired {
         self.dropped
     }
 
+    /// The processes the retired sites belong to.
+    pub fn tgids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.sites.keys().map(|k| k.tgid)
+    }
+
     /// The kernel's sites with the retired ones added back (summed when a key is in both, e.g. a reused pid).
     pub fn merged(&self, raw: Vec<(SiteKey, SiteCounters)>) -> Vec<(SiteKey, SiteCounters)> {
         let mut all: HashMap<SiteKey, SiteCounters> = self.sites.clone();

@@ -23,6 +23,8 @@ pub struct SiteReader {
     /// replaces every mapping, and this line with them.
     first_mappings: HashMap<u32, String>,
     comms: HashMap<u32, String>,
+    /// Exited processes no site referred to at the last interval (`forget_unreferenced`).
+    unreferenced: BTreeSet<u32>,
     symbolizer: Symbolizer,
     /// Sites of exited processes and freed sampled allocations, taken out of the kernel map so it does not fill up.
     retired: retire::Retired,
@@ -36,6 +38,7 @@ impl SiteReader {
             known_pids: BTreeSet::new(),
             first_mappings: HashMap::new(),
             comms: HashMap::new(),
+            unreferenced: BTreeSet::new(),
             symbolizer: Symbolizer::new(),
             retired: retire::Retired::default(),
             ustacks,
@@ -123,7 +126,29 @@ impl SiteReader {
         }
         self.ustacks.prune();
         self.ustacks.drain();
+        self.forget_unreferenced(raw, retire::process_alive);
         Ok(())
+    }
+
+    /// Forgets the processes that exited and that no site in `raw` (the kernel's) or the retired set refers to:
+    /// over days of containers and processes coming and going, what is cached per process stays as large as
+    /// what lives and what is still reported. A process is forgotten at the second such call in a row: it may
+    /// have allocated after the map was read and before it died, which the next read shows.
+    fn forget_unreferenced(&mut self, raw: &RawSites, alive: impl Fn(u32) -> bool) {
+        let mut referenced = tgids(raw);
+        referenced.extend(self.retired.tgids());
+        let known = self.known_pids.iter().chain(self.comms.keys());
+        let unreferenced: BTreeSet<u32> =
+            known.copied().filter(|pid| !referenced.contains(pid) && !alive(*pid)).collect();
+        let (gone, next): (BTreeSet<u32>, BTreeSet<u32>) =
+            unreferenced.into_iter().partition(|pid| self.unreferenced.contains(pid));
+        self.unreferenced = next;
+        for pid in gone {
+            self.known_pids.remove(&pid);
+            self.first_mappings.remove(&pid);
+            self.comms.remove(&pid);
+            self.symbolizer.forget_process(pid);
+        }
     }
 
     /// Report sites of `raw`, the `top` largest for `mode`.
@@ -196,4 +221,29 @@ fn first_mapping(pid: u32) -> Option<String> {
     let mut line = String::new();
     std::io::BufReader::new(file).read_line(&mut line).ok()?;
     (!line.is_empty()).then_some(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use leak_common::{SiteCounters, SiteKey};
+
+    use super::*;
+    use crate::stacks::CopySizes;
+
+    #[test]
+    fn exited_processes_no_site_refers_to_are_forgotten() {
+        let mut reader = SiteReader::new(UserStacks::new(None, None, CopySizes::new(None, 4)));
+        for pid in [10, 11, 12] {
+            reader.known_pids.insert(pid);
+            reader.comms.insert(pid, format!("p{pid}"));
+        }
+        reader.name_victim(13, "victim");
+        // 10 lives; 11 exited but its site is still in the kernel's map; 12 and 13 exited with nothing left.
+        let raw = vec![(SiteKey { tgid: 11, ..Default::default() }, SiteCounters::default())];
+        reader.forget_unreferenced(&raw, |pid| pid == 10);
+        assert_eq!(reader.known_pids.len(), 3, "one interval later: what the exited made since may not be read yet");
+        reader.forget_unreferenced(&raw, |pid| pid == 10);
+        assert_eq!(reader.known_pids, BTreeSet::from([10, 11]));
+        assert_eq!(reader.comms.keys().copied().collect::<BTreeSet<_>>(), BTreeSet::from([10, 11]));
+    }
 }

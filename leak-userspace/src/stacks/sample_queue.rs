@@ -15,8 +15,9 @@ use std::{
 use anyhow::{anyhow, Result};
 use aya::maps::{MapData, RingBuf};
 
-/// Sample bytes queued at most (a few seconds of a busy node's samples).
-const QUEUE_BYTES: usize = 64 << 20;
+/// Sample bytes queued at most: stalls of a fraction of a second at tens of MB/s. What the loop cannot keep up
+/// with for longer (a CPU it barely gets) would only grow the tracer's memory.
+const QUEUE_BYTES: usize = 16 << 20;
 /// The kernel side wakes a reader only once the ring is a quarter full: below that, it is read this often while
 /// samples come, and ever less often (down to `IDLE_POLL_MS`) while none do: an idle tracer stays asleep.
 const POLL_MS: i32 = 10;

@@ -14,7 +14,7 @@
 use std::{collections::HashMap, path::PathBuf};
 
 use blazesym::symbolize::{
-    cache,
+    cache, evict,
     source::{Kernel, Process, Source},
     CodeInfo, Input, Sym, Symbolized, Symbolizer as Blaze,
 };
@@ -63,6 +63,14 @@ impl Symbolizer {
             user_memo: HashMap::new(),
             perf_maps: HashMap::new(),
         }
+    }
+
+    /// Drops what was cached for `pid` (its mappings, names, perf map): it exited and no site refers to it.
+    pub fn forget_process(&mut self, pid: u32) {
+        self.processes.remove(&pid);
+        self.perf_maps.remove(&pid);
+        self.user_memo.retain(|&(p, _), _| p != pid);
+        let _ = self.blaze.evict(&evict::Evict::Process(evict::Process::new(pid.into())));
     }
 
     /// Caches `pid`'s mappings and opens the objects it maps, so its stacks still symbolize after it exits.

@@ -118,7 +118,6 @@ pub fn walk(process: &Process, sample: &StackSample, stack: &[u8], cache: &mut C
         caller_has_cfi = region.has_cfi();
         frames.push(UserFrame { address, method });
     };
-    drop(iter);
     let end = if end == End::Failed && ran_off { End::Truncated } else { end };
     Walk { frames, end, depth }
 }

@@ -260,7 +260,7 @@ mod tests {
         let samples: Vec<Sample> = (0..12)
             .map(|i| Sample {
                 t: i as f64,
-                anon: Some(if i < 6 { 8 * i << 20 } else { 0 }),
+                anon: Some(if i < 6 { (8 * i) << 20 } else { 0 }),
                 processes: Some(u64::from(i < 6)),
                 main_process: if i < 6 { main(7) } else { None },
                 ..Default::default()

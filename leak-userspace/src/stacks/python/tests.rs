@@ -1,8 +1,11 @@
 use super::*;
 
+/// Instruction ranges (start, end) and their line.
+type Lines = Vec<(u64, u64, Option<u32>)>;
+
 /// A function's line table and each instruction range's line, as that version's interpreter printed them
 /// (`co_lines()`, `dis.findlinestarts` on 3.9) for the same source.
-fn table(version: &str) -> (u32, Vec<u8>, Vec<(u64, u64, Option<u32>)>) {
+fn table(version: &str) -> (u32, Vec<u8>, Lines) {
     let text = std::fs::read_to_string(format!(
         "{}/src/stacks/python/testdata/lines-{version}.txt",
         env!("CARGO_MANIFEST_DIR")
