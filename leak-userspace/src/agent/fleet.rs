@@ -259,6 +259,7 @@ impl Fleet {
 
     /// The report of every traced container as it stands.
     pub fn live_reports(&mut self, probes: &Probes) -> Result<Vec<(String, Report)>> {
+        let _held = probes.hold_figures();
         let mut parts = self.read(probes)?;
         let mut out = Vec::with_capacity(self.watched.len());
         for (id, w) in &self.watched {

@@ -27,7 +27,7 @@ pub use follow::{Follower, Poll};
 pub use layout::{CgroupLayout, CgroupVersion};
 pub use naming::Namer;
 pub use resolve::{resolve, Resolver};
-pub use walk::{member_pids, member_tids, subtree_ids};
+pub use walk::{member_pids, subtree, Subtree};
 pub use watch::CgroupWatch;
 
 /// The labels kubelet sets on a pod's containers (CRI), as Docker and containerd keep them.
@@ -89,12 +89,12 @@ mod tests {
             assert!(e.contains("no memory controller"), "{e}");
         }
 
-        let mut ids = subtree_ids(&cg.path);
-        ids.sort_unstable();
+        let tree = subtree(&cg.path, layout.version);
         let mut want = vec![id, std::fs::metadata(&child).unwrap().ino()];
         want.sort_unstable();
-        assert_eq!(ids, want);
+        assert_eq!(tree.ids, want);
         assert_eq!(member_pids(&cg.path), vec![pid]);
-        assert!(member_tids(&cg.path, layout.version).contains(&pid));
+        assert_eq!(tree.pids, vec![pid]);
+        assert!(tree.tasks >= 1);
     }
 }

@@ -37,42 +37,50 @@ pub(crate) fn walk<B>(dir: &Path, mut visit: impl FnMut(&Path, u64) -> ControlFl
     None
 }
 
-/// The inode number of `dir` and of every descendant cgroup directory: the ids the memcg tracepoints and
-/// `bpf_get_current_cgroup_id` report for that subtree.
-pub fn subtree_ids(dir: &Path) -> Vec<u64> {
-    let mut ids = Vec::new();
-    walk::<()>(dir, |_, ino| {
+/// A cgroup subtree as one walk found it. An agent reads every container's at every interval: one walk, not one
+/// per figure, keeps that to a directory listing and two small reads per cgroup.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Subtree {
+    /// The inode number of the directory and of every descendant cgroup directory: the ids the memcg tracepoints
+    /// and `bpf_get_current_cgroup_id` report for that subtree, sorted.
+    pub ids: Vec<u64>,
+    /// Processes (tgids), sorted and without duplicates.
+    pub pids: Vec<u32>,
+    /// Tasks (threads): the count a thread leak makes grow.
+    pub tasks: u64,
+}
+
+/// `dir` and all its descendants (see `Subtree`).
+pub fn subtree(dir: &Path, version: CgroupVersion) -> Subtree {
+    let threads = match version {
+        CgroupVersion::V1 => "tasks",
+        CgroupVersion::V2 => "cgroup.threads",
+    };
+    let (mut ids, mut pids, mut tids) = (Vec::new(), BTreeSet::new(), BTreeSet::new());
+    walk::<()>(dir, |path, ino| {
         ids.push(ino);
+        pids.extend(listed_in(&path.join("cgroup.procs")));
+        tids.extend(listed_in(&path.join(threads)));
         ControlFlow::Continue(())
     });
-    ids
+    ids.sort_unstable();
+    Subtree { ids, pids: pids.into_iter().collect(), tasks: tids.len() as u64 }
 }
 
 /// Processes (tgids) of `dir` and all its descendants, sorted and without duplicates.
 pub fn member_pids(dir: &Path) -> Vec<u32> {
-    ids_listed_in(dir, "cgroup.procs")
-}
-
-/// Tasks (threads, by tid) of `dir` and all its descendants: the count a thread leak makes grow.
-pub fn member_tids(dir: &Path, version: CgroupVersion) -> Vec<u32> {
-    ids_listed_in(
-        dir,
-        match version {
-            CgroupVersion::V1 => "tasks",
-            CgroupVersion::V2 => "cgroup.threads",
-        },
-    )
-}
-
-fn ids_listed_in(dir: &Path, file: &str) -> Vec<u32> {
     let mut ids = BTreeSet::new();
     walk::<()>(dir, |path, _| {
-        if let Ok(text) = std::fs::read_to_string(path.join(file)) {
-            ids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
-        }
+        ids.extend(listed_in(&path.join("cgroup.procs")));
         ControlFlow::Continue(())
     });
     ids.into_iter().collect()
+}
+
+/// The ids a cgroup file lists one per line (none when it cannot be read: cgroups come and go).
+fn listed_in(file: &Path) -> Vec<u32> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    text.lines().filter_map(|l| l.trim().parse::<u32>().ok()).collect()
 }
 
 #[cfg(test)]
@@ -92,21 +100,20 @@ mod tests {
         fs::write(root.join("a/b/tasks"), "3\n4\n5\n").unwrap();
         std::os::unix::fs::symlink(root.join("a"), root.join("c/loop")).unwrap();
 
-        let mut ids = subtree_ids(root);
-        ids.sort_unstable();
+        let tree = subtree(root, CgroupVersion::V1);
         let mut want: Vec<u64> =
             ["", "a", "a/b", "c"].iter().map(|p| fs::metadata(root.join(p)).unwrap().ino()).collect();
         want.sort_unstable();
-        assert_eq!(ids, want, "symlinks must not be followed");
+        assert_eq!(tree.ids, want, "symlinks must not be followed");
 
         assert_eq!(member_pids(root), vec![1, 3, 7]);
-        assert_eq!(member_tids(root, CgroupVersion::V1), vec![3, 4, 5]);
-        assert!(member_tids(root, CgroupVersion::V2).is_empty());
+        assert_eq!((tree.pids, tree.tasks), (vec![1, 3, 7], 3));
+        assert_eq!(subtree(root, CgroupVersion::V2).tasks, 0, "v2 lists threads in cgroup.threads");
     }
 
     #[test]
     fn missing_dir_is_empty() {
-        assert!(subtree_ids(Path::new("/nonexistent/leaktrace")).is_empty());
+        assert_eq!(subtree(Path::new("/nonexistent/leaktrace"), CgroupVersion::V2), Subtree::default());
         assert!(member_pids(Path::new("/nonexistent/leaktrace")).is_empty());
     }
 
@@ -115,7 +122,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let deep: PathBuf = (0..MAX_DEPTH + 5).map(|i| i.to_string()).collect();
         fs::create_dir_all(t.path().join(&deep)).unwrap();
-        assert_eq!(subtree_ids(t.path()).len(), MAX_DEPTH + 1);
+        assert_eq!(subtree(t.path(), CgroupVersion::V2).ids.len(), MAX_DEPTH + 1);
         let found = walk(t.path(), |p, _| {
             if p.ends_with("2") {
                 ControlFlow::Break(p.to_path_buf())

@@ -215,11 +215,13 @@ pub fn tgids(raw: &[(SiteKey, SiteCounters)]) -> BTreeSet<u32> {
     raw.iter().map(|(key, _)| key.tgid).collect()
 }
 
+/// The first line of a process's maps, which an exec changes. Read at every interval for every process: a small
+/// buffer, as the kernel formats only as many mappings as a read asks room for.
 fn first_mapping(pid: u32) -> Option<String> {
     use std::io::BufRead;
     let file = std::fs::File::open(format!("/proc/{pid}/maps")).ok()?;
     let mut line = String::new();
-    std::io::BufReader::new(file).read_line(&mut line).ok()?;
+    std::io::BufReader::with_capacity(256, file).read_line(&mut line).ok()?;
     (!line.is_empty()).then_some(line)
 }
 

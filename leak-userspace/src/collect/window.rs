@@ -32,7 +32,8 @@ pub struct Window {
     pub(super) follower: Follower,
     /// The target relative to its hierarchy's root, as /proc/<pid>/cgroup names it.
     target_rel: PathBuf,
-    memcg_ids: Vec<u64>,
+    /// The subtree at the last scan: its memcg ids and processes.
+    subtree: cgroup::Subtree,
     /// Every process seen in the target (its subtree or its sites), with when it was first seen (seconds since the
     /// start): a process new after a kill is a restart.
     pub(super) first_seen: HashMap<u32, f64>,
@@ -63,7 +64,7 @@ impl Window {
             follower: Follower::new(&target),
             target_rel: relative_to_hierarchy(&target.path),
             target,
-            memcg_ids: Vec::new(),
+            subtree: cgroup::Subtree::default(),
             first_seen: HashMap::new(),
             start: Instant::now(),
             start_wall: time::OffsetDateTime::now_utc(),
@@ -120,17 +121,15 @@ impl Window {
 
     /// Reads the target's subtree (its memcg ids, for the kernel filter) and its processes now, which it notes.
     pub fn scan(&mut self) -> Vec<u32> {
-        let mut ids = cgroup::subtree_ids(&self.target.path);
-        ids.sort_unstable();
-        self.memcg_ids = ids;
-        let pids = cgroup::member_pids(&self.target.path);
+        self.subtree = cgroup::subtree(&self.target.path, self.target.version);
+        let pids = self.subtree.pids.clone();
         self.note(pids.iter().copied());
         pids
     }
 
     /// The memcg ids of the subtree at the last scan.
     pub fn memcg_ids(&self) -> &[u64] {
-        &self.memcg_ids
+        &self.subtree.ids
     }
 
     /// Processes of the target (some known only from the sites they made).
@@ -146,21 +145,27 @@ impl Window {
     }
 
     /// One interval's sites of the target: kept for the early picture and the flight recorder, and sampled with
-    /// the memory files.
+    /// the memory files and the processes and tasks of this interval's `scan`.
     pub fn observe(&mut self, raw: &RawSites) {
         let t = self.elapsed();
         self.early.offer(self.intervals, t, raw);
         self.flight.record(t, raw);
-        self.sample(raw);
+        let subtree = std::mem::take(&mut self.subtree);
+        self.sample_with(raw, &subtree);
+        self.subtree = subtree;
         self.intervals += 1;
     }
 
     /// Reads the memory files and the processes' RSS, with what the sites held at the same moment.
     pub fn sample(&mut self, raw: &[(SiteKey, SiteCounters)]) {
-        match memory::read_snapshot(&self.target) {
+        self.sample_with(raw, &cgroup::subtree(&self.target.path, self.target.version));
+    }
+
+    fn sample_with(&mut self, raw: &[(SiteKey, SiteCounters)], subtree: &cgroup::Subtree) {
+        match memory::read_snapshot(&self.target, subtree.tasks) {
             Ok(snap) => {
                 self.limit = snap.limit;
-                let rss = memory::processes_rss(&cgroup::member_pids(&self.target.path));
+                let rss = memory::processes_rss(&subtree.pids);
                 self.samples.push(sample_of(self.elapsed(), &snap, &rss, site_totals(raw)));
             }
             Err(e) => tracing::warn!("cannot read the memory files of {}: {e:#}", self.target.path.display()),
@@ -174,7 +179,7 @@ impl Window {
 
     /// Whether an OOM kill the kernel reported is the target's.
     pub fn is_kill_of(&self, notice: &OomNotice) -> bool {
-        oom::belongs_to_target(notice, &self.memcg_ids, |pid| self.owns(pid), &self.target_rel)
+        oom::belongs_to_target(notice, &self.subtree.ids, |pid| self.owns(pid), &self.target_rel)
     }
 
     /// Records an OOM kill of the target with the sites before it: `raw` as the counters stood when it was

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::cgroup::{member_tids, CgroupVersion, Target};
+use crate::cgroup::{CgroupVersion, Target};
 
 /// v1 reports "no limit" as PAGE_COUNTER_MAX pages in bytes (0x7FFFFFFFFFFFF000 on x86-64, other values with other
 /// page sizes); anything this large is no limit in practice.
@@ -129,12 +129,13 @@ pub fn normalise(version: CgroupVersion, stat: &BTreeMap<String, u64>) -> Memory
     }
 }
 
-/// Reads the target's accounting now. Fails only when the usage cannot be read (typically: the cgroup is gone);
-/// every other missing file leaves its fields `None`.
-pub fn read_snapshot(target: &Target) -> anyhow::Result<MemorySnapshot> {
+/// Reads the target's accounting now, with its `tasks` counted by the caller's walk (`cgroup::subtree`). Fails
+/// only when the usage cannot be read (typically: the cgroup is gone); every other missing file leaves its fields
+/// `None`.
+pub fn read_snapshot(target: &Target, tasks: u64) -> anyhow::Result<MemorySnapshot> {
     let dir = &target.path;
     let stat = read_keyed(dir, "memory.stat").unwrap_or_default();
-    let pids = Some(member_tids(dir, target.version).len() as u64);
+    let pids = Some(tasks);
     let snapshot = match target.version {
         CgroupVersion::V1 => {
             let oom = read_keyed(dir, "memory.oom_control").unwrap_or_default();

@@ -2,6 +2,7 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::cgroup::subtree;
 use crate::cgroup::testing::TestMemcg;
 
 const V1_STAT: &str = include_str!("testdata/memory.stat.v1-6.18");
@@ -80,7 +81,7 @@ fn read_fake_v2_cgroup_with_limited_parent() {
     fs::write(cg.join("memory.stat"), V2_STAT).unwrap();
     fs::write(cg.join("memory.events"), V2_EVENTS).unwrap();
     fs::write(cg.join("cgroup.threads"), "10\n11\n12\n").unwrap();
-    let s = read_snapshot(&fake_target(&cg, CgroupVersion::V2)).unwrap();
+    let s = read_snapshot(&fake_target(&cg, CgroupVersion::V2), subtree(&cg, CgroupVersion::V2).tasks).unwrap();
     let want = MemorySnapshot {
         usage: 7340032,
         limit: Some(67108864),
@@ -93,7 +94,10 @@ fn read_fake_v2_cgroup_with_limited_parent() {
     assert_eq!(s, want);
 
     fs::write(parent.join("memory.max"), "max\n").unwrap();
-    assert_eq!(read_snapshot(&fake_target(&cg, CgroupVersion::V2)).unwrap().limit, None);
+    assert_eq!(
+        read_snapshot(&fake_target(&cg, CgroupVersion::V2), subtree(&cg, CgroupVersion::V2).tasks).unwrap().limit,
+        None
+    );
 }
 
 #[test]
@@ -107,7 +111,7 @@ fn read_fake_v1_cgroup() {
     fs::write(cg.join("memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n").unwrap();
     fs::write(cg.join("memory.failcnt"), "42\n").unwrap();
     fs::write(cg.join("tasks"), "1\n2\n").unwrap();
-    let s = read_snapshot(&fake_target(cg, CgroupVersion::V1)).unwrap();
+    let s = read_snapshot(&fake_target(cg, CgroupVersion::V1), subtree(cg, CgroupVersion::V1).tasks).unwrap();
     let want = MemorySnapshot {
         usage: 29450240,
         limit: None,
@@ -123,17 +127,20 @@ fn read_fake_v1_cgroup() {
     // An ancestor's limit shows in hierarchical_memory_limit.
     let stat = V1_STAT.replace("hierarchical_memory_limit 9223372036854771712", "hierarchical_memory_limit 1048576");
     fs::write(cg.join("memory.stat"), stat).unwrap();
-    assert_eq!(read_snapshot(&fake_target(cg, CgroupVersion::V1)).unwrap().limit, Some(1048576));
+    assert_eq!(
+        read_snapshot(&fake_target(cg, CgroupVersion::V1), subtree(cg, CgroupVersion::V1).tasks).unwrap().limit,
+        Some(1048576)
+    );
 }
 
 #[test]
 fn removed_cgroup_is_a_one_line_error() {
-    let e = read_snapshot(&fake_target(Path::new("/nonexistent/cg"), CgroupVersion::V1)).unwrap_err();
+    let e = read_snapshot(&fake_target(Path::new("/nonexistent/cg"), CgroupVersion::V1), 0).unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("/nonexistent/cg/memory.usage_in_bytes") && msg.contains("removed"), "{msg}");
     let t = tempfile::tempdir().unwrap();
     fs::write(t.path().join("memory.current"), "lots\n").unwrap();
-    let msg = read_snapshot(&fake_target(t.path(), CgroupVersion::V2)).unwrap_err().to_string();
+    let msg = read_snapshot(&fake_target(t.path(), CgroupVersion::V2), 0).unwrap_err().to_string();
     assert!(msg.contains("does not hold a number"), "{msg}");
 }
 
@@ -154,7 +161,7 @@ fn real_memcg_on_this_host() {
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let s = loop {
-        let s = read_snapshot(&target).unwrap();
+        let s = read_snapshot(&target, subtree(&target.path, target.version).tasks).unwrap();
         if s.anon.unwrap_or(0) >= 4_000_000 || Instant::now() > deadline {
             break s;
         }

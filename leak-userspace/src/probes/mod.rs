@@ -5,6 +5,7 @@ mod heap;
 mod layout;
 
 use std::{
+    cell::RefCell,
     collections::HashMap as StdHashMap,
     os::fd::{AsFd, AsRawFd},
 };
@@ -159,6 +160,24 @@ pub struct Probes {
     heap_enabled: bool,
     heap_links: StdHashMap<u32, heap::Attached>,
     reaper: heap::Reaper,
+    /// The machine's figures while held (`hold_figures`).
+    held: RefCell<Option<HeldFigures>>,
+}
+
+/// The counters and program figures, read once while held.
+#[derive(Default)]
+struct HeldFigures {
+    counters: Option<[u64; counter::COUNT as usize]>,
+    programs: Option<Vec<ProgramStats>>,
+}
+
+/// Holds the machine's figures (`Probes::hold_figures`) until dropped.
+pub struct FiguresHeld<'a>(&'a Probes);
+
+impl Drop for FiguresHeld<'_> {
+    fn drop(&mut self) {
+        *self.0.held.borrow_mut() = None;
+    }
 }
 
 impl Drop for Probes {
@@ -216,6 +235,7 @@ impl Probes {
             heap_enabled: false,
             heap_links: StdHashMap::new(),
             reaper: heap::Reaper::default(),
+            held: RefCell::new(None),
         };
         if heap {
             probes.load_heap(discovery)?;
@@ -267,8 +287,22 @@ impl Probes {
         Ok(())
     }
 
+    /// While the guard lives, the counters and the programs' figures are read once and shared: an agent's scrape
+    /// assembles every container's report of one moment, and each would read the same map and fdinfo files again.
+    pub fn hold_figures(&self) -> FiguresHeld<'_> {
+        *self.held.borrow_mut() = Some(HeldFigures::default());
+        FiguresHeld(self)
+    }
+
     pub fn counters(&self) -> Result<[u64; counter::COUNT as usize]> {
-        self.summed("COUNTERS")
+        if let Some(c) = self.held.borrow().as_ref().and_then(|h| h.counters) {
+            return Ok(c);
+        }
+        let c = self.summed("COUNTERS")?;
+        if let Some(h) = self.held.borrow_mut().as_mut() {
+            h.counters = Some(c);
+        }
+        Ok(c)
     }
 
     /// A per-CPU array of counters, each summed over the CPUs.
@@ -342,6 +376,17 @@ impl Probes {
     /// CPU (its recursion guard): each one an event leaktrace never saw, most often a free, which makes memory look
     /// leaked.
     pub fn program_stats(&self) -> Vec<ProgramStats> {
+        if let Some(p) = self.held.borrow().as_ref().and_then(|h| h.programs.clone()) {
+            return p;
+        }
+        let stats = self.read_program_stats();
+        if let Some(h) = self.held.borrow_mut().as_mut() {
+            h.programs = Some(stats.clone());
+        }
+        stats
+    }
+
+    fn read_program_stats(&self) -> Vec<ProgramStats> {
         self.ebpf
             .programs()
             .filter_map(|(name, p)| Some((name, p.fd().ok()?)))
