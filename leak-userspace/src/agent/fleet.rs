@@ -188,6 +188,8 @@ impl Fleet {
             w.window.note(site_reader::tgids(&part));
             w.window.observe(&part);
             w.window.trim(self.settings.window, KILLS_KEPT);
+            // Reading fifty containers' memory files takes a while on a busy node.
+            self.reader.drain_user_stacks();
         }
         // The processes of no container and no site are forgotten, so the table stays as large as what lives.
         if self.owner.len() > 4 * self.reader.comms().len().max(1024) {

@@ -91,7 +91,7 @@ impl SiteReader {
 
     /// Unwinds the user stack samples that arrived.
     pub fn drain_user_stacks(&mut self) {
-        self.ustacks.drain();
+        self.ustacks.drain_queued();
     }
 
     /// The kernel's sites as they are (a sampled allocation's under its sample token), every token's sample
@@ -162,9 +162,9 @@ impl SiteReader {
         let stacks = AllStacks { kernel: probes.stacks()?, user: &self.ustacks };
         let caches = probes.cache_names()?;
         let built = sites::build(raw, &stacks, &caches, &self.comms, &mut self.symbolizer, mode, top);
-        // Symbolizing new objects takes a while: the samples sent meanwhile are taken before the ring fills
+        // Symbolizing new objects takes a while: the samples queued meanwhile are taken before the queue fills
         // (the agent builds many reports in a row).
-        self.ustacks.drain();
+        self.ustacks.drain_queued();
         Ok(built)
     }
 

@@ -1,13 +1,14 @@
 //! The eBPF side as userspace sees it: discovering this kernel's layouts, loading and attaching the embedded
 //! programs, and reading their maps.
 pub mod allocator;
+mod batch;
 mod heap;
 mod layout;
 
 use std::{
     cell::RefCell,
     collections::HashMap as StdHashMap,
-    os::fd::{AsFd, AsRawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
 };
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -263,6 +264,15 @@ impl Probes {
 
     /// Every site with its counters summed over CPUs.
     pub fn sites(&self) -> Result<Vec<(SiteKey, SiteCounters)>> {
+        let sum = |per_cpu: &[SiteCounters]| {
+            let mut sum = SiteCounters::default();
+            per_cpu.iter().for_each(|c| sum.accumulate(c));
+            sum
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("cannot count the CPUs: {e}"))?;
+        if let Some(all) = batch::lookup_all(self.map_fd("SITES")?, cpus, sum).context("reading the site map")? {
+            return Ok(all);
+        }
         let map: PerCpuHashMap<&MapData, SiteKey, SiteCounters> = PerCpuHashMap::try_from(self.map("SITES")?)?;
         let mut out = Vec::new();
         for item in map.iter() {
@@ -278,6 +288,9 @@ impl Probes {
 
     /// Deletes sites from the kernel map (their totals were taken over by userspace).
     pub fn remove_sites(&mut self, keys: &[SiteKey]) -> Result<()> {
+        if batch::delete_all(self.map_fd("SITES")?, keys).context("deleting from the site map")? {
+            return Ok(());
+        }
         let mut map: PerCpuHashMap<&mut MapData, SiteKey, SiteCounters> =
             PerCpuHashMap::try_from(self.map_mut("SITES")?)?;
         for key in keys {
@@ -401,6 +414,14 @@ impl Probes {
                 })
             })
             .collect()
+    }
+
+    /// A hash map's fd, for the batch operations aya lacks.
+    fn map_fd(&self, name: &str) -> Result<BorrowedFd<'_>> {
+        match self.map(name)? {
+            aya::maps::Map::HashMap(m) | aya::maps::Map::PerCpuHashMap(m) => Ok(m.fd().as_fd()),
+            _ => bail!("map {name} is not a hash map"),
+        }
     }
 
     fn map(&self, name: &str) -> Result<&aya::maps::Map> {

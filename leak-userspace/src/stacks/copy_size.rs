@@ -124,9 +124,10 @@ impl CopySizes {
         program
     }
 
-    /// Learns from one walk of `sample` that read `depth` bytes above its stack pointer.
+    /// Learns from one walk of `sample` that read `depth` bytes above its stack pointer. The kernel side copies
+    /// whole chunks from the stack pointer's chunk up (the queue drops what lies below the stack pointer).
     pub fn observe(&mut self, sample: &StackSample, depth: u64, ran_out: bool) {
-        let from_base = sample.sp.saturating_sub(sample.base) + depth;
+        let from_base = sample.sp % USTACK_CHUNK as u64 + depth;
         let needed = from_base.div_ceil(USTACK_CHUNK as u64).min(u64::from(self.full)) as u32;
         self.observe_in(sample.tgid, needed, ran_out, Program::of);
     }

@@ -156,12 +156,19 @@ impl UserStacks {
         self.samples.as_ref().map(SampleQueue::fd)
     }
 
-    /// Unwinds every sample sent so far (the queue's reader takes them off the ring as they come). Called before the kernel's site map is read is not enough:
-    /// a sample is sent before its site is counted, so reading the map first and draining after sees every
-    /// token's sample.
+    /// Unwinds every sample sent so far (the queue's reader takes them off the ring as they come). Called before
+    /// the kernel's site map is read is not enough: a sample is sent before its site is counted, so reading the
+    /// map first and draining after sees every token's sample.
     pub fn drain(&mut self) {
         let Some(samples) = self.samples.take() else { return };
         samples.take(|sample| self.add(sample));
+        self.samples = Some(samples);
+    }
+
+    /// Unwinds the samples the queue's reader has queued (`SampleQueue::take_queued`).
+    pub fn drain_queued(&mut self) {
+        let Some(samples) = self.samples.take() else { return };
+        samples.take_queued(|sample| self.add(sample));
         self.samples = Some(samples);
     }
 

@@ -3,6 +3,7 @@
 //! fill the kernel's ring, and a sample the ring has no room for is lost for good. The queue is bounded: past
 //! `QUEUE_BYTES` the samples wait in the ring again, where an overflow is counted by the kernel side.
 use std::{
+    mem::size_of,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -14,10 +15,11 @@ use std::{
 
 use anyhow::{anyhow, Result};
 use aya::maps::{MapData, RingBuf};
+use leak_common::StackSample;
 
 /// Sample bytes queued at most: stalls of a fraction of a second at tens of MB/s. What the loop cannot keep up
 /// with for longer (a CPU it barely gets) would only grow the tracer's memory.
-const QUEUE_BYTES: usize = 16 << 20;
+const QUEUE_BYTES: usize = 32 << 20;
 /// The kernel side wakes a reader only once the ring is a quarter full: below that, it is read this often while
 /// samples come, and ever less often (down to `IDLE_POLL_MS`) while none do: an idle tracer stays asleep.
 const POLL_MS: i32 = 10;
@@ -26,7 +28,7 @@ const IDLE_POLL_MS: i32 = 80;
 const FLUSH_WAIT: Duration = Duration::from_secs(5);
 
 enum Message {
-    Samples(Vec<Vec<u8>>),
+    Samples(Batch),
     /// Everything the ring held when the flush was asked for has been sent.
     Flushed,
 }
@@ -68,11 +70,24 @@ impl SampleQueue {
         write_eventfd(&self.wake);
         while let Ok(message) = self.samples.recv_timeout(FLUSH_WAIT) {
             let Message::Samples(batch) = message else { break };
-            let bytes = batch.iter().map(Vec::len).sum();
-            for sample in &batch {
-                add(sample);
+            batch.samples().for_each(&mut add);
+            self.queued.fetch_sub(batch.bytes.len(), Ordering::Relaxed);
+        }
+    }
+}
+
+impl SampleQueue {
+    /// Hands `add` the samples the thread queued already, without asking it for the rest: when it says samples
+    /// are ready, and between the parts of a long task (an agent's scrape assembles a report per container), so
+    /// that the queue does not fill meanwhile. Under CPU contention a flush waits for the thread to be scheduled.
+    pub fn take_queued(&self, mut add: impl FnMut(&[u8])) {
+        // Reset first: a batch queued after the last receive sets it again, so no wakeup is lost.
+        read_eventfd(&self.ready);
+        while let Ok(message) = self.samples.try_recv() {
+            if let Message::Samples(batch) = message {
+                batch.samples().for_each(&mut add);
+                self.queued.fetch_sub(batch.bytes.len(), Ordering::Relaxed);
             }
-            self.queued.fetch_sub(bytes, Ordering::Relaxed);
         }
     }
 }
@@ -109,17 +124,15 @@ impl Reader {
             // SAFETY: two valid pollfd entries; an fd of -1 is ignored.
             unsafe { libc::poll(fds.as_mut_ptr(), 2, wait) };
             let flush = read_eventfd(&self.wake);
-            let mut batch = Vec::new();
-            let mut bytes = 0;
+            let mut batch = Batch::default();
             if flush || !full {
                 while let Some(item) = self.ring.next() {
-                    bytes += item.len();
-                    batch.push(item.to_vec());
+                    batch.push(&item);
                 }
             }
             wait = if batch.is_empty() { (wait * 2).min(IDLE_POLL_MS) } else { POLL_MS };
             if !batch.is_empty() {
-                self.queued.fetch_add(bytes, Ordering::Relaxed);
+                self.queued.fetch_add(batch.bytes.len(), Ordering::Relaxed);
                 if self.tx.send(Message::Samples(batch)).is_err() {
                     return;
                 }
@@ -129,6 +142,49 @@ impl Reader {
                 return;
             }
         }
+    }
+}
+
+/// Samples taken off the ring together, one after another in one buffer.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+/// Stack bytes kept below the stack pointer: the red zone a leaf function may use. No unwinding rule reads there,
+/// nor further down, where the kernel side's copy (whole chunks, from the stack pointer's chunk) begins.
+const BELOW_SP: u64 = 128;
+
+impl Batch {
+    /// Queues a record of the ring, its stack copy from just below the stack pointer up: what lies further down
+    /// (half a chunk on average) would only be copied twice more.
+    fn push(&mut self, record: &[u8]) {
+        let head = size_of::<StackSample>();
+        if record.len() < head {
+            self.bytes.extend_from_slice(record);
+        } else {
+            // SAFETY: StackSample is plain integers; read_unaligned copes with the ring's 8-byte alignment.
+            let mut sample: StackSample = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+            let stack = &record[head..head + (sample.len as usize).min(record.len() - head)];
+            let skip = sample.sp.saturating_sub(BELOW_SP).saturating_sub(sample.base).min(stack.len() as u64);
+            sample.base += skip;
+            sample.len = (stack.len() as u64 - skip) as u32;
+            // SAFETY: as above; the head is written as the bytes it was read from.
+            let bytes = unsafe { std::slice::from_raw_parts((&sample as *const StackSample).cast::<u8>(), head) };
+            self.bytes.extend_from_slice(bytes);
+            self.bytes.extend_from_slice(&stack[skip as usize..]);
+        }
+        self.ends.push(self.bytes.len());
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    fn samples(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(&self.ends).map(|(start, &end)| &self.bytes[start..end])
     }
 }
 
@@ -153,4 +209,48 @@ fn write_eventfd(fd: &OwnedFd) {
     let one = 1u64;
     // SAFETY: writes 8 bytes from one to an eventfd; a full counter (never, at 2^64 - 2) only fails the write.
     unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stacks::{unwind, CopySizes, UserStacks};
+
+    fn record(sample: &StackSample, stack: &[u8]) -> Vec<u8> {
+        // SAFETY: StackSample is plain integers.
+        let head = unsafe {
+            std::slice::from_raw_parts((sample as *const StackSample).cast::<u8>(), size_of::<StackSample>())
+        };
+        [head, stack].concat()
+    }
+
+    /// The queue drops the copy below the stack pointer's red zone: the walk finds the same frames, at the same
+    /// depth, and a short record passes as it is.
+    #[test]
+    fn a_queued_sample_keeps_what_its_walk_reads() {
+        let (sample, stack) = std::hint::black_box(unwind::tests::caller_of_the_leaf(5));
+        let whole = record(&sample, &stack);
+        let mut batch = Batch::default();
+        batch.push(&whole);
+        batch.push(&[1, 2, 3]);
+        let queued: Vec<&[u8]> = batch.samples().collect();
+        assert_eq!(queued.len(), 2);
+        assert_eq!(queued[1], [1, 2, 3]);
+        let below = (sample.sp - sample.base).saturating_sub(BELOW_SP) as usize;
+        assert_eq!(queued[0].len(), whole.len() - below, "the stack from just below its pointer up");
+
+        let mut u = UserStacks::new(None, None, CopySizes::new(None, 4));
+        u.add(&whole);
+        let mut trimmed: StackSample = unsafe { std::ptr::read_unaligned(queued[0].as_ptr().cast()) };
+        assert_eq!((trimmed.base, trimmed.sp), (sample.sp - BELOW_SP, sample.sp));
+        trimmed.token = 2;
+        let mut again = queued[0].to_vec();
+        again[..size_of::<StackSample>()].copy_from_slice(&record(&trimmed, &[]));
+        u.add(&again);
+        let s = u.stats([0; 4], [0; 2]);
+        assert_eq!((s.samples, s.unwound), (2, 2));
+        assert_eq!(u.tokens[&sample.token], u.tokens[&2], "the same frames");
+        assert_eq!(s.depth_kib.values().sum::<u64>(), 2);
+        assert_eq!(s.depth_kib.len(), 1, "the same depth: {:?}", s.depth_kib);
+    }
 }
