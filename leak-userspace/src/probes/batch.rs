@@ -62,9 +62,10 @@ pub fn lookup_all<K: Pod, V: Pod, S>(
     let mut batch = BATCH;
     let (mut in_batch, mut out_batch) = (0u64, 0u64);
     let mut first = true;
+    let (mut keys, mut values) = (Vec::new(), Vec::new());
     loop {
-        let mut keys = vec![0u8; batch * size_of::<K>()];
-        let mut values = vec![0u8; batch * cpus * value_stride::<V>()];
+        keys.resize(batch * size_of::<K>(), 0u8);
+        values.resize(batch * cpus * value_stride::<V>(), 0u8);
         let mut attr = BatchAttr {
             in_batch: if first { 0 } else { &in_batch as *const u64 as u64 },
             out_batch: &mut out_batch as *mut u64 as u64,

@@ -277,11 +277,7 @@ impl Probes {
         let mut out = Vec::new();
         for item in map.iter() {
             let (key, per_cpu) = item?;
-            let mut sum = SiteCounters::default();
-            for c in per_cpu.iter() {
-                sum.accumulate(c);
-            }
-            out.push((key, sum));
+            out.push((key, sum(&per_cpu)));
         }
         Ok(out)
     }

@@ -174,13 +174,7 @@ impl UserStacks {
 
     /// Unwinds one sample (its head, then the stack copy).
     pub fn add(&mut self, bytes: &[u8]) {
-        let head = std::mem::size_of::<StackSample>();
-        if bytes.len() < head {
-            return;
-        }
-        // SAFETY: StackSample is plain integers; read_unaligned copes with the ring's 8-byte alignment or less.
-        let sample: StackSample = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        let stack = &bytes[head..head + (sample.len as usize).min(bytes.len() - head)];
+        let Some((sample, stack)) = split_sample(bytes) else { return };
         self.stats.samples += 1;
         self.refresh_process(sample.tgid, sample.ip, false);
         let Some(process) = self.processes.get(&sample.tgid) else {
@@ -355,6 +349,27 @@ impl UserStacks {
     }
 }
 
+/// A sample record's head and its stack copy, only as long as the head says (a record may be longer). `None` for a
+/// record shorter than a head.
+fn split_sample(bytes: &[u8]) -> Option<(StackSample, &[u8])> {
+    let head = std::mem::size_of::<StackSample>();
+    if bytes.len() < head {
+        return None;
+    }
+    // SAFETY: StackSample is plain integers; read_unaligned copes with the ring's 8-byte alignment or less.
+    let sample: StackSample = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let stack = &bytes[head..head + (sample.len as usize).min(bytes.len() - head)];
+    Some((sample, stack))
+}
+
+/// A sample's head as the bytes a record begins with.
+fn sample_head(sample: &StackSample) -> &[u8] {
+    // SAFETY: StackSample is plain integers; the slice borrows `sample` and covers exactly it.
+    unsafe {
+        std::slice::from_raw_parts((sample as *const StackSample).cast::<u8>(), std::mem::size_of::<StackSample>())
+    }
+}
+
 /// An unwound stack's id with the kind of memory of its sample's page (an error stays as it is).
 fn with_region(id: i32, region: Option<RegionKind>) -> i32 {
     match region {
@@ -419,12 +434,8 @@ mod tests {
         assert_eq!(u.stats([0; 4], [0; 2]).samples, 0);
     }
 
-    fn record(sample: &StackSample, stack: &[u8], rest: usize) -> Vec<u8> {
-        // SAFETY: StackSample is plain integers.
-        let head = unsafe {
-            std::slice::from_raw_parts((sample as *const StackSample).cast::<u8>(), std::mem::size_of::<StackSample>())
-        };
-        [head, stack, &vec![0xff; rest]].concat()
+    pub(super) fn record(sample: &StackSample, stack: &[u8], rest: usize) -> Vec<u8> {
+        [sample_head(sample), stack, &vec![0xff; rest]].concat()
     }
 
     /// A record's stack is only as long as its head says: what follows (a longer record) is not read as stack.

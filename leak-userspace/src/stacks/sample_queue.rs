@@ -3,7 +3,6 @@
 //! fill the kernel's ring, and a sample the ring has no room for is lost for good. The queue is bounded: past
 //! `QUEUE_BYTES` the samples wait in the ring again, where an overflow is counted by the kernel side.
 use std::{
-    mem::size_of,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -15,7 +14,8 @@ use std::{
 
 use anyhow::{anyhow, Result};
 use aya::maps::{MapData, RingBuf};
-use leak_common::StackSample;
+
+use super::{sample_head, split_sample};
 
 /// Sample bytes queued at most: stalls of a fraction of a second at tens of MB/s. What the loop cannot keep up
 /// with for longer (a CPU it barely gets) would only grow the tracer's memory.
@@ -70,13 +70,10 @@ impl SampleQueue {
         write_eventfd(&self.wake);
         while let Ok(message) = self.samples.recv_timeout(FLUSH_WAIT) {
             let Message::Samples(batch) = message else { break };
-            batch.samples().for_each(&mut add);
-            self.queued.fetch_sub(batch.bytes.len(), Ordering::Relaxed);
+            self.hand(&batch, &mut add);
         }
     }
-}
 
-impl SampleQueue {
     /// Hands `add` the samples the thread queued already, without asking it for the rest: when it says samples
     /// are ready, and between the parts of a long task (an agent's scrape assembles a report per container), so
     /// that the queue does not fill meanwhile. Under CPU contention a flush waits for the thread to be scheduled.
@@ -85,10 +82,15 @@ impl SampleQueue {
         read_eventfd(&self.ready);
         while let Ok(message) = self.samples.try_recv() {
             if let Message::Samples(batch) = message {
-                batch.samples().for_each(&mut add);
-                self.queued.fetch_sub(batch.bytes.len(), Ordering::Relaxed);
+                self.hand(&batch, &mut add);
             }
         }
+    }
+
+    /// Hands a batch's samples to `add`; they leave the queue's count.
+    fn hand(&self, batch: &Batch, add: &mut impl FnMut(&[u8])) {
+        batch.samples().for_each(add);
+        self.queued.fetch_sub(batch.bytes.len(), Ordering::Relaxed);
     }
 }
 
@@ -160,20 +162,15 @@ impl Batch {
     /// Queues a record of the ring, its stack copy from just below the stack pointer up: what lies further down
     /// (half a chunk on average) would only be copied twice more.
     fn push(&mut self, record: &[u8]) {
-        let head = size_of::<StackSample>();
-        if record.len() < head {
-            self.bytes.extend_from_slice(record);
-        } else {
-            // SAFETY: StackSample is plain integers; read_unaligned copes with the ring's 8-byte alignment.
-            let mut sample: StackSample = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
-            let stack = &record[head..head + (sample.len as usize).min(record.len() - head)];
-            let skip = sample.sp.saturating_sub(BELOW_SP).saturating_sub(sample.base).min(stack.len() as u64);
-            sample.base += skip;
-            sample.len = (stack.len() as u64 - skip) as u32;
-            // SAFETY: as above; the head is written as the bytes it was read from.
-            let bytes = unsafe { std::slice::from_raw_parts((&sample as *const StackSample).cast::<u8>(), head) };
-            self.bytes.extend_from_slice(bytes);
-            self.bytes.extend_from_slice(&stack[skip as usize..]);
+        match split_sample(record) {
+            None => self.bytes.extend_from_slice(record),
+            Some((mut sample, stack)) => {
+                let skip = sample.sp.saturating_sub(BELOW_SP).saturating_sub(sample.base).min(stack.len() as u64);
+                sample.base += skip;
+                sample.len = (stack.len() as u64 - skip) as u32;
+                self.bytes.extend_from_slice(sample_head(&sample));
+                self.bytes.extend_from_slice(&stack[skip as usize..]);
+            }
         }
         self.ends.push(self.bytes.len());
     }
@@ -213,23 +210,19 @@ fn write_eventfd(fd: &OwnedFd) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::stacks::{unwind, CopySizes, UserStacks};
+    use std::mem::size_of;
 
-    fn record(sample: &StackSample, stack: &[u8]) -> Vec<u8> {
-        // SAFETY: StackSample is plain integers.
-        let head = unsafe {
-            std::slice::from_raw_parts((sample as *const StackSample).cast::<u8>(), size_of::<StackSample>())
-        };
-        [head, stack].concat()
-    }
+    use leak_common::StackSample;
+
+    use super::*;
+    use crate::stacks::{tests::record, unwind, CopySizes, UserStacks};
 
     /// The queue drops the copy below the stack pointer's red zone: the walk finds the same frames, at the same
     /// depth, and a short record passes as it is.
     #[test]
     fn a_queued_sample_keeps_what_its_walk_reads() {
         let (sample, stack) = std::hint::black_box(unwind::tests::caller_of_the_leaf(5));
-        let whole = record(&sample, &stack);
+        let whole = record(&sample, &stack, 0);
         let mut batch = Batch::default();
         batch.push(&whole);
         batch.push(&[1, 2, 3]);
@@ -241,11 +234,11 @@ mod tests {
 
         let mut u = UserStacks::new(None, None, CopySizes::new(None, 4));
         u.add(&whole);
-        let mut trimmed: StackSample = unsafe { std::ptr::read_unaligned(queued[0].as_ptr().cast()) };
+        let (mut trimmed, _) = split_sample(queued[0]).unwrap();
         assert_eq!((trimmed.base, trimmed.sp), (sample.sp - BELOW_SP, sample.sp));
         trimmed.token = 2;
         let mut again = queued[0].to_vec();
-        again[..size_of::<StackSample>()].copy_from_slice(&record(&trimmed, &[]));
+        again[..size_of::<StackSample>()].copy_from_slice(sample_head(&trimmed));
         u.add(&again);
         let s = u.stats([0; 4], [0; 2]);
         assert_eq!((s.samples, s.unwound), (2, 2));
