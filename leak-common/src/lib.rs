@@ -186,7 +186,7 @@ pub const PY_OWNER_CSTACK: u8 = 3;
 
 /// Where the programs find a task's saved user registers (`Config::regs_source`).
 pub mod regs {
-    /// No user stacks are copied (frame-pointer stack ids instead).
+    /// The registers are not found on this kernel.
     pub const NONE: u32 = 0;
     /// `bpf_task_pt_regs(bpf_get_current_task_btf())` (5.15+).
     pub const HELPER: u32 = 1;
@@ -466,7 +466,11 @@ pub mod counter {
     /// state the programs found (a thread Python did not start, or more threads than they search).
     pub const PY_STACKS: u32 = 19;
     pub const PY_NO_THREAD: u32 = 20;
-    pub const COUNT: u32 = 21;
+    /// Kept allocations that took the kernel stack walked last time on the same path instead of walking it, and
+    /// the rechecks that found the path's stack changed (the path's stack is then walked every time).
+    pub const KSTACK_REUSED: u32 = 21;
+    pub const KSTACK_CHANGED: u32 = 22;
+    pub const COUNT: u32 = 23;
 }
 
 /// Marks a record field or struct member this kernel does not have.
@@ -556,11 +560,12 @@ pub struct Config {
     pub page_size: u32,
     /// log2 of the sampling rate in bytes (see `sample_shift`); 0 records every allocation.
     pub sample_rate_shift: u32,
-    /// How user stacks are taken: a `regs::*` source of the registers and a copy of this many `USTACK_CHUNK`s of
-    /// stack for userspace to unwind, or (`regs::NONE`) a frame-pointer walk by the kernel.
+    /// Where the user registers are read (a `regs::*` source), and how user stacks are taken: a copy of this many
+    /// `USTACK_CHUNK`s of stack for userspace to unwind, or (0) a frame-pointer walk by the kernel.
     pub regs_source: u32,
     pub ustack_chunks: u32,
-    /// `regs::STACK_TOP`: task_struct.stack, THREAD_SIZE and sizeof(struct pt_regs).
+    /// `regs::STACK_TOP`: task_struct.stack and sizeof(struct pt_regs). THREAD_SIZE always (kernel stacks are
+    /// aligned to it: where on its stack a program runs).
     pub task_stack: u32,
     pub thread_size: u32,
     pub pt_regs_size: u32,
@@ -577,6 +582,9 @@ pub struct Config {
     pub task_fsbase: u32,
     /// 1: every program returns at once (the benchmark's floor: what attaching alone costs).
     pub floor: u32,
+    /// 1: a kept allocation may take the kernel stack walked before on the same path (`KSTACK_REUSE`).
+    pub kstack_reuse: u32,
+    pub _pad: u32,
 }
 
 impl Config {
@@ -619,6 +627,8 @@ impl Config {
             regs_orig_ax: OFFSET_NONE,
             task_fsbase: OFFSET_NONE,
             floor: 0,
+            kstack_reuse: 0,
+            _pad: 0,
         }
     }
 }

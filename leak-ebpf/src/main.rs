@@ -195,13 +195,80 @@ fn target_task() -> bool {
     current_memcg().is_some_and(in_target)
 }
 
-/// The site of the allocation happening now: stacks are taken only for events that will be kept.
+/// The site of the allocation happening now: stacks are taken only for events that will be kept. `detail` tells
+/// allocations of one kind and cache apart for the reuse of their kernel stack (a page's gfp flags and order).
 #[inline(always)]
-fn site_here(ctx: &RawTracePointContext, kind: u32, cache: u32) -> SiteKey {
-    let kstack = stack_id(ctx, 0, counter::KSTACK_COLLISION);
+fn site_here(ctx: &RawTracePointContext, kind: u32, cache: u32, detail: u64) -> SiteKey {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let (ustack, usample) = user_site(ctx, user_regs, kind != kind::SLAB);
+    // After the sample, with the registers read again: otherwise the verifier goes through the sample's loops once
+    // for each way the kernel stack was found (the three allocation programs load in 88 ms so, 108 ms with the
+    // kernel stack first, 57 ms without reuse; 6.18).
+    let key = user_regs().map(|r| KstackKey { ip: r.ip, sp: r.sp, orig_ax: r.orig_ax, detail, cache, kind });
+    let kstack = kernel_stack(ctx, key);
     SiteKey { tgid, kstack, ustack, cache, kind, _pad: 0, usample }
+}
+
+/// What a kernel stack is reused under: one kernel path, as far as the programs can tell it without walking the
+/// stack. The user instruction and stack pointer the task entered the kernel from (one call of a system call
+/// wrapper, or one faulting instruction, at one depth of the user stack), how it entered (the system call's
+/// number), and what is allocated (kind, cache, gfp flags and order) are the same each time a path runs, and
+/// seldom all the same for two paths. (Where on the kernel stack the tracepoint runs would tell more, but each
+/// system call starts its stack at a random offset.)
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct KstackKey {
+    ip: u64,
+    sp: u64,
+    orig_ax: u64,
+    detail: u64,
+    cache: u32,
+    kind: u32,
+}
+
+/// The kernel stack last walked for a key, and how often the key came since its first walk.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct KstackSeen {
+    id: i32,
+    uses: u32,
+}
+
+/// Every this many uses a key's stack is walked again: a changed stack replaces the one reused (counted).
+const KSTACK_RECHECK: u32 = 16;
+
+/// Kernel stacks by `KstackKey`. Walking the kernel stack (ORC) is most of a kept event's cost: 2.1 us of 3.3 on
+/// page churn (bpf_stats, 6.18, every page kept), where the page fault path is the same thousands of times.
+#[map]
+static KSTACK_REUSE: LruHashMap<KstackKey, KstackSeen> = LruHashMap::with_max_entries(4096, 0);
+
+/// The kernel stack id of the allocation happening now: walked, or the one walked last under `key` (see
+/// `KstackKey`). Only the kernel half of a site is reused: the user half, which names the function to blame, is
+/// each allocation's own.
+#[inline(always)]
+fn kernel_stack(ctx: &RawTracePointContext, key: Option<KstackKey>) -> i32 {
+    let key = key.filter(|_| cfg(&CONFIG.kstack_reuse) != 0);
+    // One walk below, not one per way there: the verifier goes through each copy of its branches.
+    let mut seen = KstackSeen { id: -1, uses: 0 };
+    if let Some(s) = key.as_ref().and_then(|k| KSTACK_REUSE.get_ptr_mut(k)) {
+        unsafe {
+            (*s).uses = (*s).uses.wrapping_add(1);
+            if (*s).uses % KSTACK_RECHECK != 0 {
+                count(counter::KSTACK_REUSED, 1);
+                return (*s).id;
+            }
+            seen = *s;
+        }
+    }
+    let id = stack_id(ctx, 0, counter::KSTACK_COLLISION);
+    if let Some(k) = key.as_ref().filter(|_| id >= 0 && id != seen.id) {
+        // A recheck (uses > 0) that found another stack, or a key's first walk.
+        if seen.uses != 0 {
+            count(counter::KSTACK_CHANGED, 1);
+        }
+        let _ = KSTACK_REUSE.insert(k, &KstackSeen { id, uses: seen.uses }, 0);
+    }
+    id
 }
 
 /// The user registers a stack sample starts from.
@@ -214,12 +281,12 @@ struct UserRegs {
     orig_ax: u64,
 }
 
-/// The user half of a site key: a frame-pointer stack id (`regs::NONE`), or the token of a user stack sample
-/// taken from the registers `regs` gives; a negative errno when there is none. `page`: a page allocation, which
-/// may be for a user page fault (its sample then carries the fault's address).
+/// The user half of a site key: a frame-pointer stack id (no stack copies configured), or the token of a user stack
+/// sample taken from the registers `regs` gives; a negative errno when there is none. `page`: a page allocation,
+/// which may be for a user page fault (its sample then carries the fault's address).
 #[inline(always)]
 fn user_site<C: StackIdContext>(ctx: &C, regs: impl FnOnce() -> Option<UserRegs>, page: bool) -> (i32, u64) {
-    if cfg(&CONFIG.regs_source) == regs::NONE {
+    if cfg(&CONFIG.ustack_chunks) == 0 {
         (stack_id(ctx, BPF_F_USER_STACK as u64, counter::USTACK_COLLISION), 0)
     } else {
         match user_stack_sample(regs, page) {
@@ -625,7 +692,7 @@ fn page_alloc(ctx: &RawTracePointContext) -> Option<()> {
     } else {
         kind::OTHER
     };
-    let site = site_here(ctx, kind, 0);
+    let site = site_here(ctx, kind, 0, gfp | (order as u64) << 32);
     if record_alloc(page, &site, bytes, shift) && cfg(&CONFIG.anon_by_charge) != 0 {
         if let Some(p) = PENDING.get_ptr_mut(0) {
             unsafe { *p = PendingPage { tid: bpf_get_current_pid_tgid() as u32, _pad: 0, live_key: page } };
@@ -672,7 +739,7 @@ fn kmalloc(ctx: &RawTracePointContext) -> Option<()> {
         return None;
     }
     let class = CACHE_KMALLOC_BIT | (bytes as u32 & !CACHE_KMALLOC_BIT);
-    let site = site_here(ctx, kind::SLAB, class);
+    let site = site_here(ctx, kind::SLAB, class, 0);
     record_alloc(ptr, &site, bytes, shift);
     Some(())
 }
@@ -706,7 +773,7 @@ fn cache_alloc(ctx: &RawTracePointContext) -> Option<()> {
         return None;
     }
     let name = unsafe { read_ptr(cache, cfg(&CONFIG.kmem_cache_name)) };
-    let site = site_here(ctx, kind::SLAB, name.and_then(cache_name_id).unwrap_or(0));
+    let site = site_here(ctx, kind::SLAB, name.and_then(cache_name_id).unwrap_or(0), 0);
     record_alloc(ptr, &site, bytes, shift);
     Some(())
 }

@@ -35,6 +35,9 @@ pub const FLOOR_ENV: &str = "LEAKTRACE_FLOOR";
 pub const PYTHON_FRAMES_ENV: &str = "LEAKTRACE_PYTHON_FRAMES";
 /// `off`: every stack copy is `--user-stack-bytes` long (for the benchmark: what cutting it to each process saves).
 pub const STACK_CUT_ENV: &str = "LEAKTRACE_STACK_CUT";
+/// `off`: every kept allocation walks its kernel stack (for the benchmark and the tests: what reusing a kernel
+/// path's stack saves, and that it names the same frames).
+pub const KSTACK_REUSE_ENV: &str = "LEAKTRACE_KSTACK_REUSE";
 
 /// How often spawned processes whose allocator was not mapped yet are tried again.
 const SPAWN_RETRY: Duration = Duration::from_millis(20);
@@ -137,11 +140,12 @@ pub fn trace(target: Target, args: &TraceArgs, hooks: Hooks<'_>) -> Result<PathB
 /// Loads and attaches the programs as `load` asks, with the reader of their user stack samples: how a trace and
 /// the agent begin.
 pub fn attach(load: &Load) -> Result<(Discovery, Probes, UserStacks)> {
-    // Benchmark knobs: frame-pointer user stacks in sampled mode (the cost before unwinding), the floor, and no
-    // Python frames.
+    // Benchmark knobs: frame-pointer user stacks in sampled mode (the cost before unwinding), the floor, no
+    // Python frames, a walk of every kernel stack.
     let fp_stacks = std::env::var(USER_STACKS_ENV).is_ok_and(|v| v == "fp");
     let mut discovery = probes::discover(load.record_all, load.stack_chunks.filter(|_| !fp_stacks))?;
     discovery.config.floor = u32::from(std::env::var_os(FLOOR_ENV).is_some());
+    discovery.config.kstack_reuse = u32::from(!std::env::var(KSTACK_REUSE_ENV).is_ok_and(|v| v == "off"));
     if std::env::var(PYTHON_FRAMES_ENV).is_ok_and(|v| v == "off") {
         discovery.config.task_fsbase = leak_common::OFFSET_NONE;
     }

@@ -75,3 +75,44 @@ fn node_jit_frames_are_named_from_the_perf_map() -> Result<()> {
     let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", run.workload.id()));
     Ok(())
 }
+
+/// Kept allocations of one kernel path reuse the kernel stack walked last on it (`collection.kernel_stacks_reused`):
+/// on the libc pipe leak (pipe2, write and close from ordinary C), each site that holds a tenth of the kernel memory
+/// or more names kernel and user function chains that a run walking every kernel stack names too, and the other
+/// way round.
+#[test]
+fn reused_kernel_stacks_name_the_frames_a_walk_names() -> Result<()> {
+    use anyhow::ensure;
+    use leaktrace_e2e::{items, require_root, serial, trace_workload_with};
+    use std::collections::BTreeSet;
+    if !require_root() {
+        return Ok(());
+    }
+    let _one = serial();
+    let s = &UPSTREAM_PIPES;
+    // (chains of the sites holding a tenth of the kernel memory, chains of every kernel site, collection)
+    let run = |env: &[(&str, &str)]| -> Result<(BTreeSet<String>, BTreeSet<String>, serde_json::Value)> {
+        let run = trace_workload_with(s.workload, s.args, Some(s.limit_bytes), s.seconds, &[], env)?;
+        let sites: Vec<&serde_json::Value> = items(&run.report["sites"])
+            .iter()
+            .filter(|s| matches!(s["kind"].as_str(), Some("slab" | "page")))
+            .collect();
+        let bytes = |s: &serde_json::Value| s["outstanding_bytes"].as_f64().unwrap_or(0.0);
+        let total: f64 = sites.iter().map(|s| bytes(s)).sum();
+        let chain = |s: &serde_json::Value| {
+            let names: Vec<&str> = items(&s["frames"]).iter().filter_map(|f| f["symbol"].as_str()).collect();
+            format!("{} {}: {}", s["kind"], s["slab_cache"], names.join(" <- "))
+        };
+        let top = sites.iter().filter(|s| bytes(s) >= total / 10.0).map(|s| chain(s)).collect();
+        Ok((top, sites.iter().map(|s| chain(s)).collect(), run.report["collection"].clone()))
+    };
+    let (reused_top, reused_all, collection) = run(&[])?;
+    let (walked_top, walked_all, _) = run(&[("LEAKTRACE_KSTACK_REUSE", "off")])?;
+    eprintln!("reused: {reused_top:#?}\nwalked: {walked_top:#?}");
+    ensure!(collection["kernel_stacks_reused"].as_u64() > Some(0), "no kernel stack was reused: {collection}");
+    ensure!(!reused_top.is_empty(), "no kernel site holds a tenth of the kernel memory");
+    // Which sites pass the tenth differs between two sampled runs; their chains must not.
+    ensure!(reused_top.is_subset(&walked_all), "reuse named chains no walk named: {reused_top:#?}");
+    ensure!(walked_top.is_subset(&reused_all), "walks named chains reuse did not: {walked_top:#?}");
+    Ok(())
+}

@@ -77,6 +77,8 @@ enum Tracer {
     DefaultFp,
     /// The default mode with every stack copy `--user-stack-bytes` long: what cutting it to each process saves.
     FullCopy,
+    /// The default mode with every kept allocation's kernel stack walked: what reusing a path's stack saves.
+    WalkKstacks,
     RecordAll,
     Bpftrace,
     /// The default mode without walking Python frames: what the walk costs, on the Python workload.
@@ -84,12 +86,13 @@ enum Tracer {
 }
 
 impl Tracer {
-    const ALL: [Tracer; 8] = [
+    const ALL: [Tracer; 9] = [
         Tracer::Untraced,
         Tracer::Floor,
         Tracer::Default,
         Tracer::DefaultFp,
         Tracer::FullCopy,
+        Tracer::WalkKstacks,
         Tracer::RecordAll,
         Tracer::Bpftrace,
         Tracer::NoPython,
@@ -102,6 +105,7 @@ impl Tracer {
             Tracer::Default => "leaktrace default",
             Tracer::DefaultFp => "default, frame-pointer stacks",
             Tracer::FullCopy => "default, full stack copies",
+            Tracer::WalkKstacks => "default, every kernel stack walked",
             Tracer::RecordAll => "leaktrace --record-all",
             Tracer::Bpftrace => "bpftrace script",
             Tracer::NoPython => "default, no Python frames",
@@ -115,6 +119,7 @@ impl Tracer {
             Tracer::Default => Some((&[], &[])),
             Tracer::DefaultFp => Some((&[], &[("LEAKTRACE_USER_STACKS", "fp")])),
             Tracer::FullCopy => Some((&[], &[("LEAKTRACE_STACK_CUT", "off")])),
+            Tracer::WalkKstacks => Some((&[], &[("LEAKTRACE_KSTACK_REUSE", "off")])),
             Tracer::RecordAll => Some((&["--record-all"], &[])),
             Tracer::NoPython => Some((&[], &[("LEAKTRACE_PYTHON_FRAMES", "off")])),
             Tracer::Untraced | Tracer::Bpftrace => None,
@@ -539,12 +544,10 @@ fn profile_pass(
     let result = (|| {
         let mut out = Vec::new();
         for (wi, w) in WORKLOADS.iter().enumerate() {
-            let tracers: &[Tracer] = if w.python {
-                &[Tracer::Default, Tracer::NoPython]
-            } else {
-                &[Tracer::Floor, Tracer::Default, Tracer::DefaultFp, Tracer::FullCopy, Tracer::RecordAll]
-            };
-            for &tracer in tracers.iter().filter(|t| configs[wi].contains(t)) {
+            // Every leaktrace mode; on the Python workload, the two that tell the walk's cost.
+            let profiled =
+                |t: &Tracer| t.leaktrace().is_some() && (*t == Tracer::Default || (*t == Tracer::NoPython) == w.python);
+            for tracer in Tracer::ALL.into_iter().filter(|t| profiled(t) && configs[wi].contains(t)) {
                 let target = if w.elsewhere { idle } else { &memcgs[wi] };
                 let (extra, env) = tracer.leaktrace().expect("a leaktrace mode");
                 let mut t = TracedLeaktrace::start(opts, target, extra, env)?;
@@ -1296,6 +1299,12 @@ const KEPT_PARTS: &[KeptPart] = &[
         with: Tracer::FullCopy,
         without: Tracer::Default,
     },
+    KeptPart {
+        what: "a walk of each kept allocation's kernel stack, over reusing the one walked last on its path",
+        python: false,
+        with: Tracer::WalkKstacks,
+        without: Tracer::Default,
+    },
     KeptPart { what: "walk of the Python frames", python: true, with: Tracer::Default, without: Tracer::NoPython },
 ];
 
@@ -1316,9 +1325,13 @@ fn kept_event_costs(results: &BTreeMap<(usize, Tracer), Series>, profile: &[Prog
             if kept_per_op < 1e-3 {
                 continue;
             }
+            // Over the programs both modes ran: frame-pointer mode leaves out the fault program, which only feeds
+            // the samples' fault addresses and runs at every fault, kept or not.
+            let ran = |t: Tracer| profile.iter().filter(move |p| p.workload == wi && p.tracer == t);
             let bpf_ns_per_op = |t: Tracer| {
+                let other = if t == part.with { part.without } else { part.with };
                 let runs: Vec<f64> =
-                    profile.iter().filter(|p| p.workload == wi && p.tracer == t).map(|p| p.ns_per_op).collect();
+                    ran(t).filter(|p| ran(other).any(|o| o.program == p.program)).map(|p| p.ns_per_op).collect();
                 (!runs.is_empty()).then(|| runs.iter().sum::<f64>())
             };
             let (bpf_with, bpf_without) = (bpf_ns_per_op(part.with), bpf_ns_per_op(part.without));

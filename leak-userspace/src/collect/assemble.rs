@@ -129,6 +129,8 @@ pub fn assemble(
             free_events: c[counter::FREE_EVENTS as usize],
             oom_events: c[counter::OOM_EVENTS as usize],
             collapsed_into_huge_pages: c[counter::COLLAPSED as usize],
+            kernel_stacks_reused: c[counter::KSTACK_REUSED as usize],
+            kernel_stack_rechecks_changed: c[counter::KSTACK_CHANGED as usize],
             recursion_misses: programs.iter().map(|p| p.recursion_misses).sum(),
             intervals: window.intervals,
             tracer_cpu_seconds: usage.0,

@@ -428,6 +428,13 @@ pub struct Collection {
     /// huge page's own later free is not seen).
     #[serde(default)]
     pub collapsed_into_huge_pages: u64,
+    /// Kept allocations whose kernel stack was the one walked before on the same kernel path (told by the user
+    /// instruction, the place on the kernel stack and what is allocated) instead of a walk of their own; and the
+    /// rechecks, one use in 16, that found a path's stack changed (that path is walked every time from then on).
+    #[serde(default)]
+    pub kernel_stacks_reused: u64,
+    #[serde(default)]
+    pub kernel_stack_rechecks_changed: u64,
     pub recursion_misses: u64,
     pub intervals: u64,
     pub tracer_cpu_seconds: f64,

@@ -361,6 +361,8 @@ fn every_contract_key_has_its_type() {
         "alloc_events",
         "free_events",
         "oom_events",
+        "kernel_stacks_reused",
+        "kernel_stack_rechecks_changed",
         "recursion_misses",
         "intervals",
         "tracer_peak_rss_bytes",
