@@ -273,6 +273,34 @@ pub fn coin_second(random: u32, pre: u32, bytes: u64, rate_shift: u32) -> Option
     Some(shift)
 }
 
+/// How much rarer kept allocations become while the user stack samples' ring holds `avail` of its `size` bytes
+/// (log2: a further coin keeps 1 in 2^n of them, and those kept weigh 2^n more). Nothing below half full; then
+/// harder as it fills, so a reader that falls behind (a burst of new processes, a starved tracer) gets fewer
+/// samples, each with its stack, rather than a full ring that loses the stacks of all.
+pub fn thinning_shift(avail: u64, size: u64) -> u32 {
+    if avail * 2 <= size {
+        0
+    } else if avail * 4 <= size * 3 {
+        1
+    } else if avail * 8 <= size * 7 {
+        3
+    } else {
+        6
+    }
+}
+
+/// The thinning coin (`thinning_shift`) for an allocation kept with weight `shift`: kept with probability 2^-extra
+/// (the low `extra` bits of `random` zero), then weighing 2^extra more, so sums stay unbiased. The weight stays a
+/// shift of at most 31 (extra is cut to fit).
+#[inline(always)]
+pub fn thinned_weight(shift: u32, extra: u32, random: u32) -> Option<u32> {
+    let extra = extra.min(31u32.saturating_sub(shift));
+    if extra != 0 && random & ((1u32 << extra) - 1) != 0 {
+        return None;
+    }
+    Some(shift + extra)
+}
+
 /// Number of significant bits (0 for 0). Written out because the BPF target has no count-leading-zeros.
 #[inline(always)]
 pub fn bit_len(mut v: u64) -> u32 {
@@ -470,7 +498,10 @@ pub mod counter {
     /// the rechecks that found the path's stack changed (the path's stack is then walked every time).
     pub const KSTACK_REUSED: u32 = 21;
     pub const KSTACK_CHANGED: u32 = 22;
-    pub const COUNT: u32 = 23;
+    /// Allocations the coin kept that a further coin left out because the user stack ring was filling
+    /// (`thinning_shift`).
+    pub const USTACK_THINNED: u32 = 23;
+    pub const COUNT: u32 = 24;
 }
 
 /// Marks a record field or struct member this kernel does not have.
@@ -655,6 +686,26 @@ pub fn cache_name_hash(name: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thinning_starts_past_half_full_and_grows_as_the_ring_fills() {
+        let size = 4u64 << 20;
+        let avail = [0, size / 4, size / 2, size / 2 + 1, size * 3 / 4, size * 7 / 8, size - 1, size];
+        assert_eq!(avail.map(|a| thinning_shift(a, size)), [0, 0, 0, 1, 1, 3, 6, 6]);
+    }
+
+    /// Over every low-bit pattern of the random number, a thinned allocation is kept 1 in 2^extra times with 2^extra
+    /// times its weight: as many allocations are stood for as without thinning.
+    #[test]
+    fn thinning_keeps_the_estimate_unbiased() {
+        for (shift, extra) in [(7u32, 0u32), (7, 1), (7, 3), (7, 6), (0, 6), (29, 6), (31, 3)] {
+            let n = 1u32 << 12;
+            let stood_for: u64 = (0..n).filter_map(|r| thinned_weight(shift, extra, r)).map(|w| 1u64 << w).sum();
+            let cut = extra.min(31 - shift);
+            assert_eq!(stood_for, u64::from(n) << shift, "shift {shift} extra {extra}");
+            assert_eq!((0..n).filter(|&r| thinned_weight(shift, extra, r).is_some()).count() as u32, n >> cut);
+        }
+    }
 
     #[test]
     fn bit_len_matches_leading_zeros() {

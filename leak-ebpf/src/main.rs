@@ -488,6 +488,35 @@ fn coin_random() -> u32 {
     }
 }
 
+/// The weight of an allocation the coin kept, once the user stack ring's fill is taken into account: past half
+/// full a further coin thins kept allocations (`leak_common::thinning_shift`), so that its reader, fallen behind,
+/// gets fewer samples with their stacks rather than none. `None`: thinned out (counted).
+#[inline(always)]
+fn thin(shift: u32) -> Option<u32> {
+    if cfg(&CONFIG.ustack_chunks) == 0 {
+        return Some(shift);
+    }
+    let fill = USTACKS.query(BPF_RB_AVAIL_DATA as u64);
+    let extra = leak_common::thinning_shift(fill, USTACKS.query(BPF_RB_RING_SIZE as u64));
+    let Some(kept) = leak_common::thinned_weight(shift, extra, coin_random()) else {
+        count(counter::USTACK_THINNED, 1);
+        return None;
+    };
+    let Some(slot) = KEPT_WEIGHT.get_ptr_mut(0) else {
+        return Some(kept);
+    };
+    unsafe {
+        core::ptr::write_volatile(slot, kept);
+        Some(core::ptr::read_volatile(slot))
+    }
+}
+
+/// Per CPU: a kept allocation's weight on its way out of `thin`. Read back from a map, it is a number the verifier
+/// knows nothing of; otherwise it tells apart the weights of thinning's ways through and goes through the rest of
+/// the program once for each (5.10 under QEMU: 8 s more to attach).
+#[map]
+static KEPT_WEIGHT: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
 #[inline(always)]
 fn finish_coin(random: u32, pre: u32, bytes: u64) -> Option<u32> {
     leak_common::coin_second(random, pre, bytes, cfg(&CONFIG.sample_rate_shift))
@@ -667,20 +696,16 @@ fn page_alloc(ctx: &RawTracePointContext) -> Option<()> {
     let order = tp_arg::<{ arg::PAGE_ALLOC_ORDER }>(ctx) as u32;
     let bytes = (cfg(&CONFIG.page_size) as u64) << (order & 31);
     let Some(shift) = sample_weight(bytes) else {
-        // The anon charge that may follow belongs to this page: it must neither be taken for an earlier (sampled)
-        // page of the same fault, such as its page table, nor count as a charge the tracer missed.
-        if cfg(&CONFIG.anon_by_charge) == 0 {
-            return None;
-        }
-        if let Some(p) = PENDING.get_ptr_mut(0) {
-            let tid = bpf_get_current_pid_tgid() as u32;
-            unsafe { *p = PendingPage { tid, _pad: 0, live_key: PENDING_UNSAMPLED } };
-        }
+        unsampled_page();
         return None;
     };
     if !target_task() {
         return None;
     }
+    let Some(shift) = thin(shift) else {
+        unsampled_page();
+        return None;
+    };
     // Kernel memory charged to the memcg carries __GFP_ACCOUNT; page cache and anon pages do not (anon ones are
     // recognised by the charge that follows).
     let account = cfg(&CONFIG.gfp_account) as u64;
@@ -699,6 +724,19 @@ fn page_alloc(ctx: &RawTracePointContext) -> Option<()> {
         }
     }
     Some(())
+}
+
+/// A page allocation not kept: the anon charge that may follow belongs to this page, and must neither be taken for
+/// an earlier (sampled) page of the same fault, such as its page table, nor count as a charge the tracer missed.
+#[inline(always)]
+fn unsampled_page() {
+    if cfg(&CONFIG.anon_by_charge) == 0 {
+        return;
+    }
+    if let Some(p) = PENDING.get_ptr_mut(0) {
+        let tid = bpf_get_current_pid_tgid() as u32;
+        unsafe { *p = PendingPage { tid, _pad: 0, live_key: PENDING_UNSAMPLED } };
+    }
 }
 
 /// Kernels without the memcg charge tracepoints: user pages that are zeroed (anonymous faults) or transparent huge
@@ -738,6 +776,7 @@ fn kmalloc(ctx: &RawTracePointContext) -> Option<()> {
     if !target_task() {
         return None;
     }
+    let shift = thin(shift)?;
     let class = CACHE_KMALLOC_BIT | (bytes as u32 & !CACHE_KMALLOC_BIT);
     let site = site_here(ctx, kind::SLAB, class, 0);
     record_alloc(ptr, &site, bytes, shift);
@@ -772,6 +811,7 @@ fn cache_alloc(ctx: &RawTracePointContext) -> Option<()> {
     if !target_task() {
         return None;
     }
+    let shift = thin(shift)?;
     let name = unsafe { read_ptr(cache, cfg(&CONFIG.kmem_cache_name)) };
     let site = site_here(ctx, kind::SLAB, name.and_then(cache_name_id).unwrap_or(0), 0);
     record_alloc(ptr, &site, bytes, shift);

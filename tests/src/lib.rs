@@ -384,7 +384,7 @@ impl Leaktrace {
             OsStr::new("--output"),
             output.as_os_str(),
         ];
-        if !extra.contains(&"--record-all") {
+        if !extra.contains(&"--record-all") && !extra.contains(&"--sample-bytes") {
             args.extend([OsStr::new("--sample-bytes"), OsStr::new(SCENARIO_SAMPLE_BYTES)]);
         }
         args.extend(extra.iter().map(OsStr::new));

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use leaktrace_e2e::{
-    assert_nothing_attached, describe, items, read_report, require_root, run_leaktrace, scenario_test, scenarios,
-    serial, summarize, trace_workload_with,
+    assert_nothing_attached, build_workload, describe, items, read_report, require_root, run_leaktrace, scenario_test,
+    scenarios, serial, summarize, trace_workload_with,
 };
 use serde_json::Value;
 
@@ -79,6 +79,46 @@ fn churn_without_growth_is_not_reported_as_outstanding() -> Result<()> {
     let held: Vec<&Value> =
         sites.iter().filter(|s| s["outstanding_bytes"].as_i64().is_some_and(|b| b > (4 * MIB) as i64)).collect();
     ensure!(held.is_empty(), "sites with > 4 MiB outstanding under pure churn:\n{}", summarize(report));
+    Ok(())
+}
+
+/// A reader that falls behind meets thinning, not loss. A page churner beside the session-heap leak in one cgroup
+/// sends ~30,000 samples a second at the scenarios' rate; leaktrace is stopped (SIGSTOP) for 300 ms at a time, as a
+/// tracer descheduled on a busy node, so its ring fills. The kept allocations are thinned while it does, and the
+/// leak is still attributed (unbiased) with its whole call chain, where a full ring loses the user frames.
+#[test]
+fn a_reader_behind_thins_the_samples_instead_of_losing_them() -> Result<()> {
+    use leaktrace_e2e::{Leaktrace, Memcg};
+    if !require_root() {
+        return Ok(());
+    }
+    let _one_at_a_time = serial();
+    let (churn, leak) = (build_workload("bench_churn")?, build_workload(scenarios::SESSION_HEAP.workload)?);
+    let mut both = std::process::Command::new("sh");
+    let args = scenarios::SESSION_HEAP.args.join(" ");
+    both.arg("-c").arg(format!("{} page 9 >/dev/null & exec {} {args}", churn.display(), leak.display()));
+    let memcg = Memcg::create("thinning", Some(512 * MIB))?;
+    let dir = tempfile::tempdir()?;
+    let mut trace = Leaktrace::trace_with(&memcg, 8, dir.path(), &[], &[])?;
+    let _workload = memcg.spawn_in(both)?;
+    let pid = trace.pid() as libc::pid_t;
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(700));
+        // SAFETY: plain syscalls on our own child; it is always continued.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        std::thread::sleep(Duration::from_millis(300));
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    }
+    let out = trace.wait(Duration::from_secs(40))?;
+    ensure!(out.status.success(), "leaktrace failed: {}", describe(&out));
+    assert_nothing_attached()?;
+    let report = read_report(dir.path())?;
+    let unwind = &report["collection"]["unwind"];
+    eprintln!("{}\n{}", report["collection"], summarize(&report));
+    let n = |key: &str| unwind[key].as_u64().unwrap_or(0);
+    ensure!(n("thinned") > 0, "nothing thinned: the ring never filled? {unwind}");
+    ensure!(n("lost_ring_full") * 100 <= n("samples"), "over 1 % of the samples lost to a full ring: {unwind}");
+    (scenarios::SESSION_HEAP.check)(&report)?;
     Ok(())
 }
 

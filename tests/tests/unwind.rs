@@ -1,7 +1,7 @@
 //! End to end on the ordinary workloads (tests/workloads: calls through libc, a leaf that touches the pages, a
 //! shared library, C++ and Rust, all built -O2 -g without frame pointers): the top site of the leak's kind must name
 //! the leaking function and carry the user call chain from it down to main intact, as only an unwinder that does
-//! not rely on frame pointers gets it. The first two are VM scenarios too (tests/src/scenarios.rs).
+//! not rely on frame pointers gets it. All but the node one are VM scenarios too (tests/src/scenarios.rs).
 //!
 //! `cargo xtask test --test unwind -- --nocapture` prints each report's top sites with their frames.
 use anyhow::Result;

@@ -180,6 +180,7 @@ impl SiteReader {
                 c[counter::USTACK_UNREADABLE as usize],
                 c[counter::USTACK_RINGBUF_DROP as usize],
                 c[counter::USTACK_NESTED as usize],
+                c[counter::USTACK_THINNED as usize],
             ],
             [c[counter::PY_STACKS as usize], c[counter::PY_NO_THREAD as usize]],
         )

@@ -36,6 +36,8 @@ pub struct Tracer {
     pub map_bytes: u64,
     pub dropped: u64,
     pub kept: u64,
+    /// Allocations thinned out while the user stack ring was filling (`collection.unwind.thinned`).
+    pub thinned: u64,
     /// The agent's: how many containers it traces, and what the sites of processes of none of them hold.
     pub containers: Option<usize>,
     pub unassigned_bytes: Option<i64>,
@@ -55,6 +57,7 @@ impl Tracer {
                 + c.unwind.lost_ring_full
                 + c.unwind.lost_nested,
             kept: c.alloc_events + c.free_events,
+            thinned: c.unwind.thinned,
             containers: None,
             unassigned_bytes: None,
         }
@@ -211,6 +214,12 @@ pub fn render(targets: &[(&Report, Labels)], tracer: &Tracer, sites: usize) -> S
         "leaktrace_events_kept",
         "Allocations kept and their frees matched",
         own(tracer.kept as f64),
+    );
+    counter(
+        &mut registry,
+        "leaktrace_allocations_thinned",
+        "Allocations the sampling kept and a further coin left out while the user stack ring was filling (the others kept meanwhile weigh as much more)",
+        own(tracer.thinned as f64),
     );
     if let Some(n) = tracer.containers {
         gauge(&mut registry, "leaktrace_containers", "Containers the agent traces", own(n as f64));

@@ -77,6 +77,10 @@ pub struct UnwindStats {
     pub lost_unreadable: u64,
     pub lost_ring_full: u64,
     pub lost_nested: u64,
+    /// Allocations the coin kept that a further coin left out while the sample ring was over half full (its reader
+    /// behind): those kept meanwhile weigh as much more, so sums stay unbiased and each still has its stack.
+    #[serde(default)]
+    pub thinned: u64,
     /// Objects read for their unwind tables, and those without call frame information (named).
     pub objects: u64,
     pub objects_without_cfi: Vec<String>,
@@ -326,11 +330,11 @@ impl UserStacks {
         RegionKind::from_code(((id & !USTACK_UNWOUND_BIT) >> REGION_SHIFT) as u32)
     }
 
-    /// The figures of `collection.unwind`, with what the kernel side counted as lost, and its counts of samples
-    /// with Python frames and without a thread state.
-    pub fn stats(&self, lost: [u64; 4], [py_samples, py_no_thread]: [u64; 2]) -> UnwindStats {
+    /// The figures of `collection.unwind`, with what the kernel side counted as lost or thinned out, and its counts
+    /// of samples with Python frames and without a thread state.
+    pub fn stats(&self, kernel: [u64; 5], [py_samples, py_no_thread]: [u64; 2]) -> UnwindStats {
         let mut s = self.stats.clone();
-        [s.lost_no_regs, s.lost_unreadable, s.lost_ring_full, s.lost_nested] = lost;
+        [s.lost_no_regs, s.lost_unreadable, s.lost_ring_full, s.lost_nested, s.thinned] = kernel;
         let versions = self.python.versions();
         if !versions.is_empty() {
             s.python = Some(PythonStats {
@@ -431,7 +435,7 @@ mod tests {
     fn a_short_record_is_ignored() {
         let mut u = UserStacks::new(None, None, CopySizes::new(None, 4));
         u.add(&[0u8; 8]);
-        assert_eq!(u.stats([0; 4], [0; 2]).samples, 0);
+        assert_eq!(u.stats([0; 5], [0; 2]).samples, 0);
     }
 
     pub(super) fn record(sample: &StackSample, stack: &[u8], rest: usize) -> Vec<u8> {
@@ -450,7 +454,7 @@ mod tests {
         u.add(&record(&sample, &stack[..cut], 0));
         sample.token = 2;
         u.add(&record(&sample, &stack[..cut], 3 * leak_common::USTACK_CHUNK));
-        let s = u.stats([0; 4], [0; 2]);
+        let s = u.stats([0; 5], [0; 2]);
         assert_eq!((s.samples, s.unwound, s.ended_not_code), (2, 2, 0));
         assert_eq!(u.tokens[&1], u.tokens[&2], "the unused rest of a record is not stack");
     }

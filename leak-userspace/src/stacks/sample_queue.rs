@@ -240,7 +240,7 @@ mod tests {
         let mut again = queued[0].to_vec();
         again[..size_of::<StackSample>()].copy_from_slice(sample_head(&trimmed));
         u.add(&again);
-        let s = u.stats([0; 4], [0; 2]);
+        let s = u.stats([0; 5], [0; 2]);
         assert_eq!((s.samples, s.unwound), (2, 2));
         assert_eq!(u.tokens[&sample.token], u.tokens[&2], "the same frames");
         assert_eq!(s.depth_kib.values().sum::<u64>(), 2);

@@ -76,6 +76,7 @@ pub fn run(opts: &Options, rounds: usize, seconds: f64) -> Result<Value> {
         "scrape_ms": field(|c| c.scrape_ms),
         "dropped": costs.iter().map(|c| c.dropped).sum::<f64>(),
         "drops": summed(costs.iter().map(|c| &c.drops)),
+        "thinned": costs.iter().map(|c| c.thinned).sum::<f64>(),
     }))
 }
 
@@ -135,6 +136,8 @@ struct Cost {
     scrape_ms: f64,
     dropped: f64,
     drops: Value,
+    /// Allocations thinned out while the user stack ring was filling (not lost: the others weigh more).
+    thinned: f64,
 }
 
 struct Agent {
@@ -210,9 +213,9 @@ impl Agent {
             bail!("the agent failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         let scrape_ms = median(&scrapes.iter().map(|s| s.0).collect::<Vec<_>>());
-        let dropped =
-            scrapes.last().and_then(|(_, body)| series(body, "leaktrace_events_dropped_total")).unwrap_or(0.0);
-        Ok((result, Cost { cpu_share, peak_rss_bytes, map_bytes, scrape_ms, dropped, drops }))
+        let last = |name: &str| scrapes.last().and_then(|(_, body)| series(body, name)).unwrap_or(0.0);
+        let (dropped, thinned) = (last("leaktrace_events_dropped_total"), last("leaktrace_allocations_thinned_total"));
+        Ok((result, Cost { cpu_share, peak_rss_bytes, map_bytes, scrape_ms, dropped, drops, thinned }))
     }
 
     /// What was dropped, by cause (the counters are the agent's, in every container's report).
@@ -302,7 +305,8 @@ pub fn markdown(a: &Value) -> String {
          | agent peak RSS | {:.1} MiB | <= {:.0} MiB |\n\
          | kernel map memory | {:.1} MiB | |\n\
          | one scrape of /metrics | {:.0} ms | |\n\
-         | events dropped | {:.0}{} | 0 |\n",
+         | events dropped | {:.0}{} | 0 |\n\
+         | allocations thinned out while the user stack ring filled (not lost) | {:.0} | |\n",
         a["containers"],
         a["rounds"],
         f("seconds"),
@@ -318,5 +322,6 @@ pub fn markdown(a: &Value) -> String {
         f("scrape_ms"),
         f("dropped"),
         causes(&a["drops"]),
+        f("thinned"),
     )
 }

@@ -15,7 +15,7 @@ use leaktrace_e2e::scenarios;
 
 use crate::{check, display};
 
-/// A whole guest run (boot, five scenarios, poweroff) takes 70-90 s under TCG; this only bounds a hung guest.
+/// A whole guest run (boot, the scenarios, poweroff) takes 1.5-2.5 min; this only bounds a hung guest.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// An uncompressed cpio initramfs (decompressing under TCG costs seconds) with everything the guest runs.

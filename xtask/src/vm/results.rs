@@ -180,7 +180,7 @@ mod tests {
     fn a_scenario_without_a_report_fails_and_says_why() {
         let guest = Guest {
             release: "x".into(),
-            scenarios: vec![GuestScenario { name: "heap-leak".into(), leaktrace_exit: Some(1), ..Default::default() }],
+            scenarios: vec![GuestScenario { name: "oom-kill".into(), leaktrace_exit: Some(1), ..Default::default() }],
         };
         let judged = judge(&guest);
         assert_eq!(judged.len(), scenarios::ALL.len());
