@@ -202,8 +202,8 @@ fn site_here(ctx: &RawTracePointContext, kind: u32, cache: u32, detail: u64) -> 
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let (ustack, usample) = user_site(ctx, user_regs, kind != kind::SLAB);
     // After the sample, with the registers read again: otherwise the verifier goes through the sample's loops once
-    // for each way the kernel stack was found (the three allocation programs load in 88 ms so, 108 ms with the
-    // kernel stack first, 57 ms without reuse; 6.18).
+    // for each way the kernel stack was found (on 6.18 the three allocation programs loaded in 88 ms so, in 108 ms
+    // with the kernel stack first).
     let key = user_regs().map(|r| KstackKey { ip: r.ip, sp: r.sp, orig_ax: r.orig_ax, detail, cache, kind });
     let kstack = kernel_stack(ctx, key);
     SiteKey { tgid, kstack, ustack, cache, kind, _pad: 0, usample }
