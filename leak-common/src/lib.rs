@@ -495,7 +495,7 @@ pub mod counter {
     pub const PY_STACKS: u32 = 19;
     pub const PY_NO_THREAD: u32 = 20;
     /// Kept allocations that took the kernel stack walked last time on the same path instead of walking it, and
-    /// the rechecks that found the path's stack changed (the path's stack is then walked every time).
+    /// the rechecks that found the path's stack changed (the new one is reused from then on).
     pub const KSTACK_REUSED: u32 = 21;
     pub const KSTACK_CHANGED: u32 = 22;
     /// Allocations the coin kept that a further coin left out because the user stack ring was filling
@@ -595,8 +595,7 @@ pub struct Config {
     /// `USTACK_CHUNK`s of stack for userspace to unwind, or (0) a frame-pointer walk by the kernel.
     pub regs_source: u32,
     pub ustack_chunks: u32,
-    /// `regs::STACK_TOP`: task_struct.stack and sizeof(struct pt_regs). THREAD_SIZE always (kernel stacks are
-    /// aligned to it: where on its stack a program runs).
+    /// `regs::STACK_TOP`: task_struct.stack, THREAD_SIZE and sizeof(struct pt_regs).
     pub task_stack: u32,
     pub thread_size: u32,
     pub pt_regs_size: u32,

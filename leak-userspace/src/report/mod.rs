@@ -429,8 +429,8 @@ pub struct Collection {
     #[serde(default)]
     pub collapsed_into_huge_pages: u64,
     /// Kept allocations whose kernel stack was the one walked before on the same kernel path (told by the user
-    /// instruction, the place on the kernel stack and what is allocated) instead of a walk of their own; and the
-    /// rechecks, one use in 16, that found a path's stack changed (that path is walked every time from then on).
+    /// instruction and stack pointer, the system call and what is allocated) instead of a walk of their own; and
+    /// the rechecks, one use in 16, that found a path's stack changed (the new one is reused from then on).
     #[serde(default)]
     pub kernel_stacks_reused: u64,
     #[serde(default)]
