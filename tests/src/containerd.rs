@@ -1,5 +1,5 @@
-//! A containerd of a test's own (Debian's), on a socket in a temp dir, running containers from a root filesystem
-//! directory (busybox and static binaries) with `ctr`, in the cgroups kubelet would give a pod's containers
+//! A containerd of a test's own (Debian's), on a socket in a temp dir, running containers of images imported from
+//! an OCI archive (busybox and static binaries) with `ctr`, in the cgroups kubelet would give a pod's containers
 //! (`kubepods/burstable/pod<uid>/<id>`) and with the CRI labels kubelet sets. Its containers, its cgroups and the
 //! parents it made go when it is dropped, also when the test fails.
 use std::{
@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::{describe, stop_daemon};
+use crate::{describe, image, stop_daemon};
 
 /// containerd's namespace for kubelet's containers.
 pub const K8S_NAMESPACE: &str = "k8s.io";
@@ -82,31 +82,30 @@ impl Containerd {
         fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
     }
 
-    /// A root filesystem of busybox and `files` (host path, path in it).
-    pub fn rootfs(&self, files: &[(PathBuf, String)]) -> Result<PathBuf> {
-        let rootfs = self.dir.path().join("rootfs");
-        for d in ["bin", "proc", "dev", "sys", "tmp"] {
-            fs::create_dir_all(rootfs.join(d))?;
-        }
-        fs::copy("/bin/busybox", rootfs.join("bin/busybox")).context("no /bin/busybox (apt install busybox-static)")?;
-        let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh"));
-        for (from, to) in files {
-            fs::copy(from, rootfs.join(to)).with_context(|| format!("cannot copy {}", from.display()))?;
-        }
-        Ok(rootfs)
+    /// Imports an OCI image archive of busybox and `files` (host path, path in the image) as `image` (a full
+    /// reference) into containerd namespace `namespace`, as an image copied to a node is.
+    pub fn import_image(&self, namespace: &str, image: &str, files: &[(PathBuf, String)]) -> Result<()> {
+        let archive = image::oci_archive(self.dir.path(), image, files)?;
+        self.ctr(namespace, &["images", "import", &archive.to_string_lossy()]).map(drop)
     }
 
-    /// Runs `cmd` in container `id` (64 hex digits, as kubelet's are) of containerd namespace `namespace`, in
-    /// this test's pod cgroup, with `labels`.
-    pub fn run(&self, namespace: &str, rootfs: &Path, id: &str, labels: &[(&str, &str)], cmd: &[&str]) -> Result<()> {
+    /// Runs `cmd` in container `id` (64 hex digits, as kubelet's are) of `image` in containerd namespace
+    /// `namespace`, in this test's pod cgroup, with `labels`.
+    pub fn run(&self, namespace: &str, image: &str, id: &str, labels: &[(&str, &str)], cmd: &[&str]) -> Result<()> {
         let cgroup = format!("/kubepods/burstable/{}/{id}", self.pod_dir);
         let labels: Vec<String> = labels.iter().flat_map(|(k, v)| ["--label".into(), format!("{k}={v}")]).collect();
-        let rootfs = rootfs.to_string_lossy();
-        let mut args = vec!["run", "-d", "--rootfs", "--cgroup", &cgroup];
+        let mut args = vec!["run", "-d", "--cgroup", &cgroup];
         args.extend(labels.iter().map(String::as_str));
-        args.extend([rootfs.as_ref(), id]);
+        args.extend([image, id]);
         args.extend(cmd);
         self.ctr(namespace, &args).map(drop)
+    }
+
+    /// Kills container `id`'s task and removes the container (as kubelet does when a pod's container goes).
+    pub fn remove(&self, namespace: &str, id: &str) -> Result<()> {
+        let _ = self.ctr(namespace, &["tasks", "kill", "-s", "SIGKILL", id]);
+        self.ctr(namespace, &["tasks", "delete", "--force", id])?;
+        self.ctr(namespace, &["containers", "delete", id]).map(drop)
     }
 }
 
@@ -114,9 +113,7 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         for ns in self.ctr("default", &["namespaces", "ls", "-q"]).unwrap_or_default().lines() {
             for id in self.ctr(ns, &["containers", "ls", "-q"]).unwrap_or_default().lines() {
-                let _ = self.ctr(ns, &["tasks", "kill", "-s", "SIGKILL", id]);
-                let _ = self.ctr(ns, &["tasks", "delete", "--force", id]);
-                let _ = self.ctr(ns, &["containers", "delete", id]);
+                let _ = self.remove(ns, id);
             }
         }
         stop_daemon(&mut self.daemon, self.dir.path());

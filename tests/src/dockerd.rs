@@ -1,5 +1,5 @@
-//! A dockerd of a test's own, on a socket in a temp dir (no registry: images are imported from a tar of a root
-//! filesystem with busybox and static binaries), and the static workloads its images run.
+//! A dockerd of a test's own, on a socket in a temp dir (no registry: images are imported from a layer tar of
+//! busybox and static binaries), and the static workloads its images run.
 use std::{
     ffi::OsStr,
     fs,
@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::{describe, stop_daemon, Leaktrace};
+use crate::{describe, image, stop_daemon, Leaktrace};
 
 /// A dockerd of this test's own: its socket, data and exec roots live in a temp dir.
 pub struct Dockerd {
@@ -86,20 +86,8 @@ impl Dockerd {
 
     /// Imports an image holding busybox and `files` (host path, path in the image).
     pub fn import_image_with(&self, tag: &str, files: &[(PathBuf, String)]) -> Result<()> {
-        let rootfs = self.dir.path().join("rootfs");
-        let _ = fs::remove_dir_all(&rootfs);
-        fs::create_dir_all(rootfs.join("bin"))?;
-        fs::copy("/bin/busybox", rootfs.join("bin/busybox")).context("no /bin/busybox (apt install busybox-static)")?;
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh"))?;
-        for (from, to) in files {
-            let to = rootfs.join(to);
-            fs::create_dir_all(to.parent().context("a file at the root")?)?;
-            fs::copy(from, &to).with_context(|| format!("cannot copy {}", from.display()))?;
-        }
-        let tar = self.dir.path().join("rootfs.tar");
-        let status = Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg(".").status()?;
-        ensure!(status.success(), "tar failed");
-        self.docker(&[OsStr::new("import"), tar.as_os_str(), OsStr::new(tag)])?;
+        let layer = image::layer(self.dir.path(), files)?;
+        self.docker(&[OsStr::new("import"), layer.as_os_str(), OsStr::new(tag)])?;
         Ok(())
     }
 }

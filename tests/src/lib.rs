@@ -23,6 +23,7 @@ use std::{
 
 pub mod containerd;
 pub mod dockerd;
+pub mod image;
 pub mod prometheus;
 pub mod scenarios;
 

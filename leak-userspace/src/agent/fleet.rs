@@ -133,7 +133,10 @@ impl Fleet {
                 changes.removed.push(w.key.clone());
                 self.gone.push_back(Gone { key: w.key, at: Instant::now(), report });
             }
-            self.owner.retain(|_, id| self.watched.contains_key(id));
+            let (kept, left): (HashMap<u32, u64>, HashMap<u32, u64>) =
+                std::mem::take(&mut self.owner).into_iter().partition(|(_, id)| self.watched.contains_key(id));
+            self.owner = kept;
+            self.reader.release(left.into_keys());
         }
         while self.gone.len() > GONE_KEPT || self.gone.front().is_some_and(|g| g.at.elapsed() > GONE_FOR) {
             self.gone.pop_front();

@@ -7,7 +7,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{bail, Context, Result};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use super::{KUBE_CONTAINER, KUBE_NAMESPACE, KUBE_POD};
+use super::{cri_container, socket_from_env};
 use crate::report::Container;
 
 /// Where containerd listens unless `CONTAINERD_ADDRESS` says otherwise.
@@ -71,11 +71,7 @@ mod proto {
 impl Containerd {
     /// The daemon `CONTAINERD_ADDRESS` names (a socket path, `unix://` optional), else the default socket.
     pub fn from_env() -> Self {
-        let socket = match std::env::var("CONTAINERD_ADDRESS") {
-            Ok(a) if !a.is_empty() => a.strip_prefix("unix://").unwrap_or(&a).into(),
-            _ => DEFAULT_SOCKET.into(),
-        };
-        Containerd { socket }
+        Containerd { socket: socket_from_env("CONTAINERD_ADDRESS", DEFAULT_SOCKET) }
     }
 
     /// Whether a daemon could be listening (its socket exists).
@@ -127,18 +123,8 @@ async fn lookup(socket: &std::path::Path, id: &str) -> Result<Option<Container>>
     Ok(None)
 }
 
-/// A container as report.json has it: a pod's by kubelet's labels, any other by its id.
 fn container(c: proto::Container) -> Container {
-    let label = |name: &str| c.labels.get(name).cloned();
-    Container {
-        runtime: "containerd".into(),
-        name: label(KUBE_CONTAINER).unwrap_or_default(),
-        pod: label(KUBE_POD),
-        namespace: label(KUBE_NAMESPACE),
-        image: Some(c.image.clone()).filter(|i| !i.is_empty()),
-        id: c.id,
-        ..Default::default()
-    }
+    cri_container("containerd", c.id, &c.image, |name| c.labels.get(name).cloned())
 }
 
 /// One unary gRPC call in containerd namespace `ns`; `None` when the answer is NOT_FOUND.
@@ -205,6 +191,7 @@ fn unframe<M: prost::Message + Default>(mut data: Bytes) -> Result<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cgroup::{KUBE_CONTAINER, KUBE_NAMESPACE, KUBE_POD};
 
     /// A container as containerd has it, with `labels`.
     fn labelled(id: &str, labels: &[(&str, &str)]) -> proto::Container {

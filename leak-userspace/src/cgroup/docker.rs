@@ -1,8 +1,6 @@
 //! The Docker Engine API, as much as leaktrace needs: inspect one container by name or id. One HTTP/1.0 GET per
 //! question over the daemon's unix socket (`DOCKER_HOST`, else /var/run/docker.sock): the daemon closes the connection
 //! after the answer, so the body is simply everything up to EOF.
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -10,7 +8,10 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 
 use super::{
-    container, follow::RESTART_WAIT, CgroupLayout, CgroupVersion, Target, KUBE_CONTAINER, KUBE_NAMESPACE, KUBE_POD,
+    container,
+    follow::RESTART_WAIT,
+    unix_http::{self, parse_response},
+    CgroupLayout, CgroupVersion, Target, KUBE_CONTAINER, KUBE_NAMESPACE, KUBE_POD,
 };
 use crate::report::Container;
 
@@ -140,14 +141,7 @@ impl Daemon {
 
     /// The raw response to `GET path`, or why the daemon could not be asked.
     fn get(&self, path: &str) -> Result<Vec<u8>, String> {
-        let request = format!("GET {path} HTTP/1.0\r\nHost: docker\r\nUser-Agent: leaktrace\r\n\r\n");
-        let io = |e: std::io::Error| self.unreachable(&e);
-        let mut response = Vec::new();
-        let mut s = UnixStream::connect(&self.socket).map_err(io)?;
-        s.set_read_timeout(Some(TIMEOUT)).and_then(|_| s.set_write_timeout(Some(TIMEOUT))).map_err(io)?;
-        s.write_all(request.as_bytes()).map_err(io)?;
-        s.take(MAX_RESPONSE).read_to_end(&mut response).map_err(io)?;
-        Ok(response)
+        unix_http::get(&self.socket, "docker", path, TIMEOUT, MAX_RESPONSE).map_err(|e| self.unreachable(&e))
     }
 
     fn unreachable(&self, e: &std::io::Error) -> String {
@@ -174,17 +168,6 @@ pub fn is_reference(s: &str) -> bool {
     let mut bytes = s.bytes();
     bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
         && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
-
-/// Status code and body of an HTTP/1.x response read to EOF.
-fn parse_response(raw: &[u8]) -> anyhow::Result<(u16, &[u8])> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut response = httparse::Response::new(&mut headers);
-    match response.parse(raw) {
-        Ok(httparse::Status::Complete(len)) => Ok((response.code.unwrap_or(0), &raw[len..])),
-        Ok(httparse::Status::Partial) => bail!("sent an incomplete HTTP response ({} bytes)", raw.len()),
-        Err(e) => bail!("sent something that is not HTTP: {e}"),
-    }
 }
 
 /// The `message` of an API error body, else the body itself (first line).

@@ -1,8 +1,9 @@
 //! Which cgroup to trace: find the memory hierarchy on this host (`layout`), turn the user's `--cgroup` argument
-//! into a memcg directory and id (`resolve`; containers through the Docker daemon, `docker`, or the runtimes' cgroup
-//! names, `container`), follow a container through its restarts (`follow`), and list what lives below it (`walk`).
+//! into a memcg directory and id (`resolve`; containers through the Docker daemon, `docker`, containerd and CRI-O, or
+//! the runtimes' cgroup names, `container`), follow a container through its restarts (`follow`), and list what lives below it (`walk`).
 mod container;
 mod containerd;
+mod crio;
 mod docker;
 mod follow;
 mod layout;
@@ -10,6 +11,7 @@ mod naming;
 mod resolve;
 #[cfg(test)]
 pub(crate) mod testing;
+mod unix_http;
 mod walk;
 mod watch;
 
@@ -18,9 +20,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+use crate::report::Container;
+
 pub use container::short_id;
 use container::Found;
 use containerd::Containerd;
+use crio::Crio;
 pub use docker::memcg_of;
 use docker::{Daemon, Lookup};
 pub use follow::{Follower, Poll};
@@ -30,10 +35,33 @@ pub use resolve::{resolve, Resolver};
 pub use walk::{member_pids, subtree, Subtree};
 pub use watch::CgroupWatch;
 
-/// The labels kubelet sets on a pod's containers (CRI), as Docker and containerd keep them.
+/// The labels kubelet sets on a pod's containers (CRI), as Docker, containerd and CRI-O keep them.
 const KUBE_POD: &str = "io.kubernetes.pod.name";
 const KUBE_NAMESPACE: &str = "io.kubernetes.pod.namespace";
 const KUBE_CONTAINER: &str = "io.kubernetes.container.name";
+
+/// The socket a runtime's daemon listens on: the path (`unix://` optional) environment variable `var` gives, else
+/// `default`.
+fn socket_from_env(var: &str, default: &str) -> PathBuf {
+    match std::env::var(var) {
+        Ok(a) if !a.is_empty() => a.strip_prefix("unix://").unwrap_or(&a).into(),
+        _ => default.into(),
+    }
+}
+
+/// A container as report.json has it, from what a CRI runtime keeps of it: a pod's named by kubelet's labels
+/// (`label`), any other by its id.
+fn cri_container(runtime: &str, id: String, image: &str, label: impl Fn(&str) -> Option<String>) -> Container {
+    Container {
+        runtime: runtime.into(),
+        name: label(KUBE_CONTAINER).unwrap_or_default(),
+        pod: label(KUBE_POD),
+        namespace: label(KUBE_NAMESPACE),
+        image: Some(image.to_string()).filter(|i| !i.is_empty()),
+        id,
+        ..Default::default()
+    }
+}
 
 /// A resolved memcg.
 #[derive(Debug, Clone)]
@@ -44,7 +72,7 @@ pub struct Target {
     pub id: u64,
     pub version: CgroupVersion,
     /// The container it belongs to, when it was named as one (and so is followed through restarts).
-    pub container: Option<crate::report::Container>,
+    pub container: Option<Container>,
 }
 
 impl Target {

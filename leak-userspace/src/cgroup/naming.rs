@@ -1,16 +1,19 @@
 //! Naming the container cgroups of the memory hierarchy (the names Docker, containerd, CRI-O, podman and kubepods
-//! give them) by asking their runtimes: the Docker daemon or containerd where they know them (a pod's containers by
-//! kubelet's labels), else by what the cgroup's name tells.
+//! give them) by asking their runtimes: the Docker daemon, containerd or CRI-O where they know them (a pod's
+//! containers by kubelet's labels), else by what the cgroup's name tells.
 use std::{collections::HashMap, path::PathBuf};
 
-use super::{container, CgroupLayout, Containerd, Daemon, Found, Lookup};
+use anyhow::Result;
+
+use super::{container, CgroupLayout, Containerd, Crio, Daemon, Found, Lookup};
 use crate::report::Container;
 
-/// Names the containers found: what the runtime's daemon says of each (Docker, containerd; asked once per
+/// Names the containers found: what the runtime's daemon says of each (Docker, containerd, CRI-O; asked once per
 /// container), else what its cgroup's name tells.
 pub struct Namer {
     docker: Option<Daemon>,
     containerd: Option<Containerd>,
+    crio: Option<Crio>,
     known: HashMap<String, Container>,
 }
 
@@ -23,7 +26,8 @@ impl Default for Namer {
 impl Namer {
     pub fn new() -> Self {
         let containerd = Some(Containerd::from_env()).filter(Containerd::present);
-        Namer { docker: Daemon::from_env().ok(), containerd, known: HashMap::new() }
+        let crio = Some(Crio::from_env()).filter(Crio::present);
+        Namer { docker: Daemon::from_env().ok(), containerd, crio, known: HashMap::new() }
     }
 
     /// The containers of the hierarchy now, with their cgroup directories.
@@ -39,7 +43,9 @@ impl Namer {
         }
         let asked = match found.runtime {
             "docker" => self.ask_docker(&found.id),
-            "containerd" | "kubernetes" => self.ask_containerd(&found.id),
+            "containerd" => self.ask_containerd(&found.id),
+            "cri-o" => self.ask_crio(&found.id),
+            "kubernetes" => self.ask_containerd(&found.id).or_else(|| self.ask_crio(&found.id)),
             "unknown" => self.ask_docker(&found.id).or_else(|| self.ask_containerd(&found.id)),
             _ => None,
         };
@@ -65,14 +71,28 @@ impl Namer {
         }
     }
 
+    fn ask_crio(&mut self, id: &str) -> Option<Container> {
+        ask_cri(&mut self.crio, "CRI-O", |d| d.lookup(id))
+    }
+
     fn ask_containerd(&mut self, id: &str) -> Option<Container> {
-        match self.containerd.as_ref()?.lookup(id) {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::info!("{e:#}; containerd's containers are named by their ids");
-                self.containerd = None;
-                None
-            }
+        ask_cri(&mut self.containerd, "containerd", |d| d.lookup(id))
+    }
+}
+
+/// What a CRI runtime's daemon says of a container. A daemon that fails is asked no more: every container would
+/// wait for its timeout.
+fn ask_cri<D>(
+    daemon: &mut Option<D>,
+    runtime: &str,
+    lookup: impl Fn(&D) -> Result<Option<Container>>,
+) -> Option<Container> {
+    match lookup(daemon.as_ref()?) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::info!("{e:#}; {runtime}'s containers are named by their ids");
+            *daemon = None;
+            None
         }
     }
 }

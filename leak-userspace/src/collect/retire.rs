@@ -5,7 +5,10 @@
 //! A site that still holds memory stays in the kernel: a later free must find it there to be credited.
 //! Userspace keeps at most [`MAX_RETIRED`] of them, so neither the tracer's memory nor the time to build the final
 //! report grows without end on a cgroup that never stops starting processes.
-use std::{cmp::Reverse, collections::HashMap};
+use std::{
+    cmp::Reverse,
+    collections::{HashMap, HashSet},
+};
 
 use anyhow::Result;
 use leak_common::{SiteCounters, SiteKey};
@@ -60,6 +63,11 @@ impl Retired {
     /// Retired sites dropped to stay within [`MAX_RETIRED`].
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+
+    /// Drops the retired sites of `tgids`: no report will sum them again.
+    pub fn forget(&mut self, tgids: &HashSet<u32>) {
+        self.sites.retain(|key, _| !tgids.contains(&key.tgid));
     }
 
     /// The processes the retired sites belong to.
@@ -138,5 +146,17 @@ mod tests {
         assert_eq!(done, vec![7]);
         assert!(process_alive(std::process::id()));
         assert!(!process_alive(u32::MAX));
+    }
+
+    #[test]
+    fn a_removed_containers_processes_leave_the_retired_sites() {
+        let mut retired = Retired::default();
+        for tgid in 1..=4 {
+            retired.sites.insert(key(tgid), counters(1, 1));
+        }
+        retired.forget(&HashSet::from([2, 4, 9]));
+        let mut left: Vec<u32> = retired.tgids().collect();
+        left.sort_unstable();
+        assert_eq!((left, retired.dropped()), (vec![1, 3], 0));
     }
 }

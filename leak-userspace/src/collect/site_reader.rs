@@ -2,7 +2,7 @@
 //! target, or each container of the agent): the counters read with their user stacks unwound, the sites of exited
 //! processes retired from the kernel map, each process's mappings cached while it lives, and the sites built and
 //! symbolized for a report.
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use anyhow::Result;
 use leak_common::{counter, SiteCounters, SiteKey, USTACK_UNWOUND_BIT};
@@ -25,6 +25,8 @@ pub struct SiteReader {
     comms: HashMap<u32, String>,
     /// Exited processes no site referred to at the last interval (`forget_unreferenced`).
     unreferenced: BTreeSet<u32>,
+    /// Processes whose retired sites are not kept (`release`), until they are forgotten.
+    released: HashSet<u32>,
     symbolizer: Symbolizer,
     /// Sites of exited processes and freed sampled allocations, taken out of the kernel map so it does not fill up.
     retired: retire::Retired,
@@ -39,6 +41,7 @@ impl SiteReader {
             first_mappings: HashMap::new(),
             comms: HashMap::new(),
             unreferenced: BTreeSet::new(),
+            released: HashSet::new(),
             symbolizer: Symbolizer::new(),
             retired: retire::Retired::default(),
             ustacks,
@@ -67,6 +70,12 @@ impl SiteReader {
 
     /// The processes living in the traced cgroups now: their stacks are unwound from their own mappings.
     pub fn look_at(&mut self, pids: &[u32]) {
+        // A pid released and used again by a process of a traced container.
+        if !self.released.is_empty() {
+            for pid in pids {
+                self.released.remove(pid);
+            }
+        }
         self.ustacks.look_at(pids);
     }
 
@@ -119,8 +128,11 @@ impl SiteReader {
         }
         let ustacks = &self.ustacks;
         let gone = self.retired.retire(probes, raw, |k| ustacks.canonical(k), retire::process_alive)?;
+        if !gone.is_empty() && !self.released.is_empty() {
+            self.retired.forget(&self.released);
+        }
         if !gone.is_empty() {
-            let gone_set: std::collections::HashSet<SiteKey> = gone.iter().copied().collect();
+            let gone_set: HashSet<SiteKey> = gone.iter().copied().collect();
             raw.retain(|(key, _)| !gone_set.contains(key));
             self.ustacks.forget(&gone);
         }
@@ -128,6 +140,15 @@ impl SiteReader {
         self.ustacks.drain();
         self.forget_unreferenced(raw, retire::process_alive);
         Ok(())
+    }
+
+    /// Releases `tgids`, the processes of a container whose last report is built: their sites are dropped once
+    /// retired (now or when they leave the kernel map), not kept. Kept, they would keep those processes
+    /// referenced, and what is cached for them (their objects, a container's own files) with them, for as long
+    /// as the agent runs.
+    pub fn release(&mut self, tgids: impl IntoIterator<Item = u32>) {
+        self.released.extend(tgids);
+        self.retired.forget(&self.released);
     }
 
     /// Forgets the processes that exited and that no site in `raw` (the kernel's) or the retired set refers to:
@@ -145,6 +166,7 @@ impl SiteReader {
         self.unreferenced = next;
         for pid in gone {
             self.known_pids.remove(&pid);
+            self.released.remove(&pid);
             self.first_mappings.remove(&pid);
             self.comms.remove(&pid);
             self.symbolizer.forget_process(pid);

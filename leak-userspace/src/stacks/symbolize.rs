@@ -39,6 +39,11 @@ pub struct Symbolizer {
     perf_maps: HashMap<u32, PerfMap>,
 }
 
+/// The link through which `pid`'s mapping `r` is opened (and pinned in blazesym's cache).
+fn map_files_link(pid: u32, r: &Region) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", r.start, r.end))
+}
+
 /// A named address range: a kernel module, or an executable file mapping of a process.
 #[derive(Debug, Clone, PartialEq)]
 struct Region {
@@ -65,9 +70,15 @@ impl Symbolizer {
         }
     }
 
-    /// Drops what was cached for `pid` (its mappings, names, perf map): it exited and no site refers to it.
+    /// Drops what was cached for `pid` (its mappings, names, perf map, and the objects it pinned): it exited and
+    /// no site refers to it.
     pub fn forget_process(&mut self, pid: u32) {
-        self.processes.remove(&pid);
+        // Each container's files are files of their own (an overlay mount each): their parsed symbols would stay
+        // for every container that ever ran, unless the pinning links go (an object other processes still pin
+        // stays).
+        for r in self.processes.remove(&pid).unwrap_or_default() {
+            let _ = self.blaze.evict(&evict::Elf::new(map_files_link(pid, &r)).into());
+        }
         self.perf_maps.remove(&pid);
         self.user_memo.retain(|&(p, _), _| p != pid);
         let _ = self.blaze.evict(&evict::Evict::Process(evict::Process::new(pid.into())));
@@ -106,13 +117,19 @@ impl Symbolizer {
         };
         let regions = parse_exec_mappings(&maps);
         for r in &regions {
-            let link = PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", r.start, r.end));
+            let link = map_files_link(pid, r);
             if let Err(e) = self.blaze.cache(&cache::Elf::new(&link).into()) {
                 // Not every executable mapping is an ELF object blazesym reads.
                 tracing::trace!("not caching {} ({}): {e}", link.display(), r.name);
             }
         }
-        self.processes.insert(pid, regions);
+        // Mappings gone since the last look (a library unloaded) no longer resolve through the new cached
+        // mappings either: their objects need not stay pinned.
+        for gone in self.processes.insert(pid, regions).unwrap_or_default() {
+            if !self.processes[&pid].contains(&gone) {
+                let _ = self.blaze.evict(&evict::Elf::new(map_files_link(pid, &gone)).into());
+            }
+        }
     }
 
     /// Frames for kernel addresses, one or more per address (leaf first as given).

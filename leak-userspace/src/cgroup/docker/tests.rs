@@ -1,6 +1,4 @@
-use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixListener;
-use std::thread::JoinHandle;
 
 use super::*;
 
@@ -21,37 +19,25 @@ pub(crate) fn inspect_json(status: &str, pid: u32) -> String {
     )
 }
 
-/// A daemon on a unix socket in a temp dir that answers each request with the next canned response and records
-/// the request lines.
+/// A Docker daemon that answers each request with the next canned response and records the request lines.
 pub(crate) struct FakeDaemon {
-    _dir: tempfile::TempDir,
+    fake: unix_http::fake::Fake,
     pub daemon: Daemon,
-    server: JoinHandle<Vec<String>>,
+}
+
+impl FakeDaemon {
+    fn requests(self) -> Vec<String> {
+        self.fake.server.join().unwrap()
+    }
 }
 
 pub(crate) fn serve(responses: Vec<String>) -> FakeDaemon {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("docker.sock");
-    let listener = UnixListener::bind(&socket).unwrap();
-    let server = std::thread::spawn(move || {
-        let mut requests = Vec::new();
-        for response in responses {
-            let (mut stream, _) = listener.accept().unwrap();
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            requests.push(line.trim_end().to_string());
-            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {}
-            stream.write_all(response.as_bytes()).unwrap();
-        }
-        requests
-    });
-    FakeDaemon { daemon: Daemon::parse(&format!("unix://{}", socket.display())).unwrap(), _dir: dir, server }
+    let fake = unix_http::fake::serve(responses);
+    let daemon = Daemon::parse(&format!("unix://{}", fake.socket.display())).unwrap();
+    FakeDaemon { fake, daemon }
 }
 
-pub(crate) fn http(status: &str, body: &str) -> String {
-    format!("HTTP/1.0 {status}\r\nContent-Type: application/json\r\nApi-Version: 1.41\r\n\r\n{body}")
-}
+pub(crate) use unix_http::fake::http;
 
 #[test]
 fn inspects_found_missing_and_ambiguous_containers() {
@@ -66,7 +52,7 @@ fn inspects_found_missing_and_ambiguous_containers() {
     let e = fake.daemon.inspect("d6").unwrap_err().to_string();
     assert!(e.ends_with("answered 400: multiple IDs found with provided prefix: d6"), "{e}");
     assert!(e.starts_with("the Docker daemon at unix://"), "{e}");
-    let requests = fake.server.join().unwrap();
+    let requests = fake.requests();
     assert_eq!(
         requests,
         [

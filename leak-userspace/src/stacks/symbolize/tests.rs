@@ -155,6 +155,29 @@ fn dead_process_still_symbolizes() {
     assert_eq!(Symbolizer::new().user(pid, &[addr]), [Frame::unknown(addr, false)]);
 }
 
+/// The descriptors of this process open on `path`.
+fn open_on(path: &str) -> usize {
+    let fds = std::fs::read_dir("/proc/self/fd").unwrap().flatten();
+    fds.filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == path)).count()
+}
+
+#[test]
+fn a_forgotten_process_unpins_its_objects() {
+    let (mut child, addr) = spawn_sleeper_from_deleted_copy();
+    let pid = child.id();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap().to_string_lossy().into_owned();
+    let mut s = Symbolizer::new();
+    s.remember_process(pid);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(s.user(pid, &[addr]).last().unwrap().symbol.is_some());
+    assert!(open_on(&exe) > 0, "the remembered object {exe} is not held open");
+    // Each container's objects are files of their own: forgotten, they must not stay for the agent's lifetime.
+    s.forget_process(pid);
+    assert_eq!(open_on(&exe), 0, "{exe} is still held open after its process was forgotten");
+    assert_eq!(s.user(pid, &[addr]), [Frame::unknown(addr, false)]);
+}
+
 #[test]
 fn exec_mappings_parse() {
     let maps = "\
