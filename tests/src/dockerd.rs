@@ -125,8 +125,10 @@ pub fn static_leaker(dir: &Path) -> Result<PathBuf> {
 pub fn static_workload(dir: &Path, name: &str, flags: &[&str]) -> Result<PathBuf> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("workloads/{name}.c"));
     let exe = dir.join(name);
+    // `-static-pie` in `flags` links static and position-independent, as `-static` alone does not.
+    let link = if flags.contains(&"-static-pie") { None } else { Some("-static") };
     let out = Command::new("gcc")
-        .arg("-static")
+        .args(link)
         .args(flags)
         .arg("-o")
         .arg(&exe)

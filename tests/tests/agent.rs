@@ -249,6 +249,12 @@ fn containerd_pods_are_named_by_namespace_pod_and_container() -> Result<()> {
     Ok(())
 }
 
+/// The unwound stacks the agent holds (for all containers), as a steady container's report counts them.
+fn distinct_stacks(agent: &str) -> Result<u64> {
+    let report = served_report(agent, "batch/web-0/api")?.context("no report of a steady container")?;
+    report["collection"]["unwind"]["distinct_stacks"].as_u64().context("no collection.unwind.distinct_stacks")
+}
+
 /// A process's resident set in KiB.
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -258,8 +264,8 @@ fn rss_kib(pid: u32) -> Option<u64> {
 /// Pod containers that come and go under a real containerd (a new one about every second, each running a short
 /// request loop that allocates and frees, then killed and removed as kubelet removes a finished pod's container)
 /// beside three that stay, for three minutes: the agent picks each up (named by pod, asked of containerd) and lets
-/// it go, its RSS stays flat once its tables and the kept reports of gone containers are full, it loses no event,
-/// and SIGTERM leaves nothing attached.
+/// it go, its RSS and the unwound stacks it holds stay flat once its tables and the kept reports of gone
+/// containers are full, it loses no event, and SIGTERM leaves nothing attached.
 #[test]
 fn the_agent_stays_flat_while_containers_come_and_go() -> Result<()> {
     if !require_root() {
@@ -268,7 +274,9 @@ fn the_agent_stays_flat_while_containers_come_and_go() -> Result<()> {
     let _one = serial();
     let containerd = Containerd::start()?;
     let work = tempfile::tempdir()?;
-    let churn = static_workload(work.path(), "bench_churn", &["-O2", "-g"])?;
+    // Position-independent, as Debian builds programs: each container's process runs at addresses of its own, so
+    // its stacks are its own too.
+    let churn = static_workload(work.path(), "bench_churn", &["-O2", "-g", "-static-pie"])?;
     let tag = std::process::id();
     let image = format!("docker.io/leaktrace/bench-churn:{tag}");
     containerd.import_image(K8S_NAMESPACE, &image, &[(churn, "bin/bench_churn".into())])?;
@@ -292,7 +300,7 @@ fn the_agent_stays_flat_while_containers_come_and_go() -> Result<()> {
     let mut agent = Leaktrace::spawn_with_env(&args, &env)?;
     agent.wait_attached(Duration::from_secs(20))?;
     let begun = Instant::now();
-    let (mut n, mut rss) = (3, Vec::new());
+    let (mut n, mut rss, mut stacks) = (3, Vec::new(), Vec::new());
     while begun.elapsed() < Duration::from_secs(180) {
         run(n, &format!("job-{n}"), "job", "0.4")?;
         // Gone between two of the agent's scans at times, or after a few of them.
@@ -301,10 +309,12 @@ fn the_agent_stays_flat_while_containers_come_and_go() -> Result<()> {
         n += 1;
         if rss.len() < (begun.elapsed().as_secs() / 30) as usize {
             rss.push(rss_kib(agent.pid()).context("the agent is gone")?);
+            stacks.push(distinct_stacks(&listen)?);
         }
     }
     rss.push(rss_kib(agent.pid()).context("the agent is gone")?);
-    eprintln!("agent: {} containers came and went; RSS every 30 s (KiB): {rss:?}", n - 3);
+    stacks.push(distinct_stacks(&listen)?);
+    eprintln!("agent: {} containers came and went; every 30 s: RSS (KiB) {rss:?}, stacks {stacks:?}", n - 3);
     // The last one went a moment ago: the agent lets it go at its next scan.
     std::thread::sleep(Duration::from_millis(2500));
     let (_, metrics) = get(&listen, "/metrics")?;
@@ -333,6 +343,9 @@ fn the_agent_stays_flat_while_containers_come_and_go() -> Result<()> {
     // container pinned (its own files' symbols: 60-120 KiB) grew the RSS 8 MiB a minute when it was kept.
     let (at_90, end) = (rss[2], rss[rss.len() - 1]);
     ensure!(end <= at_90 + 6 * 1024, "the agent's RSS grew from {at_90} KiB at 90 s to {end} KiB at 180 s");
+    // Each gone container's stacks went with it: the table holds those of what lives and is still reported.
+    let (at_90, end) = (stacks[2], stacks[stacks.len() - 1]);
+    ensure!(end <= at_90 + at_90 / 4 + 20, "the agent's unwound stacks went from {at_90} at 90 s to {end} at 180 s");
     // SAFETY: plain syscall on our own child.
     unsafe { libc::kill(agent.pid() as libc::pid_t, libc::SIGTERM) };
     let done = agent.wait(Duration::from_secs(60))?;

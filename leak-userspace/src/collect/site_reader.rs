@@ -164,6 +164,7 @@ impl SiteReader {
         let (gone, next): (BTreeSet<u32>, BTreeSet<u32>) =
             unreferenced.into_iter().partition(|pid| self.unreferenced.contains(pid));
         self.unreferenced = next;
+        self.ustacks.forget_processes(&gone);
         for pid in gone {
             self.known_pids.remove(&pid);
             self.released.remove(&pid);

@@ -20,10 +20,11 @@ pub mod regions;
 pub mod runtime;
 mod sample_queue;
 pub mod symbolize;
+mod table;
 pub mod unwind;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     os::fd::RawFd,
 };
 
@@ -37,17 +38,14 @@ use process::{Objects, Process};
 use python::{PyFrameName, PythonFrames};
 use regions::{RegionKind, RegionMap};
 pub use sample_queue::SampleQueue;
+use table::StackTable;
 pub use unwind::{Method, UserFrame};
 
-/// Distinct unwound stacks kept; past this, new stacks are counted in `UnwindStats::stacks_dropped` and their
-/// sites go without user frames.
-const MAX_STACKS: usize = 1 << 16;
-
 /// An unwound stack's id is `USTACK_UNWOUND_BIT`, the kind of memory its page lies in (`RegionKind::code`, 0 when
-/// unknown) from this bit, and the stack's index below: one stack's pages in two kinds of memory are two ids of
-/// one stack.
-const REGION_SHIFT: u32 = 16;
-const _: () = assert!(MAX_STACKS <= 1 << REGION_SHIFT);
+/// unknown) from this bit, and the stack's index (`table`) below: one stack's pages in two kinds of memory are two
+/// ids of one stack.
+const REGION_SHIFT: u32 = 24;
+const _: () = assert!(USTACK_UNWOUND_BIT >> REGION_SHIFT > regions::RegionKind::COUNT as i32);
 
 /// How often a process whose stacks lead into unknown code is read again.
 const REREAD_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
@@ -121,10 +119,10 @@ pub struct UserStacks {
     processes: HashMap<u32, Process>,
     objects: Objects,
     cache: CacheX86_64,
-    ids: HashMap<Vec<UserFrame>, u32>,
-    stacks: Vec<Vec<UserFrame>>,
-    /// Sample token -> unwound stack id, for the tokens still in the kernel's site map.
-    tokens: HashMap<u64, i32>,
+    table: StackTable,
+    /// Sample token -> unwound stack id and the process that sent it, for the tokens still in the kernel's site
+    /// map.
+    tokens: HashMap<u64, (i32, u32)>,
     python: PythonFrames,
     py_truncated: u64,
     copies: CopySizes,
@@ -145,8 +143,7 @@ impl UserStacks {
             processes: HashMap::new(),
             objects: Objects::default(),
             cache: CacheX86_64::new(),
-            ids: HashMap::new(),
-            stacks: Vec::new(),
+            table: StackTable::new(1 << REGION_SHIFT),
             tokens: HashMap::new(),
             python: PythonFrames::new(python),
             py_truncated: 0,
@@ -220,8 +217,8 @@ impl UserStacks {
             *s.frames.entry(f.method.name().to_string()).or_default() += 1;
         }
         let region = self.fault_region(&sample);
-        let id = self.intern(walk.frames);
-        self.tokens.insert(sample.token, with_region(id, region));
+        let id = self.intern(sample.tgid, walk.frames);
+        self.tokens.insert(sample.token, (with_region(id, region), sample.tgid));
     }
 
     /// The kind of memory a sample's page fault hit. Mappings that hold no such address are read again, when a
@@ -256,18 +253,14 @@ impl UserStacks {
         }
     }
 
-    fn intern(&mut self, frames: Vec<UserFrame>) -> i32 {
-        if let Some(&id) = self.ids.get(&frames) {
-            return id as i32 | USTACK_UNWOUND_BIT;
+    fn intern(&mut self, tgid: u32, frames: Vec<UserFrame>) -> i32 {
+        match self.table.intern(tgid, frames) {
+            Some(index) => index as i32 | USTACK_UNWOUND_BIT,
+            None => {
+                self.stats.stacks_dropped += 1;
+                -E2BIG
+            }
         }
-        if self.stacks.len() >= MAX_STACKS {
-            self.stats.stacks_dropped += 1;
-            return -E2BIG;
-        }
-        let id = self.stacks.len() as u32;
-        self.stacks.push(frames.clone());
-        self.ids.insert(frames, id);
-        id as i32 | USTACK_UNWOUND_BIT
     }
 
     /// The key of the unwound stack a sampled allocation's key stands for; other keys are returned as they are.
@@ -275,7 +268,7 @@ impl UserStacks {
         if key.usample == 0 {
             return *key;
         }
-        let ustack = self.tokens.get(&key.usample).copied().unwrap_or(-ENOENT);
+        let ustack = self.tokens.get(&key.usample).map_or(-ENOENT, |&(id, _)| id);
         SiteKey { ustack, usample: 0, ..*key }
     }
 
@@ -301,6 +294,18 @@ impl UserStacks {
         pids.iter().for_each(|&pid| self.python.look_at(pid, false));
     }
 
+    /// Forgets what the processes `tgids` sampled (they exited and no site refers to them): their tokens, and the
+    /// stacks no process remembered still holds.
+    pub fn forget_processes(&mut self, tgids: &BTreeSet<u32>) {
+        if tgids.is_empty() {
+            return;
+        }
+        for &tgid in tgids {
+            self.table.forget_process(tgid);
+        }
+        self.tokens.retain(|_, (_, tgid)| !tgids.contains(tgid));
+    }
+
     /// Drops the processes that are gone (after the samples they sent were drained).
     pub fn prune(&mut self) {
         let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
@@ -319,7 +324,7 @@ impl UserStacks {
         if id < 0 || id & USTACK_UNWOUND_BIT == 0 {
             return None;
         }
-        self.stacks.get((id & ((1 << REGION_SHIFT) - 1)) as usize).map(Vec::as_slice)
+        self.table.frames((id & ((1 << REGION_SHIFT) - 1)) as u32)
     }
 
     /// The kind of memory the pages of an unwound stack's id lie in, when their faults said.
@@ -346,7 +351,7 @@ impl UserStacks {
             });
         }
         s.objects_without_cfi = self.objects.without_cfi.clone();
-        s.distinct_stacks = self.stacks.len() as u64;
+        s.distinct_stacks = self.table.len() as u64;
         s.copy_cuts = self.copies.counts.cuts;
         s.copy_restores = self.copies.counts.restores;
         s
@@ -393,11 +398,11 @@ mod tests {
     #[test]
     fn samples_of_one_stack_merge_and_their_tokens_are_forgotten() {
         let mut u = UserStacks::new(None, None, CopySizes::new(None, 4));
-        let a = u.intern(vec![frame(1), frame(2)]);
-        let b = u.intern(vec![frame(1), frame(3)]);
-        assert_eq!(u.intern(vec![frame(1), frame(2)]), a, "the same stack, the same id");
+        let a = u.intern(5, vec![frame(1), frame(2)]);
+        let b = u.intern(5, vec![frame(1), frame(3)]);
+        assert_eq!(u.intern(6, vec![frame(1), frame(2)]), a, "the same stack, the same id");
         assert_ne!(a, b);
-        u.tokens.extend([(10, a), (11, a), (12, b)]);
+        u.tokens.extend([(10, (a, 5)), (11, (a, 5)), (12, (b, 5))]);
         let key = |usample| SiteKey { tgid: 5, kind: 0, usample, ..Default::default() };
         let c = |n| SiteCounters { alloc_bytes: n, alloc_count: 1, ..Default::default() };
         let mut merged = u.canonicalize(vec![(key(10), c(4)), (key(11), c(6)), (key(12), c(1)), (key(99), c(2))]);
@@ -409,6 +414,10 @@ mod tests {
         assert_eq!(u.frames(3), None, "a kernel stack id is not an unwound one");
         u.forget(&[key(10), key(12)]);
         assert_eq!(u.tokens.len(), 1);
+        // Process 5 forgotten: its tokens go, and the stack only it sampled; process 6 holds the other.
+        u.forget_processes(&BTreeSet::from([5]));
+        assert!(u.tokens.is_empty());
+        assert_eq!((u.frames(a).is_some(), u.frames(b)), (true, None));
         let plain = SiteKey { ustack: 4, ..key(0) };
         assert_eq!(u.canonical(&plain), plain, "frame-pointer keys stay as they are");
     }
@@ -417,7 +426,7 @@ mod tests {
     #[test]
     fn the_kind_of_memory_rides_in_the_stack_id() {
         let mut u = UserStacks::new(None, None, CopySizes::new(None, 4));
-        let a = u.intern(vec![frame(1), frame(2)]);
+        let a = u.intern(5, vec![frame(1), frame(2)]);
         let heap = with_region(a, Some(RegionKind::BrkHeap));
         let mmap = with_region(a, Some(RegionKind::Mmap));
         assert!(heap != mmap && heap != a && mmap != a);

@@ -32,6 +32,9 @@ pub enum RegionKind {
 }
 
 impl RegionKind {
+    /// How many kinds there are (codes run from 1 to this).
+    pub const COUNT: usize = Self::ALL.len();
+
     const ALL: [RegionKind; 5] =
         [RegionKind::BrkHeap, RegionKind::MallocArena, RegionKind::ThreadStack, RegionKind::Mmap, RegionKind::File];
 
