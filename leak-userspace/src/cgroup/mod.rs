@@ -1,6 +1,7 @@
 //! Which cgroup to trace: find the memory hierarchy on this host (`layout`), turn the user's `--cgroup` argument
-//! into a memcg directory and id (`resolve`; containers through the Docker daemon, `docker`, containerd and CRI-O, or
-//! the runtimes' cgroup names, `container`), follow a container through its restarts (`follow`), and list what lives below it (`walk`).
+//! into a memcg directory and id (`resolve`; containers through the Docker daemon, `docker`, containerd and
+//! CRI-O, or the runtimes' cgroup names, `container`), follow a container through its restarts (`follow`), and
+//! list what lives below it (`walk`).
 mod container;
 mod containerd;
 mod crio;

@@ -128,10 +128,10 @@ impl SiteReader {
         }
         let ustacks = &self.ustacks;
         let gone = self.retired.retire(probes, raw, |k| ustacks.canonical(k), retire::process_alive)?;
-        if !gone.is_empty() && !self.released.is_empty() {
-            self.retired.forget(&self.released);
-        }
         if !gone.is_empty() {
+            if !self.released.is_empty() {
+                self.retired.forget(&self.released);
+            }
             let gone_set: HashSet<SiteKey> = gone.iter().copied().collect();
             raw.retain(|(key, _)| !gone_set.contains(key));
             self.ustacks.forget(&gone);
