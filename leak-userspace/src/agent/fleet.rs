@@ -132,6 +132,7 @@ impl Fleet {
                 report.window.ended_by = "the container's cgroup was removed".into();
                 changes.removed.push(w.key.clone());
                 self.gone.push_back(Gone { key: w.key, at: Instant::now(), report });
+                self.reader.drain_user_stacks();
             }
             let (kept, left): (HashMap<u32, u64>, HashMap<u32, u64>) =
                 std::mem::take(&mut self.owner).into_iter().partition(|(_, id)| self.watched.contains_key(id));
@@ -273,6 +274,9 @@ impl Fleet {
             let report =
                 assemble::assemble(&w.window, reader, probes, info, &raw, w.window.history(), Extras::default(), max)?;
             out.push((w.key.clone(), report));
+            // A scrape assembles fifty reports in about a second: the samples queued meanwhile are unwound as it
+            // goes, or the queue fills and the kernel's ring loses the rest.
+            reader.drain_user_stacks();
         }
         Ok(out)
     }
