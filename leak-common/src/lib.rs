@@ -118,10 +118,14 @@ pub struct StackSample {
     pub len: u32,
     /// [`STACK_SAMPLE_FULL`]: the copy reached the configured size, so the stack may go on above it.
     pub flags: u32,
-    /// A page allocated for a user page fault: the faulting user address (`exceptions:page_fault_user`), which
-    /// tells in what kind of memory the page lies (a malloc heap, a thread stack, ...). 0 when unknown: another
-    /// allocation, a fault taken in the kernel (`read(2)` into a fresh buffer), or a kernel without the event.
-    pub fault_addr: u64,
+    /// A page's sample ([`STACK_SAMPLE_REGS`]): how the thread entered the kernel (`pt_regs.orig_ax` and `ss`,
+    /// which under FRED carries the event's type and vector) and its general registers (`pt_regs` from r15 to
+    /// di). Userspace tells a user page fault from them and works out the faulting address from the instruction
+    /// at `ip`: that says in what kind of memory the page lies (a malloc heap, a thread stack, ...). A program on
+    /// every page fault of the machine would cost each a program run.
+    pub orig_ax: u64,
+    pub ss: u64,
+    pub gp: [u64; GP_REGS],
     /// The Python frames running on the thread, newest first (`PyProc`): `py_len` of `py`.
     pub py_len: u32,
     /// [`PY_TRUNCATED`]: the interpreter's frame chain went on past `PY_MAX_FRAMES`.
@@ -130,6 +134,13 @@ pub struct StackSample {
 }
 
 pub const STACK_SAMPLE_FULL: u32 = 1;
+/// The sample carries the entry's registers (`StackSample::gp`).
+pub const STACK_SAMPLE_REGS: u32 = 2;
+/// x86-64 general registers in `struct pt_regs` order: r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx, dx,
+/// si, di.
+pub const GP_REGS: usize = 15;
+pub const GP_REG_NAMES: [&str; GP_REGS] =
+    ["r15", "r14", "r13", "r12", "bp", "bx", "r11", "r10", "r9", "r8", "ax", "cx", "dx", "si", "di"];
 
 /// Python frames a sample holds at most: a service's stack is rarely deeper, and each costs a few reads.
 pub const PY_MAX_FRAMES: usize = 32;
@@ -540,9 +551,6 @@ pub mod arg {
     /// signal_generate (int sig, struct kernel_siginfo *info, struct task_struct *task, int group, int result)
     pub const SIGNAL_SIG: usize = 0;
     pub const SIGNAL_TASK: usize = 2;
-    /// page_fault_user (unsigned long address, struct pt_regs *regs, unsigned long error_code), x86
-    pub const FAULT_ADDRESS: usize = 0;
-    pub const FAULT_ERROR_CODE: usize = 2;
     /// sched_process_fork (struct task_struct *parent, struct task_struct *child)
     pub const FORK_CHILD: usize = 1;
 }
@@ -611,6 +619,10 @@ pub struct Config {
     /// How the task entered the kernel: a system call's number; an exception's or interrupt's -1 (or, under
     /// FRED, a fault's error code).
     pub regs_orig_ax: u32,
+    /// `pt_regs.ss`, and `pt_regs.r15`, the first of the `GP_REGS` (OFFSET_NONE unless they follow it 8 bytes
+    /// apart in that order).
+    pub regs_ss: u32,
+    pub regs_gp: u32,
     /// `task_struct.thread.fsbase`: a thread's TLS block, which is its `pthread_t` (Python frames: which thread
     /// state is the current thread's).
     pub task_fsbase: u32,
@@ -659,6 +671,8 @@ impl Config {
             regs_bp: OFFSET_NONE,
             regs_cs: OFFSET_NONE,
             regs_orig_ax: OFFSET_NONE,
+            regs_ss: OFFSET_NONE,
+            regs_gp: OFFSET_NONE,
             task_fsbase: OFFSET_NONE,
             floor: 0,
             kstack_reuse: 0,

@@ -37,11 +37,10 @@ use aya_ebpf::{
 };
 use leak_common::{
     arg, counter, exit_count, kind, regs, Config, ExitConfig, ExitEvent, LiveAlloc, OomEvent, PendingPage, SignalSent,
-    SiteCounters, SiteKey, StackSample, CACHE_KMALLOC_BIT, CACHE_NAME_LEN, COMM_LEN, EXIT_MIN_LIFE_NS, FNV_OFFSET,
-    OFFSET_NONE, PENDING_UNSAMPLED, STACK_OVERFLOW_BIT, STACK_SAMPLE_FULL, USTACK_CHUNK, USTACK_MAX_CHUNKS,
+    SiteCounters, SiteKey, StackSample, CACHE_KMALLOC_BIT, GP_REGS, CACHE_NAME_LEN, COMM_LEN, EXIT_MIN_LIFE_NS, FNV_OFFSET,
+    OFFSET_NONE, PENDING_UNSAMPLED, STACK_OVERFLOW_BIT, STACK_SAMPLE_FULL, STACK_SAMPLE_REGS, USTACK_CHUNK, USTACK_MAX_CHUNKS,
 };
 
-mod fault;
 mod heap;
 mod python;
 
@@ -337,6 +336,11 @@ fn fill_and_send(level: u32, regs: impl FnOnce() -> Option<UserRegs>, page: bool
     // Before the copy: after it, the verifier follows each length the copy may end at and would walk the
     // interpreter's frame loops once for each (the three allocation programs took 230 ms to load, not 50, on 6.18).
     (h.py_len, h.py_flags) = python::frames(h.tgid, tid, &mut h.py);
+    // So too the registers (flags live in the map value, which the verifier does not tell apart).
+    h.flags = 0;
+    if page {
+        user_entry(h, orig_ax);
+    }
     let base = sp & !(USTACK_CHUNK as u64 - 1);
     let full = cfg(&CONFIG.ustack_chunks);
     let want = unsafe { USTACK_CHUNKS.get(&h.tgid) }.map_or(full, |&c| c.min(full));
@@ -368,8 +372,9 @@ fn fill_and_send(level: u32, regs: impl FnOnce() -> Option<UserRegs>, page: bool
     h.bp = bp;
     h.base = base;
     h.len = len as u32;
-    h.flags = if chunks as u32 >= want { STACK_SAMPLE_FULL } else { 0 };
-    h.fault_addr = if page { fault::fault_address(tid, orig_ax) } else { 0 };
+    if chunks as u32 >= want {
+        h.flags |= STACK_SAMPLE_FULL;
+    }
     if h.py_len > 0 {
         count(counter::PY_STACKS, 1);
     }
@@ -394,19 +399,45 @@ fn fill_and_send(level: u32, regs: impl FnOnce() -> Option<UserRegs>, page: bool
     Ok(token)
 }
 
+/// The `struct pt_regs` the current task's entry into the kernel saved.
+#[inline(always)]
+fn saved_regs() -> Option<*const u8> {
+    match cfg(&CONFIG.regs_source) {
+        // Dead code on kernels without the helpers (the verifier knows the config): they never see the calls.
+        regs::HELPER => Some(unsafe { gen::bpf_task_pt_regs(gen::bpf_get_current_task_btf()) as *const u8 }),
+        regs::STACK_TOP => unsafe {
+            let stack = read_ptr(bpf_get_current_task() as *const u8, cfg(&CONFIG.task_stack))?;
+            Some(stack.add((cfg(&CONFIG.thread_size) - cfg(&CONFIG.pt_regs_size)) as usize))
+        },
+        _ => None,
+    }
+}
+
+/// A page's sample: how the task entered the kernel and its general registers, from which userspace works out
+/// the address of a user page fault (`StackSample::gp`). Only kept pages pay for it.
+#[inline(always)]
+fn user_entry(h: &mut StackSample, orig_ax: u64) {
+    if cfg(&CONFIG.regs_gp) == OFFSET_NONE {
+        return;
+    }
+    let Some(regs) = saved_regs() else { return };
+    unsafe {
+        let gp = h.gp.as_mut_ptr() as *mut core::ffi::c_void;
+        let src = regs.add(cfg(&CONFIG.regs_gp) as usize) as *const core::ffi::c_void;
+        if gen::bpf_probe_read_kernel(gp, core::mem::size_of::<[u64; GP_REGS]>() as u32, src) != 0 {
+            return;
+        }
+        h.ss = read_at(regs, cfg(&CONFIG.regs_ss)).unwrap_or(0);
+    }
+    h.orig_ax = orig_ax;
+    h.flags |= STACK_SAMPLE_REGS;
+}
+
 /// The user registers saved when the current task entered the kernel (syscall, fault, interrupt); `None` for a
 /// kernel thread, whose saved registers are not user mode.
 #[inline(always)]
 fn user_regs() -> Option<UserRegs> {
-    let regs: *const u8 = match cfg(&CONFIG.regs_source) {
-        // Dead code on kernels without the helpers (the verifier knows the config): they never see the calls.
-        regs::HELPER => unsafe { gen::bpf_task_pt_regs(gen::bpf_get_current_task_btf()) as *const u8 },
-        regs::STACK_TOP => unsafe {
-            let stack = read_ptr(bpf_get_current_task() as *const u8, cfg(&CONFIG.task_stack))?;
-            stack.add((cfg(&CONFIG.thread_size) - cfg(&CONFIG.pt_regs_size)) as usize)
-        },
-        _ => return None,
-    };
+    let regs = saved_regs()?;
     unsafe {
         let cs: u64 = read_at(regs, cfg(&CONFIG.regs_cs))?;
         if cs & 3 != 3 {

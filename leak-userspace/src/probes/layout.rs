@@ -104,11 +104,6 @@ const RAW_EVENTS: &[RawEvent] = &[
         event: "signal_generate",
         layouts: &[fixed(&[(arg::SIGNAL_SIG, "int"), (arg::SIGNAL_TASK, "struct task_struct *")])],
     },
-    RawEvent {
-        category: "exceptions",
-        event: "page_fault_user",
-        layouts: &[fixed(&[(arg::FAULT_ADDRESS, "long unsigned int"), (arg::FAULT_ERROR_CODE, "long unsigned int")])],
-    },
 ];
 
 /// The first of `layouts` that this prototype (its argument types) matches, by index.
@@ -239,18 +234,18 @@ pub fn discover(exact_anon: bool, ustack_chunks: Option<u32>) -> Result<Discover
             Err(why) => degraded.push(format!("{why}: user stacks are walked by frame pointers")),
         }
     }
-    // The fault's address rides on a page's user stack sample (without samples there is nothing to carry it), and
-    // is taken when the saved registers say the thread entered the kernel for a fault.
-    let faults = events.contains(&("exceptions", "page_fault_user")) && config.regs_orig_ax != OFFSET_NONE;
+    // A page's user stack sample carries the registers its fault's address is worked out from (without samples
+    // there is nothing to carry them).
+    let faults = config.regs_orig_ax != OFFSET_NONE && config.regs_gp != OFFSET_NONE;
     if config.ustack_chunks > 0 && faults {
         modes.push("fault-address".to_string());
     } else {
-        events.retain(|&(c, _)| c != "exceptions");
+        config.regs_gp = OFFSET_NONE;
     }
     if config.ustack_chunks > 0 && !faults {
         degraded.push(
-            "no exceptions:page_fault_user (or no pt_regs.orig_ax in BTF): sites carry no `region`, and the verdict \
-             cannot tell when the top anon site's pages lie in a malloc heap (whose holder --heap names)"
+            "no pt_regs.orig_ax or general registers in BTF: sites carry no `region`, and the verdict cannot tell \
+             when the top anon site's pages lie in a malloc heap (whose holder --heap names)"
                 .to_string(),
         );
     }
@@ -412,8 +407,10 @@ fn user_registers(btf: &KernelBtf, c: &mut Config) -> Result<&'static str, Strin
     let member =
         |m: &str| btf.member_offset("pt_regs", m).ok_or_else(|| format!("no pt_regs.{m} in this kernel's BTF"));
     (c.regs_ip, c.regs_sp, c.regs_bp, c.regs_cs) = (member("ip")?, member("sp")?, member("bp")?, member("cs")?);
-    // Only the fault addresses need it (`fault-address`).
+    // Only the fault addresses need these (`fault-address`).
     c.regs_orig_ax = btf.member_offset("pt_regs", "orig_ax").unwrap_or(OFFSET_NONE);
+    c.regs_ss = btf.member_offset("pt_regs", "ss").unwrap_or(OFFSET_NONE);
+    c.regs_gp = general_registers(|m| btf.member_offset("pt_regs", m));
     let helper = |name: &str| btf.enum_value("bpf_func_id", name).is_some();
     if helper("BPF_FUNC_task_pt_regs") && helper("BPF_FUNC_get_current_task_btf") {
         c.regs_source = leak_common::regs::HELPER;
@@ -424,6 +421,18 @@ fn user_registers(btf: &KernelBtf, c: &mut Config) -> Result<&'static str, Strin
     c.thread_size = thread_size();
     c.regs_source = leak_common::regs::STACK_TOP;
     Ok("stack-top")
+}
+
+/// Where the general registers start in `struct pt_regs`, if they lie there one after another in `GP_REG_NAMES`
+/// order (the programs copy them in one read).
+fn general_registers(offset: impl Fn(&str) -> Option<u32>) -> u32 {
+    let Some(first) = offset(leak_common::GP_REG_NAMES[0]) else { return OFFSET_NONE };
+    let in_order = leak_common::GP_REG_NAMES.iter().enumerate().all(|(i, m)| offset(m) == Some(first + 8 * i as u32));
+    if in_order {
+        first
+    } else {
+        OFFSET_NONE
+    }
 }
 
 /// Where a task's TLS base (`thread.fsbase`, x86-64) lies in its `task_struct`: a thread's `pthread_t`, which
@@ -494,6 +503,26 @@ mod tests {
         proto.split(", ").map(String::from).collect()
     }
 
+    #[test]
+    fn general_registers_are_copied_only_when_in_pt_regs_order() {
+        let names = leak_common::GP_REG_NAMES;
+        let x86_64 = |m: &str| names.iter().position(|&n| n == m).map(|i| 8 * i as u32);
+        assert_eq!(general_registers(x86_64), 0);
+        let shifted = |m: &str| x86_64(m).map(|o| o + 16);
+        assert_eq!(general_registers(shifted), 16);
+        let swapped = |m: &str| {
+            x86_64(if m == "ax" {
+                "cx"
+            } else if m == "cx" {
+                "ax"
+            } else {
+                m
+            })
+        };
+        assert_eq!(general_registers(swapped), OFFSET_NONE);
+        assert_eq!(general_registers(|m| if m == "di" { None } else { x86_64(m) }), OFFSET_NONE);
+    }
+
     /// The prototypes of kernels 5.10 to 6.0, 6.1, and 6.2 on (include/trace/events/kmem.h).
     #[test]
     fn every_prototype_generation_matches_a_layout() {
@@ -516,8 +545,6 @@ mod tests {
         assert_eq!(matching(&page, layouts_of("mm_page_alloc")), Some(0));
         let free = types("long unsigned int, const void *, const struct kmem_cache *");
         assert_eq!(matching(&free, layouts_of("kmem_cache_free")), Some(0));
-        let fault = types("long unsigned int, struct pt_regs *, long unsigned int");
-        assert_eq!(matching(&fault, layouts_of("page_fault_user")), Some(0), "x86's, unchanged since 4.17");
     }
 
     #[test]
@@ -573,12 +600,13 @@ mod tests {
         assert_ne!(d.config.regs_source, leak_common::regs::NONE, "{:?}", d.degraded);
         assert_ne!(d.config.regs_sp, OFFSET_NONE);
         assert!(d.modes.iter().any(|m| m == "fault-address"), "{:?}", d.degraded);
+        assert_ne!(d.config.regs_gp, OFFSET_NONE, "x86-64's pt_regs starts with r15 .. di");
         for event in ["sched_process_fork", "sched_process_exec"] {
             assert!(d.has_event("sched", event), "{event}: {:?}", d.degraded);
         }
         let record_all = discover(true, None).unwrap();
         assert!(record_all.config.ustack_chunks == 0, "--record-all takes no copies");
         assert_ne!(record_all.config.regs_source, leak_common::regs::NONE, "it keys kernel stack reuse by the user ip");
-        assert!(!record_all.has_event("exceptions", "page_fault_user"), "nor the faults' addresses they carry");
+        assert_eq!(record_all.config.regs_gp, OFFSET_NONE, "nor the registers of the faults they would carry");
     }
 }

@@ -144,12 +144,6 @@ pub const ATTACHMENTS: &[Attachment] = &[
         event: "signal_generate",
         modes: &["exit-senders"],
     },
-    Attachment {
-        program: "lt_page_fault",
-        category: "exceptions",
-        event: "page_fault_user",
-        modes: &["fault-address"],
-    },
 ];
 
 /// Loaded and attached programs. Dropping this detaches everything (the links are file descriptors, so even a

@@ -7,9 +7,11 @@
 //! unwound stack (`USTACK_UNWOUND_BIT | id`), so allocations from the same code merge again; frees keep landing
 //! on the token's entry in the kernel, found by the one LIVE lookup every free makes anyway.
 //!
-//! A page's sample also says where its page fault hit (`StackSample::fault_addr`); the kind of memory there
-//! (`regions`) rides in the unwound stack's id, so that sites can say which kind holds most of their pages.
+//! A page's sample also carries the registers of its page fault, which say where it hit (`fault_address`); the
+//! kind of memory there (`regions`) rides in the unwound stack's id, so that sites can say which kind holds most
+//! of their pages.
 mod copy_size;
+mod fault_address;
 pub mod jvm_perfmap;
 pub mod maps;
 mod object;
@@ -224,18 +226,27 @@ impl UserStacks {
     /// The kind of memory a sample's page fault hit. Mappings that hold no such address are read again, when a
     /// read is due: the heap grew (brk) or a block was mapped since they were read.
     fn fault_region(&mut self, sample: &StackSample) -> Option<RegionKind> {
-        if sample.fault_addr == 0 {
+        if !fault_address::in_page_fault(sample) {
             return None;
         }
         let process = self.processes.get_mut(&sample.tgid)?;
-        let mut kind = process.memory.kind(sample.fault_addr);
-        if kind.is_none() && process.memory.may_reread() {
-            if let Some(memory) = RegionMap::read(sample.tgid) {
-                process.memory = memory;
-                kind = process.memory.kind(sample.fault_addr);
+        let addr = process.code_at(sample.tgid, sample.ip).and_then(|code| fault_address::address(code, sample));
+        let kind = addr.and_then(|addr| {
+            let mut kind = process.memory.kind(addr);
+            if kind.is_none() && process.memory.may_reread() {
+                if let Some(memory) = RegionMap::read(sample.tgid) {
+                    process.memory = memory;
+                    kind = process.memory.kind(addr);
+                }
             }
-        }
-        *self.stats.regions.entry(kind.map_or("unknown", RegionKind::name).to_string()).or_default() += 1;
+            kind
+        });
+        let name = match (addr, kind) {
+            (None, _) => "undecoded",
+            (Some(_), None) => "unknown",
+            (Some(_), Some(kind)) => kind.name(),
+        };
+        *self.stats.regions.entry(name.to_string()).or_default() += 1;
         kind
     }
 

@@ -88,7 +88,13 @@ pub struct Process {
     pub read_at: Instant,
     /// Every mapping, data too; read again on its own when a page lies outside them (see `UserStacks::add`).
     pub memory: RegionMap,
+    /// The instruction bytes at the ips its page faults were taken at (`fault_address`), read from its memory
+    /// once each: a process faults its pages in at a few instructions.
+    code: HashMap<u64, Vec<u8>>,
 }
+
+/// Faulting instructions kept per process at most (a JIT's code moves; the rest are read again).
+const CODE_KEPT: usize = 1024;
 
 impl Process {
     /// Reads the mappings of a live process; `None` when it is gone or shows no code (exiting).
@@ -107,7 +113,22 @@ impl Process {
         if regions.is_empty() {
             return None;
         }
-        Some(Process { regions, unwinder, read_at: Instant::now(), memory })
+        Some(Process { regions, unwinder, read_at: Instant::now(), memory, code: HashMap::new() })
+    }
+
+    /// The bytes at `ip`, as many as an instruction may take, from the memory of the process `pid` (this one);
+    /// `None` once it is gone. One at the end of a mapping reads short: the decoder takes what there is.
+    pub fn code_at(&mut self, pid: u32, ip: u64) -> Option<&[u8]> {
+        use std::os::unix::fs::FileExt;
+        if !self.code.contains_key(&ip) {
+            let mut bytes = [0u8; super::fault_address::MAX_INSTRUCTION];
+            let n = std::fs::File::open(format!("/proc/{pid}/mem")).ok()?.read_at(&mut bytes, ip).ok()?;
+            if self.code.len() >= CODE_KEPT {
+                self.code.clear();
+            }
+            self.code.insert(ip, bytes[..n].to_vec());
+        }
+        self.code.get(&ip).map(Vec::as_slice)
     }
 
     /// The executable region holding `addr`.
