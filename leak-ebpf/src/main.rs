@@ -37,8 +37,9 @@ use aya_ebpf::{
 };
 use leak_common::{
     arg, counter, exit_count, kind, regs, Config, ExitConfig, ExitEvent, LiveAlloc, OomEvent, PendingPage, SignalSent,
-    SiteCounters, SiteKey, StackSample, CACHE_KMALLOC_BIT, GP_REGS, CACHE_NAME_LEN, COMM_LEN, EXIT_MIN_LIFE_NS, FNV_OFFSET,
-    OFFSET_NONE, PENDING_UNSAMPLED, STACK_OVERFLOW_BIT, STACK_SAMPLE_FULL, STACK_SAMPLE_REGS, USTACK_CHUNK, USTACK_MAX_CHUNKS,
+    SiteCounters, SiteKey, StackSample, CACHE_KMALLOC_BIT, CACHE_NAME_LEN, COMM_LEN, EXIT_MIN_LIFE_NS, FNV_OFFSET,
+    GP_REGS, OFFSET_NONE, PENDING_UNSAMPLED, STACK_OVERFLOW_BIT, STACK_SAMPLE_FULL, STACK_SAMPLE_REGS, USTACK_CHUNK,
+    USTACK_MAX_CHUNKS,
 };
 
 mod heap;

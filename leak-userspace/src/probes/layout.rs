@@ -511,12 +511,10 @@ mod tests {
         let shifted = |m: &str| x86_64(m).map(|o| o + 16);
         assert_eq!(general_registers(shifted), 16);
         let swapped = |m: &str| {
-            x86_64(if m == "ax" {
-                "cx"
-            } else if m == "cx" {
-                "ax"
-            } else {
-                m
+            x86_64(match m {
+                "ax" => "cx",
+                "cx" => "ax",
+                m => m,
             })
         };
         assert_eq!(general_registers(swapped), OFFSET_NONE);
